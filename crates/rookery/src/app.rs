@@ -1,0 +1,159 @@
+//! The running node's shared state ([`App`]) and the per-request [`Context`].
+
+use std::sync::Arc;
+
+use rookery_protocol::{HandshakeRequest, Serializer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::router::Router;
+use crate::{Config, Error, Groups, IntoPayload, Module, Session, SessionPool};
+
+/// Decides whether a client's handshake is accepted (e.g. checks an auth token in `user`).
+/// A refusal's text is sent to the client with handshake code 400.
+pub type HandshakeValidator =
+    Arc<dyn Fn(&HandshakeRequest) -> Result<(), String> + Send + Sync + 'static>;
+
+/// A cheap handle on the node: configuration, routes, sessions, groups.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+pub(crate) struct AppInner {
+    pub config: Config,
+    pub router: Router,
+    pub sessions: SessionPool,
+    pub groups: Groups,
+    pub modules: Vec<Arc<dyn Module>>,
+    /// Cancelled when the node starts draining (graceful shutdown).
+    pub draining: CancellationToken,
+    /// Owns every connection task.
+    pub tasks: TaskTracker,
+    pub validator: Option<HandshakeValidator>,
+}
+
+impl App {
+    pub(crate) fn new(inner: AppInner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &AppInner {
+        &self.inner
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node.id
+    }
+
+    /// The route table.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The sessions of this node.
+    pub fn sessions(&self) -> &SessionPool {
+        &self.inner.sessions
+    }
+
+    /// The groups of this node.
+    pub fn groups(&self) -> &Groups {
+        &self.inner.groups
+    }
+
+    /// The modules of this node, in registration order.
+    pub fn modules(&self) -> &[Arc<dyn Module>] {
+        &self.inner.modules
+    }
+
+    /// True once graceful shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
+    /// Pushes to a user's session.
+    pub fn push_to_uid(
+        &self,
+        uid: &str,
+        route: &str,
+        payload: impl IntoPayload,
+    ) -> Result<(), Error> {
+        self.sessions().push_to_uid(uid, route, payload)
+    }
+
+    /// Kicks a user; returns whether it was online.
+    pub fn kick_uid(&self, uid: &str, reason: &str) -> bool {
+        self.sessions().kick_uid(uid, reason)
+    }
+
+    /// Pushes to every session of this node; returns how many accepted it.
+    pub fn broadcast(&self, route: &str, payload: impl IntoPayload) -> usize {
+        self.sessions().broadcast(route, payload)
+    }
+}
+
+/// What a handler gets besides its argument: the node and the calling session.
+#[derive(Clone)]
+pub struct Context {
+    app: App,
+    session: Session,
+    route: Arc<str>,
+}
+
+impl Context {
+    pub(crate) fn new(app: App, session: Session, route: Arc<str>) -> Self {
+        Self {
+            app,
+            session,
+            route,
+        }
+    }
+
+    /// The node.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// The calling session.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// The route being handled.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The session's serializer.
+    pub fn serializer(&self) -> Serializer {
+        self.session.serializer()
+    }
+
+    /// The session's bound uid.
+    pub fn uid(&self) -> Option<Arc<str>> {
+        self.session.uid()
+    }
+
+    /// The bound uid, or `RK-401`.
+    pub fn require_uid(&self) -> Result<Arc<str>, Error> {
+        self.session.uid().ok_or_else(Error::not_logged_in)
+    }
+
+    /// Binds a uid to the calling session (an older session of the same uid is kicked).
+    pub fn bind(&self, uid: &str) -> Result<(), Error> {
+        self.app.sessions().bind(&self.session, uid)
+    }
+
+    /// Pushes to the calling session.
+    pub fn push(&self, route: &str, payload: impl IntoPayload) -> Result<(), Error> {
+        self.session.push(route, payload)
+    }
+}

@@ -1,0 +1,303 @@
+//! Configuration: a TOML file, then `ROOKERY_*` environment overrides, then CLI flags (applied by
+//! the binary on the resulting [`Config`]).
+//!
+//! Environment overrides name a path with `__` between levels after the `ROOKERY_` prefix, e.g.
+//! `ROOKERY_GATEWAY__HEARTBEAT=10` or `ROOKERY_MODULES__ROOM__MAX_MEMBERS=50`. Values are read as
+//! TOML literals (numbers, booleans, arrays) and fall back to strings.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rookery_protocol::{Serializer, DEFAULT_MAX_PACKET_SIZE};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "ROOKERY_";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML (after overrides) does not describe a valid configuration.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of a node.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node.
+    pub node: NodeConfig,
+    /// Client-facing acceptors and per-connection limits.
+    pub gateway: GatewayConfig,
+    /// Per-module settings, `[modules.NAME]`, handed to each module's `init`.
+    pub modules: BTreeMap<String, toml::Value>,
+}
+
+/// Identity of this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node id, unique in the cluster.
+    pub id: String,
+    /// Node type (e.g. `gate`, `room`).
+    #[serde(rename = "type")]
+    pub node_type: String,
+    /// Seconds allowed for draining in-flight work at shutdown.
+    pub drain_timeout: f64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: format!("node-{}", std::process::id()),
+            node_type: "game".into(),
+            drain_timeout: 10.0,
+        }
+    }
+}
+
+/// Acceptors and limits of the client-facing gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// TCP acceptor address; none when absent.
+    pub tcp: Option<String>,
+    /// WebSocket acceptor address; none when absent.
+    pub ws: Option<String>,
+    /// WebSocket path.
+    pub ws_path: String,
+    /// Heartbeat interval in whole seconds; a connection silent for twice this is closed.
+    pub heartbeat: u64,
+    /// Seconds a new connection has to complete the handshake (and its ack).
+    pub handshake_timeout: f64,
+    /// Seconds a handler may run before the request fails with `RK-408`.
+    pub request_timeout: f64,
+    /// Largest packet body accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Packets queued towards one client before it is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Requests queued from one client before reading from it pauses.
+    pub inbound_queue: usize,
+    /// Connections accepted at once; further ones wait in the OS backlog.
+    pub max_connections: usize,
+    /// Default serializer when the client does not ask for one.
+    pub serializer: Serializer,
+    /// Per-connection message rate limit.
+    pub rate_limit: RateLimitConfig,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            tcp: None,
+            ws: None,
+            ws_path: "/".into(),
+            heartbeat: 30,
+            handshake_timeout: 10.0,
+            request_timeout: 5.0,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            outbound_queue: 1024,
+            inbound_queue: 64,
+            max_connections: 100_000,
+            serializer: Serializer::Json,
+            rate_limit: RateLimitConfig::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.max(1))
+    }
+    /// Handshake deadline.
+    pub fn handshake_timeout(&self) -> Duration {
+        secs(self.handshake_timeout)
+    }
+    /// Handler deadline.
+    pub fn request_timeout(&self) -> Duration {
+        secs(self.request_timeout)
+    }
+}
+
+/// Per-connection rate limit on inbound messages (requests and notifies).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained messages per second; 0 turns the limit off.
+    pub per_second: u32,
+    /// Burst allowance.
+    pub burst: u32,
+    /// Refused messages after which the client is disconnected.
+    pub max_violations: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_second: 1000,
+            burst: 2000,
+            max_violations: 100,
+        }
+    }
+}
+
+/// A duration from seconds, clamped to sane bounds.
+pub(crate) fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.001, 86_400.0))
+}
+
+impl Config {
+    /// Reads a TOML file (if given), applies the process environment's overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text and applies the given `(name, value)` environment overrides.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut root: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            if keys.iter().any(String::is_empty) {
+                continue;
+            }
+            set_path(&mut root, &keys, parse_env_value(&value))?;
+        }
+        let cfg: Config = toml::Value::Table(root)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks limits that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if g.heartbeat == 0 {
+            return bad("gateway.heartbeat must be at least 1 second");
+        }
+        if g.max_packet_size == 0 || g.max_packet_size > rookery_protocol::packet::MAX_WIRE_BODY {
+            return bad("gateway.max_packet_size must be between 1 and 16777215");
+        }
+        if g.outbound_queue == 0 || g.inbound_queue == 0 || g.max_connections == 0 {
+            return bad("gateway queues and max_connections must be at least 1");
+        }
+        if !g.ws_path.starts_with('/') {
+            return bad("gateway.ws_path must start with '/'");
+        }
+        Ok(())
+    }
+
+    /// Settings of one module (`[modules.NAME]`), if any.
+    pub fn module_settings(&self, name: &str) -> Option<&toml::Value> {
+        self.modules.get(name)
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Parse as a TOML value by wrapping it in a one-key document.
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(
+    table: &mut toml::Table,
+    keys: &[String],
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let (last, parents) = keys.split_last().expect("non-empty path");
+    let mut cur = table;
+    for k in parents {
+        let entry = cur
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::Invalid(format!("environment override: {k} is not a table"))
+        })?;
+    }
+    cur.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn file_then_env() {
+        let toml = r#"
+            [gateway]
+            tcp = "127.0.0.1:1"
+            heartbeat = 5
+            [modules.room]
+            max_members = 3
+        "#;
+        let cfg = Config::from_toml_with_env(
+            toml,
+            env(&[
+                ("ROOKERY_GATEWAY__HEARTBEAT", "7"),
+                ("ROOKERY_GATEWAY__WS", "127.0.0.1:2"),
+                ("ROOKERY_MODULES__ROOM__MAX_MEMBERS", "9"),
+                ("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND", "0"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway.tcp.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(cfg.gateway.heartbeat, 7);
+        assert_eq!(cfg.gateway.ws.as_deref(), Some("127.0.0.1:2"));
+        assert_eq!(cfg.gateway.rate_limit.per_second, 0);
+        assert_eq!(
+            cfg.module_settings("room").unwrap()["max_members"].as_integer(),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn rejects_unknown_and_invalid() {
+        assert!(Config::from_toml_with_env("[gateway]\nnope = 1", env(&[])).is_err());
+        assert!(
+            Config::from_toml_with_env("", env(&[("ROOKERY_GATEWAY__HEARTBEAT", "0")])).is_err()
+        );
+        assert!(
+            Config::from_toml_with_env("", env(&[("ROOKERY_GATEWAY__HEARTBEAT", "abc")])).is_err()
+        );
+        let d = Config::from_toml_with_env("", env(&[])).unwrap();
+        assert_eq!(d.gateway.max_packet_size, 64 * 1024);
+        assert_eq!(d.gateway.heartbeat, 30);
+    }
+}

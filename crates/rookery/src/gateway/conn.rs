@@ -1,0 +1,455 @@
+//! The connection driver: handshake, then a reader loop (heartbeats, idle timeout, rate limit,
+//! route resolution), a per-session worker (handlers in order), and a writer (batched writes).
+//!
+//! Task tree for one connection, all owned by the connection task:
+//! ```text
+//! connection task ── reader loop (inline)
+//!                 ├─ worker task ── concurrent handler tasks (own tracker)
+//!                 └─ writer task
+//! ```
+//! The connection task returns only after the worker and writer have ended and the session has
+//! been removed from the pool and its groups.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rookery_protocol::handshake::{HandshakeResponseSys, CODE_BAD_REQUEST, CODE_OK};
+use rookery_protocol::{
+    HandshakeRequest, HandshakeResponse, HandshakeSys, Message, MessageType, Packet, PacketType,
+    Serializer,
+};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::transport::{ConnError, PacketReader, PacketWriter, Transport};
+use crate::router::{Dispatch, RouteEntry};
+use crate::session::{Acceptor, NewSession};
+use crate::{App, Code, Context, Error, Session};
+
+/// How long the writer keeps trying to deliver what was queued before a close (e.g. a Kick).
+const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// Packets written per batch at most.
+const WRITE_BATCH: usize = 128;
+
+/// Reason sent to sessions kicked by a graceful shutdown.
+pub const REASON_SHUTDOWN: &str = "server shutting down";
+/// Reason for closing a connection that sent nothing for two heartbeat intervals.
+pub const REASON_IDLE: &str = "heartbeat timeout";
+
+/// Why the reader loop ended.
+enum End {
+    /// The client closed the connection (or the socket failed).
+    ClientGone,
+    /// The client broke the protocol: kick with this reason.
+    Violation(String),
+    /// Nothing received for two heartbeats.
+    Idle,
+    /// The node is draining.
+    Drain,
+    /// The session was closed from elsewhere (kick, duplicate login, slow client).
+    Closed,
+}
+
+/// One queued client message, resolved to its route.
+struct Job {
+    entry: Arc<RouteEntry>,
+    kind: MessageType,
+    id: u64,
+    payload: Bytes,
+}
+
+/// Serves one accepted connection until it ends.
+pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, acceptor: Acceptor) {
+    let Transport {
+        mut reader,
+        mut writer,
+    } = transport;
+    let cfg = &app.config().gateway;
+    let hs = tokio::select! {
+        r = timeout(cfg.handshake_timeout(), handshake(&app, &mut reader, writer.as_mut())) => r,
+        _ = app.inner().draining.cancelled() => Ok(Err("server shutting down".into())),
+    };
+    let (serializer, client) = match hs {
+        Ok(Ok(v)) => v,
+        Ok(Err(reason)) => {
+            tracing::debug!(%remote, %reason, "handshake failed");
+            kick_raw(writer.as_mut(), &reason).await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "handshake timeout");
+            kick_raw(writer.as_mut(), "handshake timeout").await;
+            return;
+        }
+    };
+
+    let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue);
+    let session = app.sessions().create(NewSession {
+        remote,
+        acceptor,
+        serializer,
+        client,
+        out: out_tx,
+    });
+    tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
+    for m in app.modules() {
+        m.session_opened(&app, &session).await;
+    }
+    let writer_task = tokio::spawn(write_loop(writer, out_rx, session.closing_token()));
+    let (job_tx, job_rx) = mpsc::channel(cfg.inbound_queue);
+    let worker = tokio::spawn(work_loop(app.clone(), session.clone(), job_rx));
+
+    let end = read_loop(&app, &session, reader, job_tx).await;
+    match &end {
+        End::Violation(reason) => session.kick(reason),
+        End::Idle => session.kick(REASON_IDLE),
+        End::ClientGone | End::Drain | End::Closed => {}
+    }
+    // Requests already accepted finish (a closed session's queued requests are skipped).
+    let _ = worker.await;
+    match end {
+        End::Drain => session.kick(REASON_SHUTDOWN),
+        End::ClientGone => session.close("client closed"),
+        _ => {}
+    }
+    let _ = writer_task.await;
+
+    for m in app.modules() {
+        m.session_closed(&app, &session).await;
+    }
+    app.groups().remove_session(&session);
+    app.sessions().remove(&session);
+    tracing::debug!(
+        session = session.id(),
+        reason = session.close_reason().unwrap_or(""),
+        "session closed"
+    );
+}
+
+async fn next_packet(reader: &mut PacketReader) -> Result<Packet, String> {
+    match reader.next().await {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err("connection closed during handshake".into()),
+    }
+}
+
+/// Runs the handshake; returns the chosen serializer and the client's self-description.
+async fn handshake(
+    app: &App,
+    reader: &mut PacketReader,
+    writer: &mut dyn PacketWriter,
+) -> Result<(Serializer, HandshakeSys), String> {
+    let request = loop {
+        let p = next_packet(reader).await?;
+        match p.kind {
+            PacketType::Handshake => break p,
+            PacketType::Heartbeat => continue,
+            PacketType::Data => return Err("data before handshake".into()),
+            other => return Err(format!("unexpected {other:?} before handshake")),
+        }
+    };
+    let req = match HandshakeRequest::decode(&request.body) {
+        Ok(r) => r,
+        Err(e) => return refuse(writer, CODE_BAD_REQUEST, e.to_string()).await,
+    };
+    if let Some(validate) = &app.inner().validator {
+        if let Err(reason) = validate(&req) {
+            return refuse(writer, CODE_BAD_REQUEST, reason).await;
+        }
+    }
+    let cfg = &app.config().gateway;
+    let serializer = req.sys.serializer.unwrap_or(cfg.serializer);
+    let answer = HandshakeResponse {
+        code: CODE_OK,
+        sys: Some(HandshakeResponseSys {
+            heartbeat: cfg.heartbeat,
+            dict: app
+                .router()
+                .dict()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            serializer,
+        }),
+        msg: None,
+    };
+    let bytes = Packet::new(PacketType::Handshake, answer.encode())
+        .to_bytes()
+        .map_err(|e| e.to_string())?;
+    writer.write(&[bytes]).await.map_err(|e| e.to_string())?;
+    loop {
+        let p = next_packet(reader).await?;
+        match p.kind {
+            PacketType::HandshakeAck => return Ok((serializer, req.sys)),
+            PacketType::Heartbeat => continue,
+            PacketType::Data => return Err("data before handshake ack".into()),
+            other => return Err(format!("unexpected {other:?} before handshake ack")),
+        }
+    }
+}
+
+/// Answers a handshake with a refusal; the caller then closes the connection.
+async fn refuse(
+    writer: &mut dyn PacketWriter,
+    code: u16,
+    msg: String,
+) -> Result<(Serializer, HandshakeSys), String> {
+    let body = HandshakeResponse::refuse(code, msg.clone()).encode();
+    if let Ok(b) = Packet::new(PacketType::Handshake, body).to_bytes() {
+        let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
+    }
+    Err(msg)
+}
+
+/// Best-effort Kick with a reason on a connection that has no session (yet), then close.
+async fn kick_raw(writer: &mut dyn PacketWriter, reason: &str) {
+    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
+    if let Ok(b) = Packet::new(PacketType::Kick, body).to_bytes() {
+        let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
+    }
+    let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
+}
+
+fn heartbeat_packet() -> Bytes {
+    Bytes::from_static(&[PacketType::Heartbeat as u8, 0, 0, 0])
+}
+
+fn rate_limiter(app: &App) -> Option<DefaultDirectRateLimiter> {
+    let rl = &app.config().gateway.rate_limit;
+    let per_second = NonZeroU32::new(rl.per_second)?;
+    let burst = NonZeroU32::new(rl.burst.max(rl.per_second)).unwrap_or(per_second);
+    Some(RateLimiter::direct(
+        Quota::per_second(per_second).allow_burst(burst),
+    ))
+}
+
+async fn read_loop(
+    app: &App,
+    session: &Session,
+    mut reader: PacketReader,
+    jobs: mpsc::Sender<Job>,
+) -> End {
+    let idle = app.config().gateway.heartbeat_interval() * 2;
+    let limiter = rate_limiter(app);
+    let max_violations = app.config().gateway.rate_limit.max_violations;
+    let mut violations = 0u32;
+    let mut last_seen = Instant::now();
+    // One timer for the connection, re-armed only when it fires (not on every packet).
+    let idle_timer = sleep_until(last_seen + idle);
+    tokio::pin!(idle_timer);
+    let draining = app.inner().draining.clone();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = session.closed() => return End::Closed,
+            _ = draining.cancelled() => return End::Drain,
+            p = reader.next() => p,
+            _ = &mut idle_timer => {
+                if last_seen.elapsed() >= idle {
+                    return End::Idle;
+                }
+                idle_timer.as_mut().reset(last_seen + idle);
+                continue;
+            }
+        };
+        last_seen = Instant::now();
+        let packet = match next {
+            None | Some(Err(ConnError::Io(_))) => return End::ClientGone,
+            Some(Err(e)) => return End::Violation(e.to_string()),
+            Some(Ok(p)) => p,
+        };
+        match packet.kind {
+            PacketType::Heartbeat => {
+                let _ = session.send_packet(heartbeat_packet());
+            }
+            PacketType::Data => {
+                let msg = match Message::decode(packet.body) {
+                    Ok(m) => m,
+                    Err(e) => return End::Violation(format!("bad message: {e}")),
+                };
+                if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
+                    return End::Violation(format!("clients may not send {:?}", msg.kind));
+                }
+                if let Some(l) = &limiter {
+                    if l.check().is_err() {
+                        violations += 1;
+                        if violations > max_violations {
+                            return End::Violation("rate limit exceeded".into());
+                        }
+                        reply_error(
+                            session,
+                            &msg,
+                            Error::new(Code::RateLimited, "rate limit exceeded"),
+                        );
+                        continue;
+                    }
+                }
+                if msg.compressed {
+                    reply_error(
+                        session,
+                        &msg,
+                        Error::bad_request("compressed payloads are not supported"),
+                    );
+                    continue;
+                }
+                let route = msg
+                    .route
+                    .as_ref()
+                    .expect("requests and notifies carry a route");
+                let Some(entry) = app.router().resolve_client(route) else {
+                    let name = match route {
+                        rookery_protocol::Route::Name(n) => n.to_string(),
+                        rookery_protocol::Route::Code(c) => format!("#{c}"),
+                    };
+                    reply_error(session, &msg, Error::not_found(&name));
+                    continue;
+                };
+                let job = Job {
+                    entry: entry.clone(),
+                    kind: msg.kind,
+                    id: msg.id,
+                    payload: msg.payload,
+                };
+                // Waits when the session's queue is full: reading pauses (backpressure).
+                tokio::select! {
+                    r = jobs.send(job) => if r.is_err() { return End::Closed },
+                    _ = session.closed() => return End::Closed,
+                }
+            }
+            PacketType::Handshake | PacketType::HandshakeAck => {
+                return End::Violation("handshake after handshake".into())
+            }
+            PacketType::Kick => return End::Violation("clients may not send kick".into()),
+        }
+    }
+}
+
+fn reply_error(session: &Session, msg: &Message, err: Error) {
+    if msg.kind == MessageType::Request {
+        let m = Message::error_response(msg.id, err.encode(session.serializer()));
+        if let Ok(b) = m.to_packet_bytes() {
+            let _ = session.send_packet(b);
+        }
+    } else {
+        tracing::debug!(session = session.id(), error = %err, "notify refused");
+    }
+}
+
+async fn work_loop(app: App, session: Session, mut jobs: mpsc::Receiver<Job>) {
+    let concurrent = TaskTracker::new();
+    while let Some(job) = jobs.recv().await {
+        if session.is_closed() {
+            continue;
+        }
+        match job.entry.dispatch {
+            Dispatch::Ordered => run_job(&app, &session, job).await,
+            Dispatch::Serial => {
+                let lock = job.entry.module_lock.clone();
+                let _guard = match &lock {
+                    Some(l) => Some(l.lock().await),
+                    None => None,
+                };
+                run_job(&app, &session, job).await
+            }
+            Dispatch::Concurrent => {
+                let (app, session) = (app.clone(), session.clone());
+                concurrent.spawn(async move { run_job(&app, &session, job).await });
+            }
+        }
+    }
+    concurrent.close();
+    concurrent.wait().await;
+}
+
+async fn run_job(app: &App, session: &Session, job: Job) {
+    let entry = &job.entry;
+    let result = if entry.login_required && session.uid().is_none() {
+        Err(Error::not_logged_in())
+    } else {
+        let ctx = Context::new(app.clone(), session.clone(), entry.route.clone());
+        let fut = AssertUnwindSafe((entry.handler)(ctx, job.payload)).catch_unwind();
+        match timeout(app.config().gateway.request_timeout(), fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_panic)) => Err(Error::internal(format!("handler {} panicked", entry.route))),
+            Err(_) => Err(Error::new(
+                Code::Timeout,
+                format!("{} did not answer in time", entry.route),
+            )),
+        }
+    };
+    match job.kind {
+        MessageType::Request => {
+            let msg = match result {
+                Ok(body) => Message::response(job.id, body),
+                Err(e) => Message::error_response(job.id, e.encode(session.serializer())),
+            };
+            match msg.to_packet_bytes() {
+                Ok(b) => {
+                    let _ = session.send_packet(b);
+                }
+                Err(e) => tracing::error!(route = %entry.route, error = %e, "response too large"),
+            }
+        }
+        _ => {
+            if let Err(e) = result {
+                tracing::debug!(route = %entry.route, error = %e, "notify handler failed");
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    mut writer: Box<dyn PacketWriter>,
+    mut rx: mpsc::Receiver<Bytes>,
+    closing: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+            _ = closing.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        let ok = {
+            let write = writer.write(&batch);
+            tokio::pin!(write);
+            tokio::select! {
+                r = &mut write => r.is_ok(),
+                _ = closing.cancelled() => {
+                    matches!(timeout(FLUSH_DEADLINE, &mut write).await, Ok(Ok(())))
+                }
+            }
+        };
+        batch.clear();
+        if !ok {
+            closing.cancel();
+            writer_shutdown(writer.as_mut()).await;
+            return;
+        }
+    }
+    // Deliver what was queued before the close (typically a Kick), within a deadline.
+    rx.close();
+    while let Ok(p) = rx.try_recv() {
+        batch.push(p);
+    }
+    if !batch.is_empty() {
+        let _ = timeout(FLUSH_DEADLINE, writer.write(&batch)).await;
+    }
+    writer_shutdown(writer.as_mut()).await;
+}
+
+async fn writer_shutdown(writer: &mut dyn PacketWriter) {
+    let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
+}

@@ -1,0 +1,98 @@
+//! The client-facing gateway: acceptors (TCP, WebSocket) feeding one connection driver.
+
+mod conn;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_util::sync::CancellationToken;
+
+pub use conn::{REASON_IDLE, REASON_SHUTDOWN};
+
+use crate::session::Acceptor;
+use crate::App;
+
+/// Pause after an accept error (e.g. out of file descriptors) before accepting again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Accepts connections until `stop` fires. Each connection runs as a task owned by the app's
+/// tracker; `limit` caps how many run at once.
+pub(crate) async fn accept_loop(
+    app: App,
+    listener: TcpListener,
+    acceptor: Acceptor,
+    limit: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.cancelled() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, ?acceptor, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let app2 = app.clone();
+        app.inner().tasks.spawn(async move {
+            match acceptor {
+                Acceptor::Tcp => serve_tcp(app2, stream, remote).await,
+                Acceptor::Ws => serve_ws(app2, stream, remote).await,
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(app: App, stream: TcpStream, remote: SocketAddr) {
+    let max = app.config().gateway.max_packet_size;
+    conn::serve(app, transport::tcp(stream, max), remote, Acceptor::Tcp).await
+}
+
+async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr) {
+    let cfg = &app.config().gateway;
+    let path = cfg.ws_path.clone();
+    let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() == path {
+            Ok(resp)
+        } else {
+            let mut err = ErrorResponse::new(Some("not found".into()));
+            *err.status_mut() = StatusCode::NOT_FOUND;
+            Err(err)
+        }
+    };
+    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        check_path,
+        Some(transport::ws_config(cfg.max_packet_size)),
+    );
+    let ws = match timeout(cfg.handshake_timeout(), upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "websocket upgrade timeout");
+            return;
+        }
+    };
+    let max = cfg.max_packet_size;
+    conn::serve(app, transport::ws(ws, max), remote, Acceptor::Ws).await
+}

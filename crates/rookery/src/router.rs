@@ -1,0 +1,148 @@
+//! Handlers and the route table.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rookery_protocol::{Route, RouteDict};
+
+use crate::{Context, Error, FromPayload, IntoPayload};
+
+/// A boxed future, as handlers return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A type-erased handler: context and raw payload in, raw payload (or error) out.
+pub type BoxHandler = Arc<dyn Fn(Context, Bytes) -> BoxFuture<Result<Bytes, Error>> + Send + Sync>;
+
+/// Anything that can handle a route: an async function `(Context, A) -> Result<R, Error>` where
+/// `A` decodes from the payload and `R` encodes into the response.
+pub trait Handler<A>: Send + Sync + 'static {
+    /// Erases the argument and result types.
+    fn into_boxed(self) -> BoxHandler;
+}
+
+impl<F, Fut, A, R> Handler<A> for F
+where
+    F: Fn(Context, A) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R, Error>> + Send + 'static,
+    A: FromPayload,
+    R: IntoPayload + 'static,
+{
+    fn into_boxed(self) -> BoxHandler {
+        Arc::new(
+            move |ctx: Context, payload: Bytes| -> BoxFuture<Result<Bytes, Error>> {
+                let ser = ctx.serializer();
+                match A::from_payload(ser, payload) {
+                    Ok(arg) => {
+                        let fut = (self)(ctx, arg);
+                        Box::pin(async move { fut.await?.into_payload(ser) })
+                    }
+                    Err(e) => Box::pin(std::future::ready(Err(e))),
+                }
+            },
+        )
+    }
+}
+
+/// How a module's requests are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// Requests of one session run one after another, in arrival order (the default).
+    #[default]
+    Ordered,
+    /// Requests run concurrently, even from the same session (mqant `RegisterGO`).
+    Concurrent,
+    /// One request at a time for the whole module, across all sessions (mqant `Register`);
+    /// per-session order is kept.
+    Serial,
+}
+
+/// One registered route.
+pub struct RouteEntry {
+    /// Full route, `module.handler.method`.
+    pub route: Arc<str>,
+    /// Code in the route dictionary (0 for internal routes, which have none).
+    pub code: u16,
+    /// Index of the owning module.
+    pub module: usize,
+    /// Scheduling.
+    pub dispatch: Dispatch,
+    /// The session must have a bound uid.
+    pub login_required: bool,
+    /// Not callable by clients (RPC/system only).
+    pub internal: bool,
+    pub(crate) handler: BoxHandler,
+    pub(crate) module_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The route table of a node.
+#[derive(Default)]
+pub struct Router {
+    by_name: HashMap<Arc<str>, Arc<RouteEntry>>,
+    by_code: HashMap<u16, Arc<RouteEntry>>,
+    dict: Arc<RouteDict>,
+}
+
+impl Router {
+    /// Builds the table and the route dictionary: every client-callable route and every declared
+    /// push route gets a code.
+    pub(crate) fn new(entries: Vec<RouteEntry>, push_routes: &[String]) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        for e in &entries {
+            if by_name.insert(e.route.clone(), ()).is_some() {
+                return Err(format!("route {} registered twice", e.route));
+            }
+        }
+        let names = entries
+            .iter()
+            .filter(|e| !e.internal)
+            .map(|e| e.route.to_string())
+            .chain(push_routes.iter().cloned());
+        let dict = RouteDict::from_routes(names);
+        let mut router = Router {
+            dict: Arc::new(dict),
+            ..Router::default()
+        };
+        for mut e in entries {
+            e.code = if e.internal {
+                0
+            } else {
+                router.dict.code(&e.route).unwrap_or(0)
+            };
+            let e = Arc::new(e);
+            if e.code != 0 {
+                router.by_code.insert(e.code, e.clone());
+            }
+            router.by_name.insert(e.route.clone(), e);
+        }
+        Ok(router)
+    }
+
+    /// Looks up a route by name (internal routes included).
+    pub fn get(&self, route: &str) -> Option<&Arc<RouteEntry>> {
+        self.by_name.get(route)
+    }
+
+    /// Resolves a route as a client sent it; internal routes are not visible.
+    pub(crate) fn resolve_client(&self, route: &Route) -> Option<&Arc<RouteEntry>> {
+        let e = match route {
+            Route::Name(n) => self.by_name.get(n.as_str()),
+            Route::Code(c) => self.by_code.get(c),
+        }?;
+        (!e.internal).then_some(e)
+    }
+
+    /// The route dictionary sent in handshakes.
+    pub fn dict(&self) -> &Arc<RouteDict> {
+        &self.dict
+    }
+
+    /// All routes, sorted by name.
+    pub fn routes(&self) -> Vec<Arc<RouteEntry>> {
+        let mut v: Vec<_> = self.by_name.values().cloned().collect();
+        v.sort_by(|a, b| a.route.cmp(&b.route));
+        v
+    }
+}

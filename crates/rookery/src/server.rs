@@ -1,0 +1,282 @@
+//! Building, starting and stopping a node.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rookery_protocol::HandshakeRequest;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::app::{AppInner, HandshakeValidator};
+use crate::config::secs;
+use crate::gateway::{accept_loop, REASON_SHUTDOWN};
+use crate::module::ModuleInit;
+use crate::router::Router;
+use crate::session::Acceptor;
+use crate::{App, Config, Groups, Module, SessionPool};
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An acceptor address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A module failed to initialise.
+    #[error("module {module} failed to initialise: {error}")]
+    Module {
+        /// The module.
+        module: String,
+        /// The cause.
+        error: crate::Error,
+    },
+    /// Routes clash or the configuration is inconsistent.
+    #[error("invalid setup: {0}")]
+    Setup(String),
+}
+
+/// Entry point: `Server::builder(config).module(m).start().await`.
+pub struct Server;
+
+impl Server {
+    /// A builder for a node with this configuration.
+    pub fn builder(config: Config) -> ServerBuilder {
+        ServerBuilder {
+            config,
+            modules: Vec::new(),
+            validator: None,
+        }
+    }
+}
+
+/// Collects modules and hooks, then starts the node.
+pub struct ServerBuilder {
+    config: Config,
+    modules: Vec<Arc<dyn Module>>,
+    validator: Option<HandshakeValidator>,
+}
+
+impl ServerBuilder {
+    /// Adds a module.
+    pub fn module(mut self, module: impl Module) -> Self {
+        self.modules.push(Arc::new(module));
+        self
+    }
+
+    /// Adds a shared module.
+    pub fn module_arc(mut self, module: Arc<dyn Module>) -> Self {
+        self.modules.push(module);
+        self
+    }
+
+    /// Sets the handshake validator (e.g. token check); a refusal closes the connection with
+    /// handshake code 400 and the given reason.
+    pub fn handshake_validator(
+        mut self,
+        f: impl Fn(&HandshakeRequest) -> Result<(), String> + Send + Sync + 'static,
+    ) -> Self {
+        self.validator = Some(Arc::new(f));
+        self
+    }
+
+    /// Initialises modules, binds the acceptors and starts serving.
+    pub async fn start(self) -> Result<RunningServer, StartError> {
+        self.config
+            .validate()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let mut routes = Vec::new();
+        let mut push_routes = Vec::new();
+        for (index, m) in self.modules.iter().enumerate() {
+            let name = m.name().to_string();
+            if self.modules[..index].iter().any(|o| o.name() == name) {
+                return Err(StartError::Setup(format!("module {name} added twice")));
+            }
+            let mut init = ModuleInit {
+                module: &name,
+                index,
+                dispatch: m.dispatch(),
+                settings: self.config.module_settings(&name),
+                routes: &mut routes,
+                push_routes: &mut push_routes,
+                module_lock: Arc::new(tokio::sync::Mutex::new(())),
+            };
+            m.clone()
+                .init(&mut init)
+                .map_err(|error| StartError::Module {
+                    module: name.clone(),
+                    error,
+                })?;
+        }
+        let router = Router::new(routes, &push_routes).map_err(StartError::Setup)?;
+        let sessions = SessionPool::new(router.dict().clone());
+
+        let gw = &self.config.gateway;
+        let tcp = bind(gw.tcp.as_deref()).await?;
+        let ws = bind(gw.ws.as_deref()).await?;
+        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        let limit = Arc::new(Semaphore::new(gw.max_connections));
+
+        let app = App::new(AppInner {
+            config: self.config,
+            router,
+            sessions,
+            groups: Groups::default(),
+            modules: self.modules,
+            draining: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            validator: self.validator,
+        });
+
+        let stop_accept = CancellationToken::new();
+        let mut acceptors = JoinSet::new();
+        for (listener, kind) in [(tcp, Acceptor::Tcp), (ws, Acceptor::Ws)] {
+            if let Some(l) = listener {
+                acceptors.spawn(accept_loop(
+                    app.clone(),
+                    l,
+                    kind,
+                    limit.clone(),
+                    stop_accept.clone(),
+                ));
+            }
+        }
+        let stop_modules = CancellationToken::new();
+        let mut module_tasks = JoinSet::new();
+        for m in app.modules() {
+            module_tasks.spawn(m.clone().run(app.clone(), stop_modules.clone()));
+        }
+        tracing::info!(
+            node = app.node_id(),
+            tcp = ?tcp_addr,
+            ws = ?ws_addr,
+            routes = app.router().routes().len(),
+            "node started"
+        );
+        Ok(RunningServer {
+            app,
+            tcp_addr,
+            ws_addr,
+            stop_accept,
+            stop_modules,
+            acceptors,
+            module_tasks,
+        })
+    }
+}
+
+async fn bind(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
+    let Some(addr) = addr else { return Ok(None) };
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// A started node. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    app: App,
+    tcp_addr: Option<SocketAddr>,
+    ws_addr: Option<SocketAddr>,
+    stop_accept: CancellationToken,
+    stop_modules: CancellationToken,
+    acceptors: JoinSet<()>,
+    module_tasks: JoinSet<()>,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Sessions open when draining began.
+    pub sessions: usize,
+    /// True if every connection finished within the drain timeout.
+    pub drained: bool,
+}
+
+impl RunningServer {
+    /// The node.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Bound TCP address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Bound WebSocket address.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_addr
+    }
+
+    /// Graceful shutdown: stop accepting; let every session finish the requests it already sent,
+    /// then kick it with reason `server shutting down`; wait up to the drain timeout; stop modules
+    /// and run their destroy hooks.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let sessions = self.app.sessions().len();
+        tracing::info!(sessions, "draining");
+        self.stop_accept.cancel();
+        while self.acceptors.join_next().await.is_some() {}
+        let inner = self.app.inner();
+        inner.draining.cancel();
+        inner.tasks.close();
+        let drain = secs(self.app.config().node.drain_timeout);
+        let drained = tokio::time::timeout(drain, inner.tasks.wait())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!("drain timeout; closing remaining sessions");
+            for s in self.app.sessions().all() {
+                s.close(REASON_SHUTDOWN);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
+        }
+        self.stop_modules.cancel();
+        while self.module_tasks.join_next().await.is_some() {}
+        for m in self.app.modules().iter().rev() {
+            m.destroy(&self.app).await;
+        }
+        tracing::info!("stopped");
+        ShutdownReport { sessions, drained }
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> ShutdownReport {
+        signal.await;
+        self.shutdown().await
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM (Ctrl-C elsewhere).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,416 @@
+//! Sessions: the gateway's record of one client connection, and the pool that indexes them by
+//! id and by bound user id.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rookery_protocol::handshake::HandshakeSys;
+use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName, Serializer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Code, Error, IntoPayload};
+
+/// Session id, unique within a node for its lifetime.
+pub type SessionId = u64;
+
+/// Which acceptor a session came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acceptor {
+    /// Plain TCP.
+    Tcp,
+    /// WebSocket.
+    Ws,
+}
+
+/// A cheap handle on one client session. Clones refer to the same session.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: SessionId,
+    remote: SocketAddr,
+    acceptor: Acceptor,
+    serializer: Serializer,
+    client: HandshakeSys,
+    created: Instant,
+    uid: RwLock<Option<Arc<str>>>,
+    data: Mutex<HashMap<String, serde_json::Value>>,
+    out: mpsc::Sender<Bytes>,
+    closing: CancellationToken,
+    close_reason: OnceLock<String>,
+    dict: Arc<RouteDict>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.inner.id)
+            .field("uid", &self.uid())
+            .field("remote", &self.inner.remote)
+            .finish()
+    }
+}
+
+/// Reason given to sessions closed because their outbound queue overflowed.
+pub const REASON_SLOW_CLIENT: &str = "slow client: outbound queue full";
+/// Reason given to the older session on duplicate login.
+pub const REASON_DUPLICATE_LOGIN: &str = "duplicate login";
+
+impl Session {
+    /// Session id.
+    pub fn id(&self) -> SessionId {
+        self.inner.id
+    }
+
+    /// Remote address of the client.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.remote
+    }
+
+    /// The acceptor the client connected through.
+    pub fn acceptor(&self) -> Acceptor {
+        self.inner.acceptor
+    }
+
+    /// Serializer chosen in the handshake.
+    pub fn serializer(&self) -> Serializer {
+        self.inner.serializer
+    }
+
+    /// What the client said about itself in the handshake.
+    pub fn client_info(&self) -> &HandshakeSys {
+        &self.inner.client
+    }
+
+    /// When the session was established.
+    pub fn created(&self) -> Instant {
+        self.inner.created
+    }
+
+    /// The bound user id, if logged in.
+    pub fn uid(&self) -> Option<Arc<str>> {
+        self.inner
+            .uid
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reads a session value.
+    pub fn get(&self, key: &str) -> Option<serde_json::Value> {
+        self.lock_data().get(key).cloned()
+    }
+
+    /// Sets a session value.
+    pub fn set(&self, key: impl Into<String>, value: serde_json::Value) {
+        self.lock_data().insert(key.into(), value);
+    }
+
+    /// Removes a session value.
+    pub fn remove(&self, key: &str) -> Option<serde_json::Value> {
+        self.lock_data().remove(key)
+    }
+
+    /// A copy of all session values.
+    pub fn data(&self) -> HashMap<String, serde_json::Value> {
+        self.lock_data().clone()
+    }
+
+    fn lock_data(&self) -> std::sync::MutexGuard<'_, HashMap<String, serde_json::Value>> {
+        self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Pushes a message to this client. The route is compressed when the dictionary has it.
+    /// Fails if the session is closed, or if its outbound queue is full (the client is then
+    /// disconnected as too slow).
+    pub fn push(&self, route: &str, payload: impl IntoPayload) -> Result<(), Error> {
+        let body = payload.into_payload(self.serializer())?;
+        self.send_packet(self.encode_push(route, body)?)
+    }
+
+    pub(crate) fn encode_push(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
+        encode_push(&self.inner.dict, route, body)
+    }
+
+    /// Queues an encoded packet. Never blocks: a full queue closes the session.
+    pub(crate) fn send_packet(&self, packet: Bytes) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::new(Code::Unavailable, "session closed"));
+        }
+        match self.inner.out.try_send(packet) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(session = self.id(), "outbound queue full; disconnecting");
+                self.close(REASON_SLOW_CLIENT);
+                Err(Error::new(Code::Unavailable, REASON_SLOW_CLIENT))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::new(Code::Unavailable, "session closed"))
+            }
+        }
+    }
+
+    /// Sends the client a Kick packet with a reason, then closes the session.
+    pub fn kick(&self, reason: &str) {
+        if !self.is_closed() {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
+            if let Ok(p) = Packet::new(PacketType::Kick, body).to_bytes() {
+                let _ = self.inner.out.try_send(p);
+            }
+        }
+        self.close(reason);
+    }
+
+    /// Closes the session without a Kick packet. The first reason given is kept.
+    pub fn close(&self, reason: &str) {
+        let _ = self.inner.close_reason.set(reason.to_string());
+        self.inner.closing.cancel();
+    }
+
+    /// True once the session is closing or closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closing.is_cancelled()
+    }
+
+    /// Why the session was closed, once it is.
+    pub fn close_reason(&self) -> Option<&str> {
+        self.inner.close_reason.get().map(String::as_str)
+    }
+
+    /// Resolves when the session starts closing.
+    pub async fn closed(&self) {
+        self.inner.closing.cancelled().await
+    }
+
+    pub(crate) fn closing_token(&self) -> CancellationToken {
+        self.inner.closing.clone()
+    }
+
+    fn set_uid(&self, uid: Option<Arc<str>>) {
+        *self.inner.uid.write().unwrap_or_else(|e| e.into_inner()) = uid;
+    }
+}
+
+/// Encodes a Push packet, compressing the route if the dictionary has it.
+pub(crate) fn encode_push(dict: &RouteDict, route: &str, body: Bytes) -> Result<Bytes, Error> {
+    let route = match dict.code(route) {
+        Some(code) => Route::Code(code),
+        None => Route::Name(
+            RouteName::try_from(route).map_err(|e| Error::internal(format!("push route: {e}")))?,
+        ),
+    };
+    Message::push(route, body)
+        .to_packet_bytes()
+        .map_err(Error::internal)
+}
+
+/// Everything needed to create a session after a successful handshake.
+pub(crate) struct NewSession {
+    pub remote: SocketAddr,
+    pub acceptor: Acceptor,
+    pub serializer: Serializer,
+    pub client: HandshakeSys,
+    pub out: mpsc::Sender<Bytes>,
+}
+
+/// All sessions of this node, by id and by bound user id.
+#[derive(Clone, Default)]
+pub struct SessionPool {
+    inner: Arc<PoolInner>,
+}
+
+#[derive(Default)]
+struct PoolInner {
+    next_id: AtomicU64,
+    maps: RwLock<Maps>,
+    dict: OnceLock<Arc<RouteDict>>,
+}
+
+#[derive(Default)]
+struct Maps {
+    by_id: HashMap<SessionId, Session>,
+    by_uid: HashMap<Arc<str>, Session>,
+}
+
+impl SessionPool {
+    pub(crate) fn new(dict: Arc<RouteDict>) -> Self {
+        let pool = Self::default();
+        let _ = pool.inner.dict.set(dict);
+        pool
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
+        self.inner.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Maps> {
+        self.inner.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn create(&self, new: NewSession) -> Session {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Session {
+            inner: Arc::new(Inner {
+                id,
+                remote: new.remote,
+                acceptor: new.acceptor,
+                serializer: new.serializer,
+                client: new.client,
+                created: Instant::now(),
+                uid: RwLock::new(None),
+                data: Mutex::new(HashMap::new()),
+                out: new.out,
+                closing: CancellationToken::new(),
+                close_reason: OnceLock::new(),
+                dict: self.inner.dict.get().cloned().unwrap_or_default(),
+            }),
+        };
+        self.write().by_id.insert(id, session.clone());
+        session
+    }
+
+    /// Binds a user id to a session. If another session holds the uid, that older session is
+    /// kicked with reason `duplicate login`. Binding the same uid again is a no-op; binding a
+    /// different uid to an already bound session is refused.
+    pub fn bind(&self, session: &Session, uid: &str) -> Result<(), Error> {
+        if uid.is_empty() {
+            return Err(Error::bad_request("uid must not be empty"));
+        }
+        let older = {
+            let mut maps = self.write();
+            if session.is_closed() || !maps.by_id.contains_key(&session.id()) {
+                return Err(Error::new(Code::Unavailable, "session closed"));
+            }
+            match session.uid() {
+                Some(cur) if &*cur == uid => return Ok(()),
+                Some(cur) => {
+                    return Err(Error::bad_request(format!(
+                        "session already bound to user {cur:?}"
+                    )))
+                }
+                None => {}
+            }
+            let uid: Arc<str> = Arc::from(uid);
+            session.set_uid(Some(uid.clone()));
+            maps.by_uid
+                .insert(uid, session.clone())
+                .filter(|old| old.id() != session.id())
+        };
+        if let Some(old) = older {
+            tracing::info!(uid, old = old.id(), new = session.id(), "duplicate login");
+            old.kick(REASON_DUPLICATE_LOGIN);
+        }
+        Ok(())
+    }
+
+    /// Removes a session (on close). Its uid binding is removed only if it still points at it.
+    pub(crate) fn remove(&self, session: &Session) {
+        let mut maps = self.write();
+        maps.by_id.remove(&session.id());
+        if let Some(uid) = session.uid() {
+            if maps.by_uid.get(&uid).map(Session::id) == Some(session.id()) {
+                maps.by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// The session with this id.
+    pub fn get(&self, id: SessionId) -> Option<Session> {
+        self.read().by_id.get(&id).cloned()
+    }
+
+    /// The session bound to this user id.
+    pub fn by_uid(&self, uid: &str) -> Option<Session> {
+        self.read().by_uid.get(uid).cloned()
+    }
+
+    /// Number of sessions.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// True when there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of sessions with a bound user.
+    pub fn bound_len(&self) -> usize {
+        self.read().by_uid.len()
+    }
+
+    /// A snapshot of all sessions.
+    pub fn all(&self) -> Vec<Session> {
+        self.read().by_id.values().cloned().collect()
+    }
+
+    /// Pushes to the session of a user. Fails with `RK-404` if the user has no session here.
+    pub fn push_to_uid(
+        &self,
+        uid: &str,
+        route: &str,
+        payload: impl IntoPayload,
+    ) -> Result<(), Error> {
+        let s = self
+            .by_uid(uid)
+            .ok_or_else(|| Error::new(Code::NotFound, format!("user {uid:?} is not online")))?;
+        s.push(route, payload)
+    }
+
+    /// Kicks a user; returns whether it had a session.
+    pub fn kick_uid(&self, uid: &str, reason: &str) -> bool {
+        match self.by_uid(uid) {
+            Some(s) => {
+                s.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Pushes to every session; returns how many accepted the push. The payload is encoded once
+    /// per serializer.
+    pub fn broadcast(&self, route: &str, payload: impl IntoPayload) -> usize {
+        fan_out(&self.all(), route, &payload)
+    }
+}
+
+/// Pushes one payload to many sessions, encoding it once per serializer.
+pub(crate) fn fan_out<P: IntoPayload + ?Sized>(
+    sessions: &[Session],
+    route: &str,
+    payload: &P,
+) -> usize {
+    let mut encoded = crate::payload::EncodedOnce::new(payload);
+    let mut packets: [Option<Bytes>; 2] = [None, None];
+    let mut delivered = 0;
+    for s in sessions {
+        let ser = s.serializer();
+        let slot = &mut packets[ser as usize];
+        if slot.is_none() {
+            match encoded.get(ser).and_then(|b| s.encode_push(route, b)) {
+                Ok(p) => *slot = Some(p),
+                Err(e) => {
+                    tracing::warn!(route, error = %e, "broadcast encoding failed");
+                    continue;
+                }
+            }
+        }
+        if let Some(p) = slot {
+            if s.send_packet(p.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+    }
+    delivered
+}

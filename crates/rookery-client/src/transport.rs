@@ -1,0 +1,152 @@
+//! The two transports: TCP (packets framed by their header) and WebSocket (one packet per binary
+//! frame). Both read and write whole packets.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use rookery_protocol::{Packet, PacketCodec, HEADER_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::ClientError;
+
+/// Read buffer growth step for TCP.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// An open connection to the server.
+pub(crate) enum Transport {
+    /// Raw TCP with a read buffer holding partial packets.
+    Tcp { stream: TcpStream, buf: BytesMut },
+    /// WebSocket over TCP.
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+impl Transport {
+    /// Connects to `addr`: `ws://host[:port][/path]` for WebSocket, anything else as TCP `host:port`.
+    pub(crate) async fn connect(addr: &str, max_packet_size: usize) -> Result<Self, ClientError> {
+        if addr.starts_with("wss://") {
+            return Err(ClientError::WebSocket(
+                "wss:// (TLS) is not supported".into(),
+            ));
+        }
+        let Some(rest) = addr.strip_prefix("ws://") else {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            return Ok(Self::Tcp {
+                stream,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            });
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        if authority.is_empty() {
+            return Err(ClientError::WebSocket(format!("no host in {addr:?}")));
+        }
+        // Default port 80 unless the authority already ends with one (mind IPv6 brackets).
+        let has_port = match authority.rfind(':') {
+            Some(i) => !authority[i..].contains(']'),
+            None => false,
+        };
+        let host_port = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let stream = TcpStream::connect(&host_port).await?;
+        stream.set_nodelay(true)?;
+        let frame_limit = max_packet_size.saturating_add(HEADER_LEN);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(frame_limit))
+            .max_frame_size(Some(frame_limit));
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(addr, stream, Some(config))
+                .await
+                .map_err(ws_error)?;
+        Ok(Self::Ws(Box::new(ws)))
+    }
+
+    /// Reads the next packet; `Ok(None)` on a clean end of stream.
+    ///
+    /// Cancel-safe: partial TCP reads stay in the buffer, and `StreamExt::next` is cancel-safe.
+    pub(crate) async fn recv(
+        &mut self,
+        codec: &PacketCodec,
+    ) -> Result<Option<Packet>, ClientError> {
+        match self {
+            Self::Tcp { stream, buf } => loop {
+                if let Some(p) = codec.decode(buf)? {
+                    return Ok(Some(p));
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+                    buf.reserve(READ_CHUNK);
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    return if buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+                    };
+                }
+            },
+            Self::Ws(ws) => loop {
+                match ws.next().await {
+                    None => return Ok(None),
+                    Some(Ok(WsMessage::Binary(frame))) => {
+                        return Ok(Some(codec.decode_frame(frame)?))
+                    }
+                    Some(Ok(WsMessage::Close(_))) => return Ok(None),
+                    Some(Ok(WsMessage::Text(_))) => {
+                        return Err(ClientError::WebSocket("unexpected text frame".into()))
+                    }
+                    // Ping/Pong are answered by tungstenite; raw frames are not surfaced on read.
+                    Some(Ok(_)) => continue,
+                    Some(Err(
+                        tungstenite::Error::ConnectionClosed
+                        | tungstenite::Error::AlreadyClosed
+                        | tungstenite::Error::Protocol(
+                            tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                        ),
+                    )) => return Ok(None),
+                    Some(Err(e)) => return Err(ws_error(e)),
+                }
+            },
+        }
+    }
+
+    /// Writes one encoded packet.
+    pub(crate) async fn send(&mut self, packet: Bytes) -> Result<(), ClientError> {
+        match self {
+            Self::Tcp { stream, .. } => Ok(stream.write_all(&packet).await?),
+            Self::Ws(ws) => ws.send(WsMessage::Binary(packet)).await.map_err(ws_error),
+        }
+    }
+
+    /// Closes the connection politely (WebSocket close frame, TCP write shutdown), bounded in time.
+    pub(crate) async fn shutdown(&mut self) {
+        let limit = Duration::from_secs(1);
+        let _ = match self {
+            Self::Tcp { stream, .. } => {
+                tokio::time::timeout(limit, async {
+                    let _ = stream.shutdown().await;
+                })
+                .await
+            }
+            Self::Ws(ws) => {
+                tokio::time::timeout(limit, async {
+                    let _ = ws.close().await; // SinkExt::close sends a close frame
+                })
+                .await
+            }
+        };
+    }
+}
+
+/// Maps a tungstenite error, keeping I/O errors as such.
+fn ws_error(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Io(e) => ClientError::Io(e),
+        other => ClientError::WebSocket(other.to_string()),
+    }
+}

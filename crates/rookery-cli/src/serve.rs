@@ -64,7 +64,11 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
     println!(
         "rookery: stopped ({} sessions drained{})",
         report.sessions,
-        if report.drained { "" } else { ", drain timed out" }
+        if report.drained {
+            ""
+        } else {
+            ", drain timed out"
+        }
     );
     Ok(())
 }

@@ -53,6 +53,8 @@ pub(crate) struct Conn {
     pub(crate) heartbeat: Option<Duration>,
     /// Route code to name (the inverted handshake dictionary).
     pub(crate) routes: HashMap<u16, String>,
+    /// Serializer of this connection (error payloads use it too).
+    pub(crate) serializer: rookery_protocol::Serializer,
 }
 
 /// Why the connection ended.
@@ -223,7 +225,7 @@ impl Conn {
                         "compressed payloads are not supported",
                     )))
                 } else if msg.error {
-                    Err(server_error(&msg.payload))
+                    Err(server_error(&msg.payload, self.serializer))
                 } else {
                     Ok(msg.payload)
                 };
@@ -287,8 +289,33 @@ pub(crate) fn kick_reason(body: &[u8]) -> Option<String> {
     }
 }
 
-/// Builds [`ClientError::Server`] from an error response payload `{"code","msg","metadata"?}`.
-pub(crate) fn server_error(payload: &[u8]) -> ClientError {
+/// Protobuf form of an error response (pitaya `protos.Error`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoError {
+    #[prost(string, tag = "1")]
+    code: String,
+    #[prost(string, tag = "2")]
+    msg: String,
+    #[prost(map = "string, string", tag = "3")]
+    metadata: HashMap<String, String>,
+}
+
+/// Builds [`ClientError::Server`] from an error response payload: `{"code","msg","metadata"?}`
+/// in JSON, or pitaya's `Error` message in protobuf.
+pub(crate) fn server_error(
+    payload: &[u8],
+    serializer: rookery_protocol::Serializer,
+) -> ClientError {
+    if serializer == rookery_protocol::Serializer::Protobuf {
+        if let Ok(e) = <ProtoError as prost::Message>::decode(payload) {
+            return ClientError::Server {
+                code: e.code,
+                msg: e.msg,
+                metadata: (!e.metadata.is_empty())
+                    .then(|| serde_json::to_value(e.metadata).unwrap_or_default()),
+            };
+        }
+    }
     #[derive(serde::Deserialize)]
     struct Wire {
         #[serde(default)]
@@ -329,9 +356,34 @@ mod tests {
         assert_eq!(kick_reason(b"plain").as_deref(), Some("plain"));
     }
 
+    const J: rookery_protocol::Serializer = rookery_protocol::Serializer::Json;
+
+    #[test]
+    fn protobuf_server_error() {
+        let wire = ProtoError {
+            code: "RK-400".into(),
+            msg: "bad".into(),
+            metadata: HashMap::new(),
+        };
+        let bytes = prost::Message::encode_to_vec(&wire);
+        match server_error(&bytes, rookery_protocol::Serializer::Protobuf) {
+            ClientError::Server {
+                code,
+                msg,
+                metadata,
+            } => {
+                assert_eq!(
+                    (code.as_str(), msg.as_str(), metadata),
+                    ("RK-400", "bad", None)
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
     #[test]
     fn server_errors() {
-        match server_error(br#"{"code":"PIT-404","msg":"nope","metadata":{"a":1}}"#) {
+        match server_error(br#"{"code":"PIT-404","msg":"nope","metadata":{"a":1}}"#, J) {
             ClientError::Server {
                 code,
                 msg,
@@ -343,11 +395,11 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
-        match server_error(br#"{"code":500,"msg":"x"}"#) {
+        match server_error(br#"{"code":500,"msg":"x"}"#, J) {
             ClientError::Server { code, .. } => assert_eq!(code, "500"),
             e => panic!("{e:?}"),
         }
-        match server_error(b"garbage") {
+        match server_error(b"garbage", J) {
             ClientError::Server { code, msg, .. } => {
                 assert_eq!(code, "");
                 assert_eq!(msg, "garbage");

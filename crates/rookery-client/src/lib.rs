@@ -223,6 +223,7 @@ impl Client {
             cancel: cancel.clone(),
             heartbeat,
             routes,
+            serializer: sys.serializer,
         };
         tokio::spawn(conn.run());
         Ok(Client {

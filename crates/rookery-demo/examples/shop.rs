@@ -27,18 +27,21 @@ impl Module for Shop {
     }
 
     fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
-        init.handler("store.buy", |ctx: Context, Json(req): Json<Buy>| async move {
-            let uid = ctx.require_uid()?;
-            if req.count == 0 {
-                return Err(Error::custom("SHOP-EMPTY", "nothing to buy"));
-            }
-            ctx.push("onBought", Json(&req.item))?;
-            tracing::info!(%uid, item = %req.item, "bought");
-            Ok(Json(Bought {
-                item: req.item,
-                total: req.count,
-            }))
-        })
+        init.handler(
+            "store.buy",
+            |ctx: Context, Json(req): Json<Buy>| async move {
+                let uid = ctx.require_uid()?;
+                if req.count == 0 {
+                    return Err(Error::custom("SHOP-EMPTY", "nothing to buy"));
+                }
+                ctx.push("onBought", Json(&req.item))?;
+                tracing::info!(%uid, item = %req.item, "bought");
+                Ok(Json(Bought {
+                    item: req.item,
+                    total: req.count,
+                }))
+            },
+        )
         .login_required();
         Ok(())
     }

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::router::Router;
-use crate::{Config, Error, Groups, IntoPayload, Module, Session, SessionPool};
+use crate::{Config, Error, Groups, Module, Session, SessionPool, ToPayload};
 
 /// Decides whether a client's handshake is accepted (e.g. checks an auth token in `user`).
 /// A refusal's text is sent to the client with handshake code 400.
@@ -84,7 +84,7 @@ impl App {
         &self,
         uid: &str,
         route: &str,
-        payload: impl IntoPayload,
+        payload: impl ToPayload,
     ) -> Result<(), Error> {
         self.sessions().push_to_uid(uid, route, payload)
     }
@@ -95,7 +95,7 @@ impl App {
     }
 
     /// Pushes to every session of this node; returns how many accepted it.
-    pub fn broadcast(&self, route: &str, payload: impl IntoPayload) -> usize {
+    pub fn broadcast(&self, route: &str, payload: impl ToPayload) -> usize {
         self.sessions().broadcast(route, payload)
     }
 }
@@ -153,7 +153,7 @@ impl Context {
     }
 
     /// Pushes to the calling session.
-    pub fn push(&self, route: &str, payload: impl IntoPayload) -> Result<(), Error> {
+    pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
         self.session.push(route, payload)
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use crate::session::{fan_out, Session, SessionId};
-use crate::{Error, IntoPayload};
+use crate::{Error, ToPayload};
 
 /// The groups of a node. A cheap handle; clones share state.
 #[derive(Clone, Default)]
@@ -191,7 +191,7 @@ impl Groups {
 
     /// Pushes to every member; returns how many sessions accepted it. The payload is encoded once
     /// per serializer.
-    pub fn broadcast(&self, name: &str, route: &str, payload: impl IntoPayload) -> usize {
+    pub fn broadcast(&self, name: &str, route: &str, payload: impl ToPayload) -> usize {
         self.broadcast_except(name, route, payload, None)
     }
 
@@ -200,7 +200,7 @@ impl Groups {
         &self,
         name: &str,
         route: &str,
-        payload: impl IntoPayload,
+        payload: impl ToPayload,
         except_uid: Option<&str>,
     ) -> usize {
         let sessions: Vec<Session> = match self.read().groups.get(name) {

@@ -50,7 +50,7 @@ pub use error::{Code, Error};
 pub use gateway::{REASON_IDLE, REASON_SHUTDOWN};
 pub use group::{GroupInfo, Groups};
 pub use module::{Module, ModuleInit, RouteBuilder};
-pub use payload::{FromPayload, IntoPayload, Json, Msg, Proto, Raw};
+pub use payload::{FromPayload, Json, Msg, Proto, Raw, ToPayload};
 pub use rookery_protocol as protocol;
 pub use rookery_protocol::Serializer;
 pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};

@@ -1,6 +1,6 @@
 //! Typed payloads: how handler arguments are decoded and results encoded.
 //!
-//! A handler's argument implements [`FromPayload`] and its result [`IntoPayload`]. The wrappers
+//! A handler's argument implements [`FromPayload`] and its result [`ToPayload`]. The wrappers
 //! choose the format:
 //! - [`Json<T>`]: serde JSON (for JSON sessions);
 //! - [`Proto<T>`]: prost protobuf (for protobuf sessions);
@@ -22,9 +22,9 @@ pub trait FromPayload: Sized + Send + 'static {
 }
 
 /// Encodes a handler result or a push in the session's serializer.
-pub trait IntoPayload: Send {
+pub trait ToPayload: Send {
     /// Encodes; failures are `RK-500`.
-    fn into_payload(&self, serializer: Serializer) -> Result<Bytes, Error>;
+    fn to_payload(&self, serializer: Serializer) -> Result<Bytes, Error>;
 }
 
 /// A serde value carried as JSON.
@@ -73,8 +73,8 @@ impl<T: DeserializeOwned + Send + 'static> FromPayload for Json<T> {
     }
 }
 
-impl<T: Serialize + Send + Sync> IntoPayload for Json<T> {
-    fn into_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
+impl<T: Serialize + Send + Sync> ToPayload for Json<T> {
+    fn to_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
         encode_json(&self.0)
     }
 }
@@ -88,8 +88,8 @@ impl<T: prost::Message + Default + Send + 'static> FromPayload for Proto<T> {
     }
 }
 
-impl<T: prost::Message + Send + Sync> IntoPayload for Proto<T> {
-    fn into_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
+impl<T: prost::Message + Send + Sync> ToPayload for Proto<T> {
+    fn to_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
         Ok(Bytes::from(self.0.encode_to_vec()))
     }
 }
@@ -106,8 +106,8 @@ where
     }
 }
 
-impl<T: Serialize + prost::Message + Send + Sync> IntoPayload for Msg<T> {
-    fn into_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
+impl<T: Serialize + prost::Message + Send + Sync> ToPayload for Msg<T> {
+    fn to_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
         match serializer {
             Serializer::Json => encode_json(&self.0),
             Serializer::Protobuf => Ok(Bytes::from(self.0.encode_to_vec())),
@@ -121,8 +121,8 @@ impl FromPayload for Raw {
     }
 }
 
-impl IntoPayload for Raw {
-    fn into_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
+impl ToPayload for Raw {
+    fn to_payload(&self, _serializer: Serializer) -> Result<Bytes, Error> {
         Ok(self.0.clone())
     }
 }
@@ -133,8 +133,8 @@ impl FromPayload for () {
     }
 }
 
-impl IntoPayload for () {
-    fn into_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
+impl ToPayload for () {
+    fn to_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
         Ok(match serializer {
             Serializer::Json => Bytes::from_static(b"{}"),
             Serializer::Protobuf => Bytes::new(),
@@ -142,9 +142,9 @@ impl IntoPayload for () {
     }
 }
 
-impl<T: IntoPayload + Sync> IntoPayload for &T {
-    fn into_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
-        (**self).into_payload(serializer)
+impl<T: ToPayload + Sync> ToPayload for &T {
+    fn to_payload(&self, serializer: Serializer) -> Result<Bytes, Error> {
+        (**self).to_payload(serializer)
     }
 }
 
@@ -155,7 +155,7 @@ pub(crate) struct EncodedOnce<'a, P: ?Sized> {
     proto: Option<Result<Bytes, Error>>,
 }
 
-impl<'a, P: IntoPayload + ?Sized> EncodedOnce<'a, P> {
+impl<'a, P: ToPayload + ?Sized> EncodedOnce<'a, P> {
     pub(crate) fn new(payload: &'a P) -> Self {
         Self {
             payload,
@@ -169,7 +169,7 @@ impl<'a, P: IntoPayload + ?Sized> EncodedOnce<'a, P> {
             Serializer::Json => &mut self.json,
             Serializer::Protobuf => &mut self.proto,
         };
-        slot.get_or_insert_with(|| self.payload.into_payload(serializer))
+        slot.get_or_insert_with(|| self.payload.to_payload(serializer))
             .clone()
     }
 }
@@ -198,10 +198,10 @@ mod tests {
         let e = <Json<Join>>::from_payload(Serializer::Protobuf, Bytes::new()).unwrap_err();
         assert_eq!(e.code(), "RK-400");
         assert_eq!(
-            &Json(j).into_payload(Serializer::Json).unwrap()[..],
+            &Json(j).to_payload(Serializer::Json).unwrap()[..],
             br#"{"room":"r"}"#
         );
-        assert_eq!(&().into_payload(Serializer::Json).unwrap()[..], b"{}");
+        assert_eq!(&().to_payload(Serializer::Json).unwrap()[..], b"{}");
     }
 
     #[derive(Clone, PartialEq, prost::Message, serde::Serialize, serde::Deserialize)]
@@ -213,8 +213,8 @@ mod tests {
     #[test]
     fn msg_follows_session_serializer() {
         let v = Msg(Both { name: "x".into() });
-        let pb = v.into_payload(Serializer::Protobuf).unwrap();
-        let js = v.into_payload(Serializer::Json).unwrap();
+        let pb = v.to_payload(Serializer::Protobuf).unwrap();
+        let js = v.to_payload(Serializer::Json).unwrap();
         assert_eq!(&js[..], br#"{"name":"x"}"#);
         let Msg(back) = <Msg<Both>>::from_payload(Serializer::Protobuf, pb).unwrap();
         assert_eq!(back.name, "x");

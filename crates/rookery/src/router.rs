@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rookery_protocol::{Route, RouteDict};
 
-use crate::{Context, Error, FromPayload, IntoPayload};
+use crate::{Context, Error, FromPayload, ToPayload};
 
 /// A boxed future, as handlers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -28,7 +28,7 @@ where
     F: Fn(Context, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Error>> + Send + 'static,
     A: FromPayload,
-    R: IntoPayload + 'static,
+    R: ToPayload + 'static,
 {
     fn into_boxed(self) -> BoxHandler {
         Arc::new(
@@ -37,7 +37,7 @@ where
                 match A::from_payload(ser, payload) {
                     Ok(arg) => {
                         let fut = (self)(ctx, arg);
-                        Box::pin(async move { fut.await?.into_payload(ser) })
+                        Box::pin(async move { fut.await?.to_payload(ser) })
                     }
                     Err(e) => Box::pin(std::future::ready(Err(e))),
                 }

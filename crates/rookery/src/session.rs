@@ -14,7 +14,7 @@ use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName,
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Code, Error, IntoPayload};
+use crate::{Code, Error, ToPayload};
 
 /// Session id, unique within a node for its lifetime.
 pub type SessionId = u64;
@@ -132,8 +132,8 @@ impl Session {
     /// Pushes a message to this client. The route is compressed when the dictionary has it.
     /// Fails if the session is closed, or if its outbound queue is full (the client is then
     /// disconnected as too slow).
-    pub fn push(&self, route: &str, payload: impl IntoPayload) -> Result<(), Error> {
-        let body = payload.into_payload(self.serializer())?;
+    pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
+        let body = payload.to_payload(self.serializer())?;
         self.send_packet(self.encode_push(route, body)?)
     }
 
@@ -359,7 +359,7 @@ impl SessionPool {
         &self,
         uid: &str,
         route: &str,
-        payload: impl IntoPayload,
+        payload: impl ToPayload,
     ) -> Result<(), Error> {
         let s = self
             .by_uid(uid)
@@ -380,13 +380,13 @@ impl SessionPool {
 
     /// Pushes to every session; returns how many accepted the push. The payload is encoded once
     /// per serializer.
-    pub fn broadcast(&self, route: &str, payload: impl IntoPayload) -> usize {
+    pub fn broadcast(&self, route: &str, payload: impl ToPayload) -> usize {
         fan_out(&self.all(), route, &payload)
     }
 }
 
 /// Pushes one payload to many sessions, encoding it once per serializer.
-pub(crate) fn fan_out<P: IntoPayload + ?Sized>(
+pub(crate) fn fan_out<P: ToPayload + ?Sized>(
     sessions: &[Session],
     route: &str,
     payload: &P,

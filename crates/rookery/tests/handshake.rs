@@ -111,7 +111,10 @@ async fn silent_connection_closed_at_handshake_timeout() {
     let mut raw = Raw2::connect(&server).await;
     raw.send(PacketType::Handshake, b"{}").await;
     assert_eq!(raw.recv().await.unwrap().kind, PacketType::Handshake);
-    assert_eq!(raw.expect_kick_and_close().await.as_deref(), Some("handshake timeout"));
+    assert_eq!(
+        raw.expect_kick_and_close().await.as_deref(),
+        Some("handshake timeout")
+    );
     assert_eq!(server.app().sessions().len(), 0);
     server.shutdown().await;
 }
@@ -143,8 +146,17 @@ async fn websocket_handshake_and_request() {
     let c = Client::connect(&ws_url(&server), ClientOptions::default())
         .await
         .unwrap();
-    assert!(c.handshake().sys.as_ref().unwrap().dict.contains_key("test.echo.json"));
-    let v = c.request_json("test.echo.json", json!({"a": 1})).await.unwrap();
+    assert!(c
+        .handshake()
+        .sys
+        .as_ref()
+        .unwrap()
+        .dict
+        .contains_key("test.echo.json"));
+    let v = c
+        .request_json("test.echo.json", json!({"a": 1}))
+        .await
+        .unwrap();
     assert_eq!(v, json!({"a": 1}));
     server.shutdown().await;
 }

@@ -31,7 +31,10 @@ async fn silent_session_is_closed_heartbeating_one_stays() {
     assert!(started.elapsed() >= std::time::Duration::from_millis(1500));
     // The heartbeating client, connected before the silent one, outlived it.
     assert_eq!(
-        alive.request_json("test.echo.json", json!({"x": 1})).await.unwrap(),
+        alive
+            .request_json("test.echo.json", json!({"x": 1}))
+            .await
+            .unwrap(),
         json!({"x": 1})
     );
     server.shutdown().await;

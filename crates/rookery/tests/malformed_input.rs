@@ -11,7 +11,9 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 async fn assert_bystander_ok(c: &rookery_client::Client) {
     assert_eq!(
-        c.request_json("test.echo.json", json!({"alive": 1})).await.unwrap(),
+        c.request_json("test.echo.json", json!({"alive": 1}))
+            .await
+            .unwrap(),
         json!({"alive": 1})
     );
 }
@@ -57,7 +59,8 @@ async fn protocol_violations_close_with_reason() {
     // Invalid UTF-8 route.
     let mut raw = Raw2::connect(&server).await;
     raw.handshake().await;
-    raw.send(PacketType::Data, &[0x00, 0x01, 0x02, 0xFF, 0xFE]).await;
+    raw.send(PacketType::Data, &[0x00, 0x01, 0x02, 0xFF, 0xFE])
+        .await;
     assert!(raw.expect_kick_and_close().await.is_some());
 
     // A second handshake.
@@ -125,14 +128,18 @@ async fn websocket_frame_violations() {
 
     async fn ws_handshake(addr: std::net::SocketAddr, url: &str) -> Ws {
         let mut ws = ws_connect(addr, url).await.unwrap();
-        ws.send(WsMessage::Binary(bytes::Bytes::from_static(b"\x01\x00\x00\x02{}")))
-            .await
-            .unwrap();
+        ws.send(WsMessage::Binary(bytes::Bytes::from_static(
+            b"\x01\x00\x00\x02{}",
+        )))
+        .await
+        .unwrap();
         let hs = ws.next().await.unwrap().unwrap();
         assert_eq!(hs.into_data()[0], 1);
-        ws.send(WsMessage::Binary(bytes::Bytes::from_static(b"\x02\x00\x00\x00")))
-            .await
-            .unwrap();
+        ws.send(WsMessage::Binary(bytes::Bytes::from_static(
+            b"\x02\x00\x00\x00",
+        )))
+        .await
+        .unwrap();
         ws
     }
 

@@ -60,7 +60,9 @@ async fn compressed_route_code_reaches_handler() {
 async fn notify_gets_no_response_but_runs() {
     let (server, probe) = start(config()).await;
     let c = client(&server).await;
-    c.notify("test.order.record", &json!({"seq": 41})).await.unwrap();
+    c.notify("test.order.record", &json!({"seq": 41}))
+        .await
+        .unwrap();
     // Requests from a session are handled in order, so once this answers the notify has run.
     c.request_json("test.order.record", json!({"seq": 42}))
         .await
@@ -81,7 +83,10 @@ async fn error_codes() {
     assert!(msg.contains("test.nope.nope"));
 
     let (code, _) = server_error(c.request_json("test.sys.secret", json!({})).await);
-    assert_eq!(code, "RK-404", "internal routes are not callable by clients");
+    assert_eq!(
+        code, "RK-404",
+        "internal routes are not callable by clients"
+    );
 
     let (code, _) = server_error(
         c.request_raw("test.echo.json", Bytes::from_static(b"{bad json"))
@@ -105,9 +110,7 @@ async fn error_codes() {
     assert!(!msg.contains("secret"), "no internals leaked: {msg}");
 
     match c.request_json("test.err.custom", json!({})).await {
-        Err(ClientError::Server {
-            code, metadata, ..
-        }) => {
+        Err(ClientError::Server { code, metadata, .. }) => {
             assert_eq!(code, "GAME-42");
             assert_eq!(metadata.unwrap()["need"], "5");
         }
@@ -115,7 +118,10 @@ async fn error_codes() {
     }
 
     // After all that the session still works.
-    let v = c.request_json("test.echo.json", json!({"ok": true})).await.unwrap();
+    let v = c
+        .request_json("test.echo.json", json!({"ok": true}))
+        .await
+        .unwrap();
     assert_eq!(v["ok"], true);
     server.shutdown().await;
 }
@@ -138,12 +144,15 @@ async fn rate_limit_refuses_excess_then_disconnects() {
             Err(_) => break,
         }
     }
-    assert!(ok >= 5 && ok <= 6, "burst allowed ({ok})");
+    assert!((5..=6).contains(&ok), "burst allowed ({ok})");
     assert_eq!(limited, 3, "refused up to max_violations");
     let closed = c.closed().await;
     assert!(closed.kicked);
     assert_eq!(closed.reason.as_deref(), Some("rate limit exceeded"));
     // Another client is unaffected.
-    assert!(other.request_json("test.echo.json", json!({})).await.is_ok());
+    assert!(other
+        .request_json("test.echo.json", json!({}))
+        .await
+        .is_ok());
     server.shutdown().await;
 }

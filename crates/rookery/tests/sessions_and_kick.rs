@@ -20,7 +20,10 @@ async fn bind_and_duplicate_login_kicks_older() {
         .await
         .unwrap();
     assert_eq!(
-        first.request_json("test.auth.whoami", json!({})).await.unwrap(),
+        first
+            .request_json("test.auth.whoami", json!({}))
+            .await
+            .unwrap(),
         json!({"uid": "alice"})
     );
     second
@@ -34,10 +37,20 @@ async fn bind_and_duplicate_login_kicks_older() {
     let closed = first.closed().await;
     assert!(closed.kicked);
     // The newer session keeps the uid; the older one's close did not unbind it.
-    eventually("older session removed", || server.app().sessions().len() == 1).await;
-    let s = server.app().sessions().by_uid("alice").expect("alice bound");
+    eventually("older session removed", || {
+        server.app().sessions().len() == 1
+    })
+    .await;
+    let s = server
+        .app()
+        .sessions()
+        .by_uid("alice")
+        .expect("alice bound");
     assert_eq!(
-        second.request_json("test.auth.whoami", json!({})).await.unwrap(),
+        second
+            .request_json("test.auth.whoami", json!({}))
+            .await
+            .unwrap(),
         json!({"uid": "alice"})
     );
     assert!(!s.is_closed());
@@ -85,7 +98,10 @@ async fn session_data_round_trip() {
     );
     let other = client(&server).await;
     assert_eq!(
-        other.request_json("test.data.get", json!({})).await.unwrap(),
+        other
+            .request_json("test.data.get", json!({}))
+            .await
+            .unwrap(),
         json!({"v": null})
     );
     server.shutdown().await;
@@ -138,7 +154,9 @@ async fn concurrent_dispatch_overlaps_and_serial_does_not() {
 async fn pushes_arrive_in_send_order() {
     let (server, _) = start(config()).await;
     let c = client(&server).await;
-    c.request_json("test.push.me", json!({"n": 200})).await.unwrap();
+    c.request_json("test.push.me", json!({"n": 200}))
+        .await
+        .unwrap();
     for i in 0..200 {
         let p = c.next_push("onTest", WAIT).await.unwrap();
         assert_eq!(p.json::<serde_json::Value>().unwrap()["i"], i);
@@ -166,12 +184,18 @@ async fn slow_client_is_disconnected_and_others_unaffected() {
     })
     .await;
     assert_eq!(
-        healthy.request_json("test.echo.json", json!({"still": "fine"})).await.unwrap(),
+        healthy
+            .request_json("test.echo.json", json!({"still": "fine"}))
+            .await
+            .unwrap(),
         json!({"still": "fine"})
     );
     // The slow connection is closed: draining it ends in EOF (after whatever was buffered).
     while let Some(p) = raw.recv().await {
-        assert!(matches!(p.kind, PacketType::Data | PacketType::Kick | PacketType::Heartbeat));
+        assert!(matches!(
+            p.kind,
+            PacketType::Data | PacketType::Kick | PacketType::Heartbeat
+        ));
     }
     server.shutdown().await;
 }

@@ -65,6 +65,8 @@ async fn serve_tcp(app: App, stream: TcpStream, remote: SocketAddr) {
     conn::serve(app, transport::tcp(stream, max), remote, Acceptor::Tcp).await
 }
 
+// The upgrade callback signature is fixed by tungstenite.
+#[allow(clippy::result_large_err)]
 async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr) {
     let cfg = &app.config().gateway;
     let path = cfg.ws_path.clone();

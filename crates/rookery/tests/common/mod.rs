@@ -61,13 +61,22 @@ impl Module for TestModule {
     }
 
     fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
-        init.handler("echo.json", |_c: Context, Json(v): Json<Value>| async move { Ok(Json(v)) });
-        init.handler("echo.raw", |_c: Context, Raw(b): Raw| async move { Ok(Raw(b)) });
-        init.handler("auth.login", |c: Context, Json(v): Json<Value>| async move {
-            let uid = v["uid"].as_str().unwrap_or_default().to_string();
-            c.bind(&uid)?;
-            Ok(Json(json!({ "uid": uid })))
-        });
+        init.handler(
+            "echo.json",
+            |_c: Context, Json(v): Json<Value>| async move { Ok(Json(v)) },
+        );
+        init.handler(
+            "echo.raw",
+            |_c: Context, Raw(b): Raw| async move { Ok(Raw(b)) },
+        );
+        init.handler(
+            "auth.login",
+            |c: Context, Json(v): Json<Value>| async move {
+                let uid = v["uid"].as_str().unwrap_or_default().to_string();
+                c.bind(&uid)?;
+                Ok(Json(json!({ "uid": uid })))
+            },
+        );
         init.handler("auth.whoami", |c: Context, _: ()| async move {
             Ok(Json(json!({ "uid": c.require_uid()?.to_string() })))
         })
@@ -172,10 +181,11 @@ impl Module for TestModule {
     }
 
     async fn session_closed(&self, _app: &App, session: &Session) {
-        self.probe.closed.lock().unwrap().push((
-            session.id(),
-            session.close_reason().map(str::to_string),
-        ));
+        self.probe
+            .closed
+            .lock()
+            .unwrap()
+            .push((session.id(), session.close_reason().map(str::to_string)));
     }
 
     async fn destroy(&self, _app: &App) {
@@ -214,7 +224,10 @@ pub async fn client(s: &RunningServer) -> Client {
 pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -240,7 +253,9 @@ impl Raw2 {
     }
 
     pub async fn send(&mut self, kind: PacketType, body: &[u8]) {
-        let b = Packet::new(kind, Bytes::copy_from_slice(body)).to_bytes().unwrap();
+        let b = Packet::new(kind, Bytes::copy_from_slice(body))
+            .to_bytes()
+            .unwrap();
         self.send_bytes(&b).await;
     }
 
@@ -273,7 +288,11 @@ impl Raw2 {
 
     /// Handshake + ack; returns the server's handshake JSON.
     pub async fn handshake(&mut self) -> Value {
-        self.send(PacketType::Handshake, br#"{"sys":{"type":"test","version":"1"}}"#).await;
+        self.send(
+            PacketType::Handshake,
+            br#"{"sys":{"type":"test","version":"1"}}"#,
+        )
+        .await;
         let p = self.recv().await.expect("handshake answer");
         assert_eq!(p.kind, PacketType::Handshake);
         self.send(PacketType::HandshakeAck, b"").await;

@@ -1,0 +1,148 @@
+//! The `rookery` binary end to end: `serve` with flags, `client` from a pipe, SIGTERM shutdown.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rookery");
+
+/// Starts `rookery serve` on free ports; returns the child and its TCP and WS addresses.
+fn serve() -> (Child, String, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--tcp",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "5",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rookery serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let tcp = lines.next().unwrap().unwrap();
+    let ws = lines.next().unwrap().unwrap();
+    let tcp = tcp
+        .strip_prefix("rookery: TCP on ")
+        .expect(&tcp)
+        .to_string();
+    let ws = ws
+        .strip_prefix("rookery: WebSocket on ")
+        .expect(&ws)
+        .to_string();
+    // Keep draining stdout so the server never blocks on it.
+    std::thread::spawn(move || for _ in lines {});
+    (child, tcp, ws)
+}
+
+fn client(addr: &str, script: &str) -> (String, bool) {
+    let mut child = Command::new(BIN)
+        .args(["client", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
+}
+
+/// Waits for the child to exit, up to a deadline.
+fn wait_exit(mut child: Child, deadline: Duration) -> Option<std::process::ExitStatus> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            None
+        }
+    }
+}
+
+#[test]
+fn serve_client_pipe_and_sigterm() {
+    let (server, tcp, ws) = serve();
+    let (out, ok) = client(
+        &tcp,
+        "request connector.entry.login {\"uid\":\"alice\"}\n\
+         request room.room.join {\"room\":\"lobby\"}\n\
+         request room.room.say {\"room\":\"lobby\",\"text\":\"hello\"}\n\
+         request room.room.nope {}\n",
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("heartbeat 5s"), "{out}");
+    assert!(
+        out.contains(r#"< connector.entry.login {"uid":"alice"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"< room.room.join {"members":["alice"],"room":"lobby"}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"push onMessage {"from":"alice","room":"lobby","text":"hello"}"#),
+        "{out}"
+    );
+    assert!(out.contains("! room.room.nope RK-404"), "{out}");
+
+    let (out, ok) = client(&ws, "request room.room.list {}\n");
+    assert!(ok, "{out}");
+    assert!(out.contains(r#"< room.room.list {"rooms":[]}"#), "{out}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = wait_exit(server, Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(exit.success());
+}
+
+#[test]
+fn client_reports_connection_failure() {
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (_, ok) = client(&format!("127.0.0.1:{port}"), "");
+    assert!(!ok);
+}
+
+#[test]
+fn serve_rejects_bad_config() {
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--heartbeat",
+            "0",
+            "--tcp",
+            "127.0.0.1:0",
+            "--ws",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
+}

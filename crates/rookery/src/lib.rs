@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+pub mod cluster;
 pub mod config;
 mod error;
 mod gateway;

@@ -1,0 +1,72 @@
+//! Node-to-node transports: how frames travel between nodes.
+//!
+//! A transport moves opaque frames (encoded RPC envelopes). It offers request/reply with a
+//! deadline and one-way sends; it delivers inbound frames to the node's [`FrameHandler`].
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::NodeInfo;
+
+/// Why a frame could not be delivered or answered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// The deadline passed before the reply arrived.
+    #[error("timed out")]
+    Timeout,
+    /// The link to the node closed (node died, restarted, or was removed) with the call in flight.
+    #[error("connection to {0} closed")]
+    Closed(String),
+    /// The node could not be reached at all.
+    #[error("node {0} unreachable: {1}")]
+    Unreachable(String, String),
+    /// Too many frames are waiting for this node.
+    #[error("too many pending frames for {0}")]
+    Overloaded(String),
+    /// The peer refused our credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A frame broke the transport's framing or limits.
+    #[error("bad frame: {0}")]
+    BadFrame(String),
+}
+
+/// Receives inbound frames.
+#[async_trait]
+pub trait FrameHandler: Send + Sync + 'static {
+    /// Handles a request frame and returns the reply frame.
+    async fn request(&self, frame: Bytes) -> Bytes;
+    /// Handles a one-way frame.
+    async fn notify(&self, frame: Bytes);
+}
+
+/// A node-to-node transport.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Starts receiving frames for `node` until `shutdown`. Returns the address peers should dial
+    /// (to put in [`NodeInfo::address`]); empty for transports that need none.
+    async fn serve(
+        &self,
+        node: &NodeInfo,
+        handler: Arc<dyn FrameHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<String, TransportError>;
+
+    /// Sends a request frame to `target` and waits for its reply until `deadline`.
+    async fn request(
+        &self,
+        target: &NodeInfo,
+        frame: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, TransportError>;
+
+    /// Sends a one-way frame to `target`.
+    async fn notify(&self, target: &NodeInfo, frame: Bytes) -> Result<(), TransportError>;
+
+    /// The node left the cluster: fail its in-flight requests at once and drop its link.
+    fn node_lost(&self, node_id: &str);
+}

@@ -2,6 +2,7 @@
 
 pub mod discovery;
 mod node;
+pub mod selector;
 pub mod transport;
 
 pub use discovery::{Discovery, DiscoveryError, DiscoveryEvent};

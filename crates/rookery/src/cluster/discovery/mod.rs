@@ -5,6 +5,9 @@
 //! a reconnect or resync a back end reports the difference with what it reported before, so the
 //! receiver never needs to reconcile by itself.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 

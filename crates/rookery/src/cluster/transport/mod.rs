@@ -3,6 +3,10 @@
 //! A transport moves opaque frames (encoded RPC envelopes). It offers request/reply with a
 //! deadline and one-way sends; it delivers inbound frames to the node's [`FrameHandler`].
 
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod tcp;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -66,6 +70,21 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Sends a one-way frame to `target`.
     async fn notify(&self, target: &NodeInfo, frame: Bytes) -> Result<(), TransportError>;
+
+    /// Sends a one-way frame to every node of a type. `nodes` are the known nodes of that type;
+    /// transports with native fan-out (NATS: a subject per type) may ignore them.
+    async fn broadcast(
+        &self,
+        node_type: &str,
+        nodes: &[NodeInfo],
+        frame: Bytes,
+    ) -> Result<(), TransportError> {
+        let _ = node_type;
+        for n in nodes {
+            self.notify(n, frame.clone()).await?;
+        }
+        Ok(())
+    }
 
     /// The node left the cluster: fail its in-flight requests at once and drop its link.
     fn node_lost(&self, node_id: &str);

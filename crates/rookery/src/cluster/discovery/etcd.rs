@@ -1,0 +1,1 @@
+//! etcd discovery back end (being written).

@@ -1,0 +1,1 @@
+//! NATS transport (being written).

@@ -1,0 +1,1 @@
+//! Direct TCP transport (being written).

@@ -5,8 +5,10 @@
 //! a reconnect or resync a back end reports the difference with what it reported before, so the
 //! receiver never needs to reconcile by itself.
 
+pub mod embedded;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+pub mod static_file;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;

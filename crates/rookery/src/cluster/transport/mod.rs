@@ -3,6 +3,7 @@
 //! A transport moves opaque frames (encoded RPC envelopes). It offers request/reply with a
 //! deadline and one-way sends; it delivers inbound frames to the node's [`FrameHandler`].
 
+pub mod inproc;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod tcp;

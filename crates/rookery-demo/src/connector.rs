@@ -36,6 +36,6 @@ async fn login(ctx: Context, Json(req): Json<Login>) -> Result<Json<Login>, Erro
             "uid must be 1 to {MAX_UID_LEN} bytes"
         )));
     }
-    ctx.bind(&req.uid)?;
+    ctx.bind(&req.uid).await?;
     Ok(Json(req))
 }

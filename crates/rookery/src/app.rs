@@ -31,6 +31,7 @@ pub(crate) struct AppInner {
     /// Owns every connection task.
     pub tasks: TaskTracker,
     pub validator: Option<HandshakeValidator>,
+    pub cluster: crate::cluster::runtime::ClusterState,
 }
 
 impl App {
@@ -42,6 +43,48 @@ impl App {
 
     pub(crate) fn inner(&self) -> &AppInner {
         &self.inner
+    }
+
+    pub(crate) fn from_inner(inner: Arc<AppInner>) -> Self {
+        Self { inner }
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<AppInner> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// This node as published to the cluster.
+    pub fn node(&self) -> crate::cluster::NodeInfo {
+        self.inner.cluster.me()
+    }
+
+    /// The cluster as this node sees it.
+    pub fn cluster(&self) -> &crate::cluster::Registry {
+        &self.inner.cluster.registry
+    }
+
+    /// Runs a route's handler for a session: login check, panic capture, deadline.
+    pub(crate) async fn invoke(
+        &self,
+        entry: &crate::RouteEntry,
+        session: Session,
+        payload: bytes::Bytes,
+        timeout: std::time::Duration,
+    ) -> Result<bytes::Bytes, Error> {
+        use futures_util::FutureExt;
+        if entry.login_required && session.uid().is_none() {
+            return Err(Error::not_logged_in());
+        }
+        let ctx = Context::new(self.clone(), session, entry.route.clone());
+        let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_panic)) => Err(Error::internal(format!("handler {} panicked", entry.route))),
+            Err(_) => Err(Error::new(
+                crate::Code::Timeout,
+                format!("{} did not answer in time", entry.route),
+            )),
+        }
     }
 
     /// The node's configuration.
@@ -147,9 +190,10 @@ impl Context {
         self.session.uid().ok_or_else(Error::not_logged_in)
     }
 
-    /// Binds a uid to the calling session (an older session of the same uid is kicked).
-    pub fn bind(&self, uid: &str) -> Result<(), Error> {
-        self.app.sessions().bind(&self.session, uid)
+    /// Binds a uid to the calling session (an older session of the same uid is kicked). On a
+    /// backend this goes to the gateway holding the connection.
+    pub async fn bind(&self, uid: &str) -> Result<(), Error> {
+        self.app.bind_session(&self.session, uid).await
     }
 
     /// Pushes to the calling session.

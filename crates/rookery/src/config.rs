@@ -41,6 +41,95 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Per-module settings, `[modules.NAME]`, handed to each module's `init`.
     pub modules: BTreeMap<String, toml::Value>,
+    /// How this node joins a cluster.
+    pub cluster: ClusterConfig,
+    /// Per-process overrides (mqant `ProcessID`): `[processes.NAME]` holds any of the sections
+    /// above plus `modules = [...]`; applied by [`Config::load_process`].
+    pub processes: BTreeMap<String, toml::Value>,
+}
+
+/// Which discovery back end a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryKind {
+    /// In-memory, this process only (the default).
+    #[default]
+    Embedded,
+    /// A fixed list of nodes (`cluster.static_nodes` or `cluster.static_file`).
+    Static,
+    /// etcd (`[cluster.etcd]`); needs the `etcd` feature.
+    Etcd,
+}
+
+/// Which node-to-node transport a node uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// In-process only (the default).
+    #[default]
+    Inproc,
+    /// Direct TCP between nodes (`[cluster.tcp]`).
+    Tcp,
+    /// NATS (`[cluster.nats]`); needs the `nats` feature.
+    Nats,
+}
+
+/// Routing of calls to one module or node type.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Selector name: `random` (default), `round-robin`, `weighted`, `consistent-hash`.
+    pub selector: Option<String>,
+    /// For `consistent-hash`: the JSON field of a client request whose value is the hash key
+    /// (e.g. `room`); the session's uid, then its id, are used when it is absent.
+    pub key: Option<String>,
+}
+
+/// Cluster membership and node-to-node messaging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Discovery back end.
+    pub discovery: DiscoveryKind,
+    /// Transport.
+    pub transport: TransportKind,
+    /// Nodes for static discovery.
+    pub static_nodes: Vec<crate::cluster::NodeInfo>,
+    /// JSON file of nodes for static discovery.
+    pub static_file: Option<String>,
+    /// etcd settings (see the etcd back end).
+    pub etcd: toml::Table,
+    /// NATS settings (see the NATS transport).
+    pub nats: toml::Table,
+    /// TCP transport settings.
+    pub tcp: toml::Table,
+    /// Default deadline of RPC calls, seconds.
+    pub rpc_timeout: f64,
+    /// Routing per module (or node type): `[cluster.routing.room]`.
+    pub routing: BTreeMap<String, RoutingConfig>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            discovery: DiscoveryKind::Embedded,
+            transport: TransportKind::Inproc,
+            static_nodes: Vec::new(),
+            static_file: None,
+            etcd: toml::Table::new(),
+            nats: toml::Table::new(),
+            tcp: toml::Table::new(),
+            rpc_timeout: 5.0,
+            routing: BTreeMap::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Default RPC deadline.
+    pub fn rpc_timeout(&self) -> Duration {
+        secs(self.rpc_timeout)
+    }
 }
 
 /// Identity of this node.
@@ -54,6 +143,16 @@ pub struct NodeConfig {
     pub node_type: String,
     /// Seconds allowed for draining in-flight work at shutdown.
     pub drain_timeout: f64,
+    /// Software version published to the cluster.
+    pub version: String,
+    /// Logical address `cluster.type.index`.
+    pub logical: Option<String>,
+    /// Selection weight.
+    pub weight: u32,
+    /// Tags published to the cluster (routing tags, zone, ...).
+    pub tags: BTreeMap<String, String>,
+    /// Modules this process runs; all registered modules when absent.
+    pub modules: Option<Vec<String>>,
 }
 
 impl Default for NodeConfig {
@@ -62,6 +161,11 @@ impl Default for NodeConfig {
             id: format!("node-{}", std::process::id()),
             node_type: "game".into(),
             drain_timeout: 10.0,
+            version: env!("CARGO_PKG_VERSION").into(),
+            logical: None,
+            weight: 100,
+            tags: BTreeMap::new(),
+            modules: None,
         }
     }
 }
@@ -170,13 +274,53 @@ impl Config {
         Self::from_toml_with_env(&text, std::env::vars())
     }
 
+    /// Like [`Config::load`], for one process of a multi-process config: the table
+    /// `[processes.NAME]` is merged over the file (its `modules` list becomes `node.modules`).
+    pub fn load_process(path: Option<&Path>, process: Option<&str>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_process(&text, process, std::env::vars())
+    }
+
     /// Parses TOML text and applies the given `(name, value)` environment overrides.
     pub fn from_toml_with_env(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::from_toml_process(text, None, env)
+    }
+
+    /// Parses TOML text, merges the named process's overrides, then applies environment
+    /// overrides.
+    pub fn from_toml_process(
+        text: &str,
+        process: Option<&str>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         let mut root: toml::Table =
             toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(name) = process {
+            let overrides = root
+                .get("processes")
+                .and_then(|p| p.get(name))
+                .and_then(|p| p.as_table())
+                .cloned()
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!("no [processes.{name}] in the config"))
+                })?;
+            for (k, v) in overrides {
+                if k == "modules" {
+                    set_path(&mut root, &["node".into(), "modules".into()], v)?;
+                } else {
+                    merge_into(&mut root, k, v);
+                }
+            }
+        }
         for (name, value) in env {
             let Some(path) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -216,6 +360,20 @@ impl Config {
     /// Settings of one module (`[modules.NAME]`), if any.
     pub fn module_settings(&self, name: &str) -> Option<&toml::Value> {
         self.modules.get(name)
+    }
+}
+
+/// Deep-merges `value` into `table[key]` (tables merge key by key; anything else replaces).
+fn merge_into(table: &mut toml::Table, key: String, value: toml::Value) {
+    match (table.get_mut(&key), value) {
+        (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+            for (k, v) in src {
+                merge_into(dst, k, v);
+            }
+        }
+        (_, v) => {
+            table.insert(key, v);
+        }
     }
 }
 
@@ -285,6 +443,42 @@ mod tests {
             cfg.module_settings("room").unwrap()["max_members"].as_integer(),
             Some(9)
         );
+    }
+
+    #[test]
+    fn process_sections_merge_over_the_file() {
+        let toml = r#"
+            [node]
+            type = "game"
+            [gateway]
+            heartbeat = 5
+            [cluster]
+            discovery = "static"
+            [processes.gate-1]
+            modules = ["connector"]
+            node = { id = "gate-1", type = "gate" }
+            gateway = { tcp = "127.0.0.1:3250" }
+            [processes.room-1]
+            modules = ["room"]
+            node = { id = "room-1", type = "room", logical = "1.2.1" }
+        "#;
+        let g = Config::from_toml_process(toml, Some("gate-1"), env(&[])).unwrap();
+        assert_eq!(g.node.id, "gate-1");
+        assert_eq!(g.node.node_type, "gate");
+        assert_eq!(
+            g.node.modules.as_deref(),
+            Some(&["connector".to_string()][..])
+        );
+        assert_eq!(g.gateway.tcp.as_deref(), Some("127.0.0.1:3250"));
+        assert_eq!(
+            g.gateway.heartbeat, 5,
+            "untouched keys keep the file's value"
+        );
+        assert_eq!(g.cluster.discovery, DiscoveryKind::Static);
+        let r = Config::from_toml_process(toml, Some("room-1"), env(&[])).unwrap();
+        assert_eq!(r.node.logical.as_deref(), Some("1.2.1"));
+        assert_eq!(r.gateway.tcp, None);
+        assert!(Config::from_toml_process(toml, Some("nope"), env(&[])).is_err());
     }
 
     #[test]

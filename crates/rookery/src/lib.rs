@@ -41,6 +41,7 @@ mod group;
 mod module;
 mod payload;
 mod router;
+mod rpc;
 mod server;
 mod session;
 
@@ -54,6 +55,7 @@ pub use module::{Module, ModuleInit, RouteBuilder};
 pub use payload::{FromPayload, Json, Msg, Proto, Raw, ToPayload};
 pub use rookery_protocol as protocol;
 pub use rookery_protocol::Serializer;
+pub use rpc::{CallOptions, Rpc, RpcError, Target};
 pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};
 pub use server::{
     shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport, StartError,

@@ -48,6 +48,11 @@ pub trait Module: Send + Sync + 'static {
         let _ = (app, session);
     }
 
+    /// A node of the cluster was found, updated or lost.
+    async fn node_event(&self, app: &App, event: &crate::cluster::NodeEvent) {
+        let _ = (app, event);
+    }
+
     /// A session ended (client left, kicked, timed out, or node shutting down). Runs before the
     /// session is removed from its groups.
     async fn session_closed(&self, app: &App, session: &Session) {

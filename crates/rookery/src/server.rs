@@ -12,10 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInner, HandshakeValidator};
+use crate::cluster::runtime::{self, ClusterState};
+use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
 use crate::gateway::{accept_loop, REASON_SHUTDOWN};
 use crate::module::ModuleInit;
 use crate::router::Router;
+use crate::rpc::RpcServer;
 use crate::session::Acceptor;
 use crate::{App, Config, Groups, Module, SessionPool};
 
@@ -53,6 +56,8 @@ impl Server {
             config,
             modules: Vec::new(),
             validator: None,
+            discovery: None,
+            transport: None,
         }
     }
 }
@@ -62,6 +67,8 @@ pub struct ServerBuilder {
     config: Config,
     modules: Vec<Arc<dyn Module>>,
     validator: Option<HandshakeValidator>,
+    discovery: Option<Arc<dyn Discovery>>,
+    transport: Option<Arc<dyn Transport>>,
 }
 
 impl ServerBuilder {
@@ -87,11 +94,36 @@ impl ServerBuilder {
         self
     }
 
-    /// Initialises modules, binds the acceptors and starts serving.
-    pub async fn start(self) -> Result<RunningServer, StartError> {
+    /// Uses this discovery back end instead of the one the configuration names (e.g. one
+    /// [`crate::cluster::EmbeddedDiscovery`] shared by several nodes of one process).
+    pub fn discovery(mut self, d: Arc<dyn Discovery>) -> Self {
+        self.discovery = Some(d);
+        self
+    }
+
+    /// Uses this transport instead of the one the configuration names.
+    pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
+        self.transport = Some(t);
+        self
+    }
+
+    /// Initialises modules, joins the cluster, binds the acceptors and starts serving.
+    pub async fn start(mut self) -> Result<RunningServer, StartError> {
         self.config
             .validate()
             .map_err(|e| StartError::Setup(e.to_string()))?;
+        if let Some(wanted) = &self.config.node.modules {
+            if let Some(missing) = wanted
+                .iter()
+                .find(|w| !self.modules.iter().any(|m| m.name() == *w))
+            {
+                return Err(StartError::Setup(format!(
+                    "module {missing} is not available"
+                )));
+            }
+            self.modules
+                .retain(|m| wanted.iter().any(|w| w == m.name()));
+        }
         let mut routes = Vec::new();
         let mut push_routes = Vec::new();
         for (index, m) in self.modules.iter().enumerate() {
@@ -125,6 +157,19 @@ impl ServerBuilder {
         let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
         let limit = Arc::new(Semaphore::new(gw.max_connections));
 
+        let node = node_info(&self.config, &self.modules, tcp.is_some() || ws.is_some())?;
+        let (discovery, transport) = match (self.discovery, self.transport) {
+            (Some(d), Some(t)) => (d, t),
+            (d, t) => {
+                let (dd, tt) = runtime::backends(&self.config.cluster)
+                    .await
+                    .map_err(StartError::Setup)?;
+                (d.unwrap_or(dd), t.unwrap_or(tt))
+            }
+        };
+        let cluster = ClusterState::new(node, &self.config.cluster, discovery, transport)
+            .map_err(StartError::Setup)?;
+
         let app = App::new(AppInner {
             config: self.config,
             router,
@@ -134,7 +179,9 @@ impl ServerBuilder {
             draining: CancellationToken::new(),
             tasks: TaskTracker::new(),
             validator: self.validator,
+            cluster,
         });
+        join_cluster(&app).await?;
 
         let stop_accept = CancellationToken::new();
         let mut acceptors = JoinSet::new();
@@ -171,6 +218,58 @@ impl ServerBuilder {
             module_tasks,
         })
     }
+}
+
+/// This node's published info from its configuration.
+fn node_info(
+    config: &Config,
+    modules: &[Arc<dyn Module>],
+    frontend: bool,
+) -> Result<NodeInfo, StartError> {
+    let n = &config.node;
+    let mut info = NodeInfo::new(n.id.clone(), n.node_type.clone());
+    info.version = n.version.clone();
+    info.weight = n.weight;
+    info.tags = n.tags.clone();
+    info.frontend = frontend;
+    info.modules = modules.iter().map(|m| m.name().to_string()).collect();
+    if let Some(l) = &n.logical {
+        info.logical = l
+            .parse()
+            .map_err(|e: crate::cluster::BadLogicalAddr| StartError::Setup(e.to_string()))?;
+    }
+    Ok(info)
+}
+
+/// Starts receiving node-to-node frames, registers with discovery and follows membership.
+async fn join_cluster(app: &App) -> Result<(), StartError> {
+    let c = &app.inner().cluster;
+    let handler = Arc::new(RpcServer {
+        app: app.downgrade(),
+    });
+    let me = c.me();
+    let address = c
+        .transport
+        .serve(&me, handler, c.stop.clone())
+        .await
+        .map_err(|e| StartError::Setup(format!("transport: {e}")))?;
+    let me = c.set_me(|n| n.address = address);
+    c.registry.apply(DiscoveryEvent::Added(me.clone()));
+    c.discovery
+        .register(&me)
+        .await
+        .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;
+    let events = c
+        .discovery
+        .watch()
+        .await
+        .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;
+    c.tasks.spawn(runtime::watch_discovery(
+        app.clone(),
+        events,
+        c.stop.clone(),
+    ));
+    Ok(())
 }
 
 async fn bind(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
@@ -226,6 +325,13 @@ impl RunningServer {
     pub async fn shutdown(mut self) -> ShutdownReport {
         let sessions = self.app.sessions().len();
         tracing::info!(sessions, "draining");
+        // Leave the cluster first so that no new work is routed here.
+        let c = &self.app.inner().cluster;
+        let me = c.set_me(|n| n.state = NodeState::Draining);
+        let _ = c.discovery.update(&me).await;
+        if let Err(e) = c.discovery.deregister().await {
+            tracing::warn!(error = %e, "deregistration failed");
+        }
         self.stop_accept.cancel();
         while self.acceptors.join_next().await.is_some() {}
         let inner = self.app.inner();
@@ -242,6 +348,13 @@ impl RunningServer {
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
         }
+        // Calls from other nodes already accepted finish; then stop node-to-node traffic.
+        let c = &self.app.inner().cluster;
+        c.inbound.close();
+        let _ = tokio::time::timeout(drain, c.inbound.wait()).await;
+        c.stop.cancel();
+        c.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), c.tasks.wait()).await;
         self.stop_modules.cancel();
         while self.module_tasks.join_next().await.is_some() {}
         for m in self.app.modules().iter().rev() {

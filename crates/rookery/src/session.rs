@@ -27,6 +27,20 @@ pub enum Acceptor {
     Tcp,
     /// WebSocket.
     Ws,
+    /// A session held by another node's gateway, seen here while handling its request.
+    Remote,
+    /// No client connection (RPC or HTTP calls without a session).
+    Internal,
+}
+
+/// Where a session's pushes and kicks go.
+enum Link {
+    /// A connection on this node: packets go to its writer queue.
+    Local(mpsc::Sender<Bytes>),
+    /// A connection on another node's gateway: operations go there in order.
+    Remote(crate::rpc::RemoteSession),
+    /// No connection at all.
+    Detached,
 }
 
 /// A cheap handle on one client session. Clones refer to the same session.
@@ -44,7 +58,8 @@ struct Inner {
     created: Instant,
     uid: RwLock<Option<Arc<str>>>,
     data: Mutex<HashMap<String, serde_json::Value>>,
-    out: mpsc::Sender<Bytes>,
+    data_dirty: std::sync::atomic::AtomicBool,
+    link: Link,
     closing: CancellationToken,
     close_reason: OnceLock<String>,
     dict: Arc<RouteDict>,
@@ -110,14 +125,42 @@ impl Session {
         self.lock_data().get(key).cloned()
     }
 
-    /// Sets a session value.
+    /// Sets a session value. On a backend the change is synced back to the gateway when the
+    /// request completes.
     pub fn set(&self, key: impl Into<String>, value: serde_json::Value) {
         self.lock_data().insert(key.into(), value);
+        self.inner.data_dirty.store(true, Ordering::Release);
     }
 
-    /// Removes a session value.
+    /// Removes a session value (synced back like [`Session::set`]).
     pub fn remove(&self, key: &str) -> Option<serde_json::Value> {
+        self.inner.data_dirty.store(true, Ordering::Release);
         self.lock_data().remove(key)
+    }
+
+    /// Replaces all values (the gateway applying a backend's changes).
+    pub(crate) fn replace_data(&self, data: HashMap<String, serde_json::Value>) {
+        *self.lock_data() = data;
+    }
+
+    /// True if the data changed since the session copy was made.
+    pub(crate) fn data_dirty(&self) -> bool {
+        self.inner.data_dirty.load(Ordering::Acquire)
+    }
+
+    /// The gateway node holding this session, when it is a remote one.
+    pub fn gateway(&self) -> Option<&str> {
+        match &self.inner.link {
+            Link::Remote(r) => Some(r.gateway()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn remote_link(&self) -> Option<&crate::rpc::RemoteSession> {
+        match &self.inner.link {
+            Link::Remote(r) => Some(r),
+            _ => None,
+        }
     }
 
     /// A copy of all session values.
@@ -134,7 +177,11 @@ impl Session {
     /// disconnected as too slow).
     pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
         let body = payload.to_payload(self.serializer())?;
-        self.send_packet(self.encode_push(route, body)?)
+        match &self.inner.link {
+            Link::Local(_) => self.send_packet(self.encode_push(route, body)?),
+            Link::Remote(r) => r.push(self.id(), route, body),
+            Link::Detached => Err(Error::new(Code::Unavailable, "no client session")),
+        }
     }
 
     pub(crate) fn encode_push(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
@@ -146,7 +193,10 @@ impl Session {
         if self.is_closed() {
             return Err(Error::new(Code::Unavailable, "session closed"));
         }
-        match self.inner.out.try_send(packet) {
+        let Link::Local(out) = &self.inner.link else {
+            return Err(Error::new(Code::Unavailable, "not a local session"));
+        };
+        match out.try_send(packet) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(session = self.id(), "outbound queue full; disconnecting");
@@ -162,10 +212,18 @@ impl Session {
     /// Sends the client a Kick packet with a reason, then closes the session.
     pub fn kick(&self, reason: &str) {
         if !self.is_closed() {
-            let body =
-                serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
-            if let Ok(p) = Packet::new(PacketType::Kick, body).to_bytes() {
-                let _ = self.inner.out.try_send(p);
+            match &self.inner.link {
+                Link::Local(out) => {
+                    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))
+                        .unwrap_or_default();
+                    if let Ok(p) = Packet::new(PacketType::Kick, body).to_bytes() {
+                        let _ = out.try_send(p);
+                    }
+                }
+                Link::Remote(r) => {
+                    let _ = r.kick(self.id(), reason);
+                }
+                Link::Detached => {}
             }
         }
         self.close(reason);
@@ -196,7 +254,7 @@ impl Session {
         self.inner.closing.clone()
     }
 
-    fn set_uid(&self, uid: Option<Arc<str>>) {
+    pub(crate) fn set_uid(&self, uid: Option<Arc<str>>) {
         *self.inner.uid.write().unwrap_or_else(|e| e.into_inner()) = uid;
     }
 }
@@ -221,6 +279,74 @@ pub(crate) struct NewSession {
     pub serializer: Serializer,
     pub client: HandshakeSys,
     pub out: mpsc::Sender<Bytes>,
+}
+
+impl Session {
+    fn build(
+        id: SessionId,
+        remote: SocketAddr,
+        acceptor: Acceptor,
+        serializer: Serializer,
+        client: HandshakeSys,
+        link: Link,
+        dict: Arc<RouteDict>,
+    ) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                id,
+                remote,
+                acceptor,
+                serializer,
+                client,
+                created: Instant::now(),
+                uid: RwLock::new(None),
+                data: Mutex::new(HashMap::new()),
+                data_dirty: std::sync::atomic::AtomicBool::new(false),
+                link,
+                closing: CancellationToken::new(),
+                close_reason: OnceLock::new(),
+                dict,
+            }),
+        }
+    }
+
+    /// A session with no client behind it (RPC or HTTP calls): pushes fail, uid is unset.
+    pub fn detached(serializer: Serializer) -> Self {
+        Self::build(
+            0,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            Acceptor::Internal,
+            serializer,
+            HandshakeSys::default(),
+            Link::Detached,
+            Arc::default(),
+        )
+    }
+
+    /// A copy of a session held by another node's gateway.
+    pub(crate) fn remote(
+        id: SessionId,
+        uid: Option<&str>,
+        serializer: Serializer,
+        data: HashMap<String, serde_json::Value>,
+        link: crate::rpc::RemoteSession,
+        dict: Arc<RouteDict>,
+    ) -> Self {
+        let s = Self::build(
+            id,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            Acceptor::Remote,
+            serializer,
+            HandshakeSys::default(),
+            Link::Remote(link),
+            dict,
+        );
+        if let Some(uid) = uid.filter(|u| !u.is_empty()) {
+            s.set_uid(Some(Arc::from(uid)));
+        }
+        s.replace_data(data);
+        s
+    }
 }
 
 /// All sessions of this node, by id and by bound user id.
@@ -259,22 +385,15 @@ impl SessionPool {
 
     pub(crate) fn create(&self, new: NewSession) -> Session {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let session = Session {
-            inner: Arc::new(Inner {
-                id,
-                remote: new.remote,
-                acceptor: new.acceptor,
-                serializer: new.serializer,
-                client: new.client,
-                created: Instant::now(),
-                uid: RwLock::new(None),
-                data: Mutex::new(HashMap::new()),
-                out: new.out,
-                closing: CancellationToken::new(),
-                close_reason: OnceLock::new(),
-                dict: self.inner.dict.get().cloned().unwrap_or_default(),
-            }),
-        };
+        let session = Session::build(
+            id,
+            new.remote,
+            new.acceptor,
+            new.serializer,
+            new.client,
+            Link::Local(new.out),
+            self.inner.dict.get().cloned().unwrap_or_default(),
+        );
         self.write().by_id.insert(id, session.clone());
         session
     }

@@ -170,3 +170,67 @@ mod tests {
         assert!(Envelope::from_bytes(Bytes::from_static(&[0xFF, 0xFF, 0xFF])).is_err());
     }
 }
+
+/// `sys.session.push`: push a serialized body to a session on the receiving gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysPush {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// Push route.
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Body, already in the session's serializer.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: Bytes,
+}
+
+/// `sys.session.kick`: kick a session on the receiving gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysKick {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// Reason sent to the client.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// `sys.session.bind`: bind a uid to a session on the receiving gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysBind {
+    /// Session id.
+    #[prost(uint64, tag = "1")]
+    pub sid: u64,
+    /// User id.
+    #[prost(string, tag = "2")]
+    pub uid: String,
+}
+
+/// `sys.uid.push`: push to those of `uids` whose sessions the receiving gateway holds.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysUidPush {
+    /// Target users.
+    #[prost(string, repeated, tag = "1")]
+    pub uids: Vec<String>,
+    /// Push route.
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Body for JSON sessions, when the payload has a JSON form.
+    #[prost(bytes = "bytes", optional, tag = "3")]
+    pub json: Option<Bytes>,
+    /// Body for protobuf sessions, when the payload has a protobuf form.
+    #[prost(bytes = "bytes", optional, tag = "4")]
+    pub proto: Option<Bytes>,
+}
+
+/// `sys.uid.kick`: kick a user's session on the receiving gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysUidKick {
+    /// User id.
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    /// Reason sent to the client.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}

@@ -4,6 +4,7 @@ pub mod discovery;
 pub mod envelope;
 mod node;
 pub mod registry;
+pub(crate) mod runtime;
 pub mod selector;
 pub mod transport;
 

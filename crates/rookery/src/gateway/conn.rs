@@ -12,12 +12,11 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rookery_protocol::handshake::{HandshakeResponseSys, CODE_BAD_REQUEST, CODE_OK};
 use rookery_protocol::{
@@ -32,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use super::transport::{ConnError, PacketReader, PacketWriter, Transport};
 use crate::router::{Dispatch, RouteEntry};
 use crate::session::{Acceptor, NewSession};
-use crate::{App, Code, Context, Error, Session};
+use crate::{App, Code, Error, Session};
 
 /// How long the writer keeps trying to deliver what was queued before a close (e.g. a Kick).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -58,9 +57,17 @@ enum End {
     Closed,
 }
 
+/// Where a queued client message goes.
+enum Dest {
+    /// A handler of this node.
+    Local(Arc<RouteEntry>),
+    /// A module on other nodes: forwarded with the session.
+    Remote(Arc<str>),
+}
+
 /// One queued client message, resolved to its route.
 struct Job {
-    entry: Arc<RouteEntry>,
+    dest: Dest,
     kind: MessageType,
     id: u64,
     payload: Bytes,
@@ -305,16 +312,22 @@ async fn read_loop(
                     .route
                     .as_ref()
                     .expect("requests and notifies carry a route");
-                let Some(entry) = app.router().resolve_client(route) else {
-                    let name = match route {
-                        rookery_protocol::Route::Name(n) => n.to_string(),
-                        rookery_protocol::Route::Code(c) => format!("#{c}"),
-                    };
-                    reply_error(session, &msg, Error::not_found(&name));
-                    continue;
+                let dest = match app.router().resolve_client(route) {
+                    Some(entry) => Dest::Local(entry.clone()),
+                    None => match remote_route(app, route) {
+                        Some(name) => Dest::Remote(name),
+                        None => {
+                            let name = match route {
+                                rookery_protocol::Route::Name(n) => n.to_string(),
+                                rookery_protocol::Route::Code(c) => format!("#{c}"),
+                            };
+                            reply_error(session, &msg, Error::not_found(&name));
+                            continue;
+                        }
+                    },
                 };
                 let job = Job {
-                    entry: entry.clone(),
+                    dest,
                     kind: msg.kind,
                     id: msg.id,
                     payload: msg.payload,
@@ -331,6 +344,23 @@ async fn read_loop(
             PacketType::Kick => return End::Violation("clients may not send kick".into()),
         }
     }
+}
+
+/// A client route served by another node: its module is not local, some node runs it, and it
+/// is not a system route.
+fn remote_route(app: &App, route: &rookery_protocol::Route) -> Option<Arc<str>> {
+    let rookery_protocol::Route::Name(name) = route else {
+        return None;
+    };
+    let name = name.as_str();
+    let module = name.split('.').next()?;
+    if module == "sys"
+        || name.split('.').count() != 3
+        || app.modules().iter().any(|m| m.name() == module)
+    {
+        return None;
+    }
+    (!app.cluster().running(module).is_empty()).then(|| Arc::from(name))
 }
 
 fn reply_error(session: &Session, msg: &Message, err: Error) {
@@ -350,10 +380,17 @@ async fn work_loop(app: App, session: Session, mut jobs: mpsc::Receiver<Job>) {
         if session.is_closed() {
             continue;
         }
-        match job.entry.dispatch {
+        let dispatch = match &job.dest {
+            Dest::Local(e) => e.dispatch,
+            Dest::Remote(_) => Dispatch::Ordered,
+        };
+        match dispatch {
             Dispatch::Ordered => run_job(&app, &session, job).await,
             Dispatch::Serial => {
-                let lock = job.entry.module_lock.clone();
+                let lock = match &job.dest {
+                    Dest::Local(e) => e.module_lock.clone(),
+                    Dest::Remote(_) => None,
+                };
                 let _guard = match &lock {
                     Some(l) => Some(l.lock().await),
                     None => None,
@@ -371,20 +408,17 @@ async fn work_loop(app: App, session: Session, mut jobs: mpsc::Receiver<Job>) {
 }
 
 async fn run_job(app: &App, session: &Session, job: Job) {
-    let entry = &job.entry;
-    let result = if entry.login_required && session.uid().is_none() {
-        Err(Error::not_logged_in())
-    } else {
-        let ctx = Context::new(app.clone(), session.clone(), entry.route.clone());
-        let fut = AssertUnwindSafe((entry.handler)(ctx, job.payload)).catch_unwind();
-        match timeout(app.config().gateway.request_timeout(), fut).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_panic)) => Err(Error::internal(format!("handler {} panicked", entry.route))),
-            Err(_) => Err(Error::new(
-                Code::Timeout,
-                format!("{} did not answer in time", entry.route),
-            )),
-        }
+    let timeout = app.config().gateway.request_timeout();
+    let (route, result) = match &job.dest {
+        Dest::Local(entry) => (
+            entry.route.clone(),
+            app.invoke(entry, session.clone(), job.payload, timeout)
+                .await,
+        ),
+        Dest::Remote(route) => (
+            route.clone(),
+            app.rpc().forward(route, job.payload, session).await,
+        ),
     };
     match job.kind {
         MessageType::Request => {
@@ -396,12 +430,12 @@ async fn run_job(app: &App, session: &Session, job: Job) {
                 Ok(b) => {
                     let _ = session.send_packet(b);
                 }
-                Err(e) => tracing::error!(route = %entry.route, error = %e, "response too large"),
+                Err(e) => tracing::error!(%route, error = %e, "response too large"),
             }
         }
         _ => {
             if let Err(e) = result {
-                tracing::debug!(route = %entry.route, error = %e, "notify handler failed");
+                tracing::debug!(%route, error = %e, "notify handler failed");
             }
         }
     }

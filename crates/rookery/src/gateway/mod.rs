@@ -52,8 +52,8 @@ pub(crate) async fn accept_loop(
         let app2 = app.clone();
         app.inner().tasks.spawn(async move {
             match acceptor {
-                Acceptor::Tcp => serve_tcp(app2, stream, remote).await,
                 Acceptor::Ws => serve_ws(app2, stream, remote).await,
+                _ => serve_tcp(app2, stream, remote).await,
             }
             drop(permit);
         });

@@ -73,7 +73,7 @@ impl Module for TestModule {
             "auth.login",
             |c: Context, Json(v): Json<Value>| async move {
                 let uid = v["uid"].as_str().unwrap_or_default().to_string();
-                c.bind(&uid)?;
+                c.bind(&uid).await?;
                 Ok(Json(json!({ "uid": uid })))
             },
         );

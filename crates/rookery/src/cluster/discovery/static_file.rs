@@ -43,6 +43,11 @@ impl StaticDiscovery {
         }))
     }
 
+    /// The configured nodes.
+    pub fn nodes(&self) -> &[NodeInfo] {
+        &self.nodes
+    }
+
     /// The configured nodes, with this node's registered info in place of (or added to) its
     /// entry.
     fn current(&self) -> Vec<NodeInfo> {

@@ -1,0 +1,211 @@
+//! The cluster side of a running node: its published info, the registry fed by discovery, the
+//! transport, selectors, and the ordered links to gateways.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::selector::{self, Selector};
+use super::{Discovery, NodeEvent, NodeInfo, Registry, Transport};
+use crate::config::{ClusterConfig, DiscoveryKind, TransportKind};
+use crate::App;
+
+/// Queue of operations towards one gateway.
+const GATEWAY_LINK_QUEUE: usize = 4096;
+
+/// Cluster state owned by the node.
+pub(crate) struct ClusterState {
+    pub node: RwLock<NodeInfo>,
+    pub registry: Registry,
+    pub discovery: Arc<dyn Discovery>,
+    pub transport: Arc<dyn Transport>,
+    selectors: HashMap<String, Arc<dyn Selector>>,
+    default_selector: Arc<dyn Selector>,
+    links: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
+    /// Stops the transport's serving, the discovery watch and the gateway links.
+    pub stop: CancellationToken,
+    /// Background tasks (watch, links).
+    pub tasks: TaskTracker,
+    /// Inbound calls being handled (waited for at shutdown).
+    pub inbound: TaskTracker,
+}
+
+impl ClusterState {
+    pub(crate) fn new(
+        node: NodeInfo,
+        config: &ClusterConfig,
+        discovery: Arc<dyn Discovery>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Self, String> {
+        let mut selectors = HashMap::new();
+        for (name, r) in &config.routing {
+            if let Some(sel) = &r.selector {
+                let s = selector::by_name(sel)
+                    .ok_or_else(|| format!("unknown selector {sel:?} for {name}"))?;
+                selectors.insert(name.clone(), Arc::from(s));
+            }
+        }
+        Ok(Self {
+            node: RwLock::new(node),
+            registry: Registry::default(),
+            discovery,
+            transport,
+            selectors,
+            default_selector: Arc::new(selector::Random),
+            links: Mutex::new(HashMap::new()),
+            stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            inbound: TaskTracker::new(),
+        })
+    }
+
+    /// The selector for a module or node type.
+    pub(crate) fn selector(&self, name: &str) -> &dyn Selector {
+        self.selectors
+            .get(name)
+            .map(|s| s.as_ref())
+            .unwrap_or(self.default_selector.as_ref())
+    }
+
+    /// This node's published info.
+    pub(crate) fn me(&self) -> NodeInfo {
+        self.node.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_me(&self, f: impl FnOnce(&mut NodeInfo)) -> NodeInfo {
+        let mut n = self.node.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut n);
+        n.clone()
+    }
+
+    /// The ordered operation queue to a gateway, created (with its sender task) on first use.
+    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> mpsc::Sender<Bytes> {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = links.get(gateway).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, mut rx) = mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
+        links.insert(gateway.to_string(), tx.clone());
+        let app = app.clone();
+        let gateway = gateway.to_string();
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    f = rx.recv() => match f { Some(f) => f, None => return },
+                    _ = stop.cancelled() => return,
+                };
+                let c = &app.inner().cluster;
+                let Some(node) = c.registry.get(&gateway) else {
+                    tracing::debug!(%gateway, "dropping operation for an unknown gateway");
+                    continue;
+                };
+                if let Err(e) = c.transport.notify(&node, frame).await {
+                    tracing::debug!(%gateway, error = %e, "gateway operation failed");
+                }
+            }
+        });
+        tx
+    }
+
+    /// Forgets the link to a node that left.
+    fn drop_link(&self, node: &str) {
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node);
+    }
+}
+
+/// Keeps the registry in step with discovery until the node stops, telling the transport and
+/// the modules what changed.
+pub(crate) async fn watch_discovery(
+    app: App,
+    mut events: mpsc::Receiver<super::DiscoveryEvent>,
+    stop: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            e = events.recv() => match e { Some(e) => e, None => return },
+            _ = stop.cancelled() => return,
+        };
+        let c = &app.inner().cluster;
+        let Some(change) = c.registry.apply(ev) else {
+            continue;
+        };
+        match &change {
+            NodeEvent::Lost(n) => {
+                tracing::info!(node = %n.id, node_type = %n.node_type, "node lost");
+                c.transport.node_lost(&n.id);
+                c.drop_link(&n.id);
+            }
+            NodeEvent::Found(n) => {
+                tracing::info!(node = %n.id, node_type = %n.node_type, "node found")
+            }
+            NodeEvent::Updated(n) => tracing::debug!(node = %n.id, "node updated"),
+        }
+        for m in app.modules() {
+            m.node_event(&app, &change).await;
+        }
+    }
+}
+
+/// Builds the discovery back end and transport a configuration names.
+pub(crate) async fn backends(
+    config: &ClusterConfig,
+) -> Result<(Arc<dyn Discovery>, Arc<dyn Transport>), String> {
+    fn parse<T: serde::de::DeserializeOwned>(t: &toml::Table, what: &str) -> Result<T, String> {
+        toml::Value::Table(t.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("[cluster.{what}]: {e}"))
+    }
+    let discovery: Arc<dyn Discovery> = match config.discovery {
+        DiscoveryKind::Embedded => Arc::new(super::EmbeddedDiscovery::new()),
+        DiscoveryKind::Static => {
+            let mut nodes = config.static_nodes.clone();
+            if let Some(f) = &config.static_file {
+                let file = super::StaticDiscovery::from_file(std::path::Path::new(f))
+                    .map_err(|e| e.to_string())?;
+                nodes.extend(file.nodes().iter().cloned());
+            }
+            Arc::new(super::StaticDiscovery::new(nodes))
+        }
+        #[cfg(feature = "etcd")]
+        DiscoveryKind::Etcd => {
+            let cfg: super::discovery::etcd::EtcdConfig = parse(&config.etcd, "etcd")?;
+            Arc::new(
+                super::discovery::etcd::EtcdDiscovery::connect(cfg)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        #[cfg(not(feature = "etcd"))]
+        DiscoveryKind::Etcd => return Err("etcd discovery needs the `etcd` cargo feature".into()),
+    };
+    let transport: Arc<dyn Transport> = match config.transport {
+        TransportKind::Inproc => Arc::new(super::InProcTransport::new()),
+        TransportKind::Tcp => {
+            let cfg: super::transport::tcp::TcpConfig = parse(&config.tcp, "tcp")?;
+            Arc::new(super::transport::tcp::TcpTransport::new(cfg))
+        }
+        #[cfg(feature = "nats")]
+        TransportKind::Nats => {
+            let cfg: super::transport::nats::NatsConfig = parse(&config.nats, "nats")?;
+            Arc::new(
+                super::transport::nats::NatsTransport::connect(cfg)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        #[cfg(not(feature = "nats"))]
+        TransportKind::Nats => {
+            return Err("the NATS transport needs the `nats` cargo feature".into())
+        }
+    };
+    let _ = parse::<toml::Table>;
+    Ok((discovery, transport))
+}

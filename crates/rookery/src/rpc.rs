@@ -1,0 +1,705 @@
+//! RPC between modules, across nodes or within one: typed calls with deadlines, notifies,
+//! broadcasts; gateway forwarding of client requests; backends acting on remote sessions.
+//!
+//! Addressing ([`Target`]): a node type (a selector picks one node), a node id (`type@id`), a
+//! logical address, or the nodes running a module. A call whose chosen node is this node runs
+//! the handler directly, with no envelope and no transport.
+//!
+//! Delivery: calls are at-most-once; a call either gets the handler's reply, the handler's
+//! error, or an [`RpcError`] (timeout, no node, link closed) by its deadline; it never hangs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rookery_protocol::Serializer;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::app::AppInner;
+use crate::cluster::envelope::{
+    ser_from_u32, ser_to_u32, Envelope, Kind, SessionRef, SysBind, SysKick, SysPush, SysUidKick,
+    SysUidPush,
+};
+use crate::cluster::selector::SelectContext;
+use crate::cluster::{FrameHandler, LogicalAddr, NodeInfo, TransportError};
+use crate::payload::EncodedOnce;
+use crate::{App, Code, Error, FromPayload, Session, ToPayload};
+
+/// Where a call goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Any available node of a type; the type's selector picks.
+    Type(String),
+    /// Any available node running a module; the module's selector picks.
+    Module(String),
+    /// One node by id.
+    Node(String),
+    /// One node by logical address.
+    Logical(LogicalAddr),
+}
+
+impl Target {
+    /// Parses `type@id` (a node), `c.t.i` (a logical address) or `type`.
+    pub fn parse(s: &str) -> Self {
+        if let Some((_, id)) = s.split_once('@') {
+            return Self::Node(id.to_string());
+        }
+        if let Ok(a) = s.parse::<LogicalAddr>() {
+            return Self::Logical(a);
+        }
+        Self::Type(s.to_string())
+    }
+}
+
+impl From<&str> for Target {
+    fn from(s: &str) -> Self {
+        Self::parse(s)
+    }
+}
+
+impl From<LogicalAddr> for Target {
+    fn from(a: LogicalAddr) -> Self {
+        Self::Logical(a)
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The deadline passed.
+    #[error("call timed out")]
+    Timeout,
+    /// No available node matches the target.
+    #[error("no node available for {0}")]
+    NoNode(String),
+    /// The handler answered with an error (its code is kept).
+    #[error("{0}")]
+    Remote(Error),
+    /// The link to the node closed with the call in flight (node died or left).
+    #[error("link closed: {0}")]
+    Closed(String),
+    /// Any other transport failure.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl From<RpcError> for Error {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::Timeout => Error::new(Code::Timeout, "call timed out"),
+            RpcError::NoNode(t) => {
+                Error::new(Code::Unavailable, format!("no node available for {t}"))
+            }
+            RpcError::Remote(e) => e,
+            RpcError::Closed(n) => Error::new(Code::Unavailable, format!("node {n} went away")),
+            RpcError::Transport(m) => Error::new(Code::Unavailable, m),
+        }
+    }
+}
+
+impl From<TransportError> for RpcError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Timeout => RpcError::Timeout,
+            TransportError::Closed(n) => RpcError::Closed(n),
+            other => RpcError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Deadline; the cluster's `rpc_timeout` when absent.
+    pub timeout: Option<Duration>,
+    /// Key for consistent-hash selection.
+    pub key: Option<String>,
+    /// Serializer of the argument and result (JSON by default).
+    pub serializer: Option<Serializer>,
+    /// The client session the call acts for (its gateway can be reached from the callee).
+    pub session: Option<Session>,
+}
+
+/// RPC on behalf of a node: `app.rpc()`.
+#[derive(Clone, Copy)]
+pub struct Rpc<'a> {
+    app: &'a App,
+}
+
+impl App {
+    /// RPC from this node.
+    pub fn rpc(&self) -> Rpc<'_> {
+        Rpc { app: self }
+    }
+}
+
+impl<'a> Rpc<'a> {
+    /// Calls `route` on a node of `target` and waits for the typed result.
+    pub async fn call<A: ToPayload, R: FromPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+    ) -> Result<R, RpcError> {
+        self.call_with(target, route, arg, CallOptions::default())
+            .await
+    }
+
+    /// [`Rpc::call`] with options.
+    pub async fn call_with<A: ToPayload, R: FromPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+        opts: CallOptions,
+    ) -> Result<R, RpcError> {
+        let ser = opts.serializer.unwrap_or(Serializer::Json);
+        let payload = arg.to_payload(ser).map_err(RpcError::Remote)?;
+        let reply = self.call_raw(&target.into(), route, payload, &opts).await?;
+        R::from_payload(ser, reply).map_err(RpcError::Remote)
+    }
+
+    /// Sends `route` to a node of `target` without waiting for a result.
+    pub async fn notify<A: ToPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+    ) -> Result<(), RpcError> {
+        let target = target.into();
+        let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
+        let node = self.pick(&target, route, None, None)?;
+        let env = self.envelope(Kind::Notify, route, payload, Serializer::Json, None, None);
+        if node.id == self.app.node_id() {
+            let app = self.app.clone();
+            let route = route.to_string();
+            app.inner().tasks.spawn({
+                let app = app.clone();
+                async move {
+                    let session = Session::detached(Serializer::Json);
+                    if let Err(e) = app.dispatch(&route, env.payload, session, None).await {
+                        tracing::debug!(%route, error = %e, "local notify failed");
+                    }
+                }
+            });
+            return Ok(());
+        }
+        Ok(self
+            .cluster()
+            .transport
+            .notify(&node, env.to_bytes())
+            .await?)
+    }
+
+    /// Sends `route` to every available node of a type (this one included if it is of that
+    /// type); returns how many nodes it was sent to.
+    pub async fn broadcast<A: ToPayload>(
+        &self,
+        node_type: &str,
+        route: &str,
+        arg: A,
+    ) -> Result<usize, RpcError> {
+        let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
+        let nodes: Vec<NodeInfo> = self
+            .cluster()
+            .registry
+            .of_type(node_type)
+            .iter()
+            .filter(|n| n.is_available())
+            .cloned()
+            .collect();
+        for n in &nodes {
+            self.notify(
+                Target::Node(n.id.clone()),
+                route,
+                crate::Raw(payload.clone()),
+            )
+            .await?;
+        }
+        Ok(nodes.len())
+    }
+
+    /// Calls every available node of a type and collects each node's result (by node id).
+    pub async fn call_all<A: ToPayload, R: FromPayload>(
+        &self,
+        node_type: &str,
+        route: &str,
+        arg: A,
+    ) -> Vec<(String, Result<R, RpcError>)> {
+        let payload = match arg.to_payload(Serializer::Json) {
+            Ok(p) => p,
+            Err(e) => return vec![(String::new(), Err(RpcError::Remote(e)))],
+        };
+        let nodes = self.cluster().registry.of_type(node_type);
+        let calls = nodes.iter().filter(|n| n.is_available()).map(|n| {
+            let payload = payload.clone();
+            async move {
+                let r = self
+                    .call_raw(
+                        &Target::Node(n.id.clone()),
+                        route,
+                        payload,
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .and_then(|b| R::from_payload(Serializer::Json, b).map_err(RpcError::Remote));
+                (n.id.clone(), r)
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+
+    /// Calls with an encoded payload; the result is encoded too.
+    pub async fn call_raw(
+        &self,
+        target: &Target,
+        route: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        let timeout = opts
+            .timeout
+            .unwrap_or_else(|| self.app.config().cluster.rpc_timeout());
+        let deadline = Instant::now() + timeout;
+        let ser = opts.serializer.unwrap_or(Serializer::Json);
+        let session_id = opts.session.as_ref().map(Session::id);
+        let node = self.pick(target, route, opts.key.as_deref(), session_id)?;
+        if node.id == self.app.node_id() {
+            let session = opts
+                .session
+                .clone()
+                .unwrap_or_else(|| Session::detached(ser));
+            return match tokio::time::timeout_at(
+                deadline,
+                self.app.dispatch(route, payload, session, Some(timeout)),
+            )
+            .await
+            {
+                Ok(r) => r.map_err(RpcError::Remote),
+                Err(_) => Err(RpcError::Timeout),
+            };
+        }
+        let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
+        let mut env = self.envelope(Kind::Call, route, payload, ser, session_ref, Some(timeout));
+        env.timeout_ms = timeout.as_millis() as u64;
+        let reply = self
+            .cluster()
+            .transport
+            .request(&node, env.to_bytes(), deadline)
+            .await?;
+        let reply = Envelope::from_bytes(reply).map_err(RpcError::Remote)?;
+        let (payload, data) = reply.into_result().map_err(RpcError::Remote)?;
+        if let (Some(s), Some(data)) = (&opts.session, data) {
+            apply_session_data(s, &data);
+        }
+        Ok(payload)
+    }
+
+    /// Forwards a client request for a module that runs elsewhere (gateway side).
+    pub(crate) async fn forward(
+        &self,
+        route: &str,
+        payload: Bytes,
+        session: &Session,
+    ) -> Result<Bytes, Error> {
+        let module = route.split('.').next().unwrap_or(route);
+        let key = self.routing_key(module, &payload, session);
+        let opts = CallOptions {
+            timeout: Some(self.app.config().gateway.request_timeout()),
+            key,
+            serializer: Some(session.serializer()),
+            session: Some(session.clone()),
+        };
+        self.call_raw(&Target::Module(module.to_string()), route, payload, &opts)
+            .await
+            .map_err(Error::from)
+    }
+
+    /// The consistent-hash key for a client request, per `[cluster.routing.MODULE] key`.
+    fn routing_key(&self, module: &str, payload: &[u8], session: &Session) -> Option<String> {
+        let field = self
+            .app
+            .config()
+            .cluster
+            .routing
+            .get(module)?
+            .key
+            .as_ref()?;
+        if session.serializer() == Serializer::Json {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) {
+                match &v[field] {
+                    serde_json::Value::String(s) => return Some(s.clone()),
+                    serde_json::Value::Null => {}
+                    other => return Some(other.to_string()),
+                }
+            }
+        }
+        session.uid().map(|u| u.to_string())
+    }
+
+    /// Pushes to users wherever they are connected: local sessions directly, the others through
+    /// their gateways (one message per gateway for all the users). Returns the local deliveries.
+    pub async fn push_to_uids(
+        &self,
+        uids: &[&str],
+        route: &str,
+        payload: impl ToPayload,
+    ) -> Result<usize, RpcError> {
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for uid in uids {
+            match self.app.sessions().by_uid(uid) {
+                Some(s) => local.push(s),
+                None => remote.push(uid.to_string()),
+            }
+        }
+        let delivered = crate::session::fan_out(&local, route, &payload);
+        if !remote.is_empty() {
+            let mut enc = EncodedOnce::new(&payload);
+            let msg = SysUidPush {
+                uids: remote,
+                route: route.to_string(),
+                json: enc.get(Serializer::Json).ok(),
+                proto: enc.get(Serializer::Protobuf).ok(),
+            };
+            self.to_other_frontends("sys.uid.push", prost::Message::encode_to_vec(&msg))
+                .await;
+        }
+        Ok(delivered)
+    }
+
+    /// Kicks a user wherever it is connected.
+    pub async fn kick_uid(&self, uid: &str, reason: &str) {
+        self.app.sessions().kick_uid(uid, reason);
+        let msg = SysUidKick {
+            uid: uid.to_string(),
+            reason: reason.to_string(),
+        };
+        self.to_other_frontends("sys.uid.kick", prost::Message::encode_to_vec(&msg))
+            .await;
+    }
+
+    async fn to_other_frontends(&self, route: &str, body: Vec<u8>) {
+        let body = Bytes::from(body);
+        for gw in self.cluster().registry.frontends() {
+            if gw.id == self.app.node_id() {
+                continue;
+            }
+            let env = self.envelope(
+                Kind::Notify,
+                route,
+                body.clone(),
+                Serializer::Json,
+                None,
+                None,
+            );
+            if let Err(e) = self.cluster().transport.notify(&gw, env.to_bytes()).await {
+                tracing::debug!(gateway = %gw.id, %route, error = %e, "frontend notify failed");
+            }
+        }
+    }
+
+    fn cluster(&self) -> &'a crate::cluster::runtime::ClusterState {
+        &self.app.inner().cluster
+    }
+
+    fn session_ref(&self, s: &Session) -> SessionRef {
+        SessionRef {
+            id: s.id(),
+            uid: s.uid().map(|u| u.to_string()).unwrap_or_default(),
+            gateway: s
+                .gateway()
+                .map(str::to_string)
+                .unwrap_or_else(|| self.app.node_id().to_string()),
+            data: Bytes::from(serde_json::to_vec(&s.data()).unwrap_or_default()),
+            serializer: ser_to_u32(s.serializer()),
+        }
+    }
+
+    fn envelope(
+        &self,
+        kind: Kind,
+        route: &str,
+        payload: Bytes,
+        ser: Serializer,
+        session: Option<SessionRef>,
+        timeout: Option<Duration>,
+    ) -> Envelope {
+        Envelope {
+            kind: kind as i32,
+            route: route.to_string(),
+            payload,
+            serializer: ser_to_u32(ser),
+            session,
+            timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
+            source: self.app.node_id().to_string(),
+            ..Envelope::default()
+        }
+    }
+
+    /// Chooses the node for a call.
+    fn pick(
+        &self,
+        target: &Target,
+        route: &str,
+        key: Option<&str>,
+        session_id: Option<u64>,
+    ) -> Result<NodeInfo, RpcError> {
+        let c = self.cluster();
+        let (candidates, selector_key) = match target {
+            Target::Node(id) => {
+                return c
+                    .registry
+                    .get(id)
+                    .ok_or_else(|| RpcError::NoNode(format!("node {id}")))
+            }
+            Target::Logical(a) => {
+                return c
+                    .registry
+                    .by_logical(*a)
+                    .ok_or_else(|| RpcError::NoNode(format!("logical address {a}")))
+            }
+            Target::Type(t) => (c.registry.of_type(t), t),
+            Target::Module(m) => (c.registry.running(m), m),
+        };
+        let ctx = SelectContext {
+            route,
+            key,
+            session_id,
+            tags: &[],
+        };
+        c.selector(selector_key)
+            .select(&candidates, &ctx)
+            .cloned()
+            .ok_or_else(|| RpcError::NoNode(selector_key.clone()))
+    }
+}
+
+fn apply_session_data(session: &Session, data: &[u8]) {
+    if let Ok(map) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(data) {
+        session.replace_data(map);
+    }
+}
+
+/// A backend's way to reach the gateway that holds a session: operations are queued in order
+/// and sent by one task per gateway.
+#[derive(Clone)]
+pub(crate) struct RemoteSession {
+    gateway: Arc<str>,
+    source: Arc<str>,
+    ops: mpsc::Sender<Bytes>,
+}
+
+impl RemoteSession {
+    pub(crate) fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn send(&self, route: &str, body: Vec<u8>) -> Result<(), Error> {
+        let env = Envelope {
+            kind: Kind::Notify as i32,
+            route: route.to_string(),
+            payload: Bytes::from(body),
+            source: self.source.to_string(),
+            ..Envelope::default()
+        };
+        self.ops.try_send(env.to_bytes()).map_err(|_| {
+            Error::new(
+                Code::Unavailable,
+                format!("gateway {} unreachable or overloaded", self.gateway),
+            )
+        })
+    }
+
+    pub(crate) fn push(&self, sid: u64, route: &str, body: Bytes) -> Result<(), Error> {
+        let msg = SysPush {
+            sid,
+            route: route.to_string(),
+            body,
+        };
+        self.send("sys.session.push", prost::Message::encode_to_vec(&msg))
+    }
+
+    pub(crate) fn kick(&self, sid: u64, reason: &str) -> Result<(), Error> {
+        let msg = SysKick {
+            sid,
+            reason: reason.to_string(),
+        };
+        self.send("sys.session.kick", prost::Message::encode_to_vec(&msg))
+    }
+}
+
+impl App {
+    /// Runs a route on this node: the handler of a local module (internal routes included).
+    pub(crate) async fn dispatch(
+        &self,
+        route: &str,
+        payload: Bytes,
+        session: Session,
+        timeout: Option<Duration>,
+    ) -> Result<Bytes, Error> {
+        let entry = self
+            .router()
+            .get(route)
+            .cloned()
+            .ok_or_else(|| Error::not_found(route))?;
+        let timeout = timeout.unwrap_or_else(|| self.config().gateway.request_timeout());
+        self.invoke(&entry, session, payload, timeout).await
+    }
+
+    /// The link to a gateway for remote sessions (created on first use).
+    pub(crate) fn gateway_link(&self, gateway: &str) -> RemoteSession {
+        let c = &self.inner().cluster;
+        let tx = c.gateway_link(gateway, self);
+        RemoteSession {
+            gateway: Arc::from(gateway),
+            source: Arc::from(self.node_id()),
+            ops: tx,
+        }
+    }
+
+    /// Binds a uid to a session wherever its connection is.
+    pub(crate) async fn bind_session(&self, session: &Session, uid: &str) -> Result<(), Error> {
+        let Some(link) = session.remote_link() else {
+            return self.sessions().bind(session, uid);
+        };
+        let msg = SysBind {
+            sid: session.id(),
+            uid: uid.to_string(),
+        };
+        let payload = Bytes::from(prost::Message::encode_to_vec(&msg));
+        self.rpc()
+            .call_raw(
+                &Target::Node(link.gateway().to_string()),
+                "sys.session.bind",
+                payload,
+                &CallOptions::default(),
+            )
+            .await?;
+        session.set_uid(Some(Arc::from(uid)));
+        Ok(())
+    }
+}
+
+/// Receives frames from other nodes and runs them here.
+pub(crate) struct RpcServer {
+    pub(crate) app: Weak<AppInner>,
+}
+
+impl RpcServer {
+    fn app(&self) -> Option<App> {
+        self.app.upgrade().map(App::from_inner)
+    }
+
+    async fn run(&self, env: Envelope) -> Result<(Bytes, Option<Bytes>), Error> {
+        let app = self
+            .app()
+            .ok_or_else(|| Error::new(Code::Unavailable, "node stopping"))?;
+        let _in_flight = app.inner().cluster.inbound.token();
+        if let Some(r) = app.system(&env).await {
+            return r.map(|b| (b, None));
+        }
+        let ser = ser_from_u32(env.serializer);
+        let session = match &env.session {
+            Some(s) => {
+                let data = serde_json::from_slice(&s.data).unwrap_or_default();
+                Session::remote(
+                    s.id,
+                    Some(&s.uid),
+                    ser_from_u32(s.serializer),
+                    data,
+                    app.gateway_link(&s.gateway),
+                    app.router().dict().clone(),
+                )
+            }
+            None => Session::detached(ser),
+        };
+        let timeout = (env.timeout_ms > 0).then(|| Duration::from_millis(env.timeout_ms));
+        let out = app
+            .dispatch(&env.route, env.payload, session.clone(), timeout)
+            .await?;
+        let data = session
+            .data_dirty()
+            .then(|| Bytes::from(serde_json::to_vec(&session.data()).unwrap_or_default()));
+        Ok((out, data))
+    }
+}
+
+#[async_trait]
+impl FrameHandler for RpcServer {
+    async fn request(&self, frame: Bytes) -> Bytes {
+        let reply = match Envelope::from_bytes(frame) {
+            Ok(env) => match self.run(env).await {
+                Ok((payload, data)) => Envelope::reply(payload, data),
+                Err(e) => Envelope::error(&e),
+            },
+            Err(e) => Envelope::error(&e),
+        };
+        reply.to_bytes()
+    }
+
+    async fn notify(&self, frame: Bytes) {
+        match Envelope::from_bytes(frame) {
+            Ok(env) => {
+                let route = env.route.clone();
+                if let Err(e) = self.run(env).await {
+                    tracing::debug!(%route, error = %e, "inbound notify failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "malformed inbound frame"),
+        }
+    }
+}
+
+impl App {
+    /// Handles the built-in `sys.*` routes of gateways; None for any other route.
+    async fn system(&self, env: &Envelope) -> Option<Result<Bytes, Error>> {
+        fn decode<M: prost::Message + Default>(b: &Bytes) -> Result<M, Error> {
+            M::decode(b.clone()).map_err(|e| Error::bad_request(format!("bad system message: {e}")))
+        }
+        let sessions = self.sessions();
+        let r = match env.route.as_str() {
+            "sys.session.push" => decode::<SysPush>(&env.payload).and_then(|m| {
+                let s = sessions
+                    .get(m.sid)
+                    .ok_or_else(|| Error::new(Code::NotFound, "session gone"))?;
+                s.send_packet(s.encode_push(&m.route, m.body)?)
+            }),
+            "sys.session.kick" => decode::<SysKick>(&env.payload).map(|m| {
+                if let Some(s) = sessions.get(m.sid) {
+                    s.kick(&m.reason);
+                }
+            }),
+            "sys.session.bind" => decode::<SysBind>(&env.payload).and_then(|m| {
+                let s = sessions
+                    .get(m.sid)
+                    .ok_or_else(|| Error::new(Code::Unavailable, "session closed"))?;
+                sessions.bind(&s, &m.uid)
+            }),
+            "sys.uid.push" => decode::<SysUidPush>(&env.payload).map(|m| {
+                for uid in &m.uids {
+                    let Some(s) = sessions.by_uid(uid) else {
+                        continue;
+                    };
+                    let body = match s.serializer() {
+                        Serializer::Json => m.json.clone(),
+                        Serializer::Protobuf => m.proto.clone(),
+                    };
+                    if let Some(body) = body {
+                        if let Ok(p) = s.encode_push(&m.route, body) {
+                            let _ = s.send_packet(p);
+                        }
+                    }
+                }
+            }),
+            "sys.uid.kick" => decode::<SysUidKick>(&env.payload).map(|m| {
+                sessions.kick_uid(&m.uid, &m.reason);
+            }),
+            _ => return None,
+        };
+        Some(r.map(|()| Bytes::new()))
+    }
+}

@@ -260,6 +260,18 @@ impl<'a> Rpc<'a> {
         payload: Bytes,
         opts: &CallOptions,
     ) -> Result<Bytes, RpcError> {
+        self.call_inner(target, route, payload, opts, false).await
+    }
+
+    /// `from_client`: a gateway forwarding a client request (internal routes are refused).
+    async fn call_inner(
+        &self,
+        target: &Target,
+        route: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+        from_client: bool,
+    ) -> Result<Bytes, RpcError> {
         let timeout = opts
             .timeout
             .unwrap_or_else(|| self.app.config().cluster.rpc_timeout());
@@ -284,7 +296,7 @@ impl<'a> Rpc<'a> {
         }
         let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
         let mut env = self.envelope(Kind::Call, route, payload, ser, session_ref, Some(timeout));
-        env.timeout_ms = timeout.as_millis() as u64;
+        env.from_client = from_client;
         let reply = self
             .cluster()
             .transport
@@ -313,9 +325,15 @@ impl<'a> Rpc<'a> {
             serializer: Some(session.serializer()),
             session: Some(session.clone()),
         };
-        self.call_raw(&Target::Module(module.to_string()), route, payload, &opts)
-            .await
-            .map_err(Error::from)
+        self.call_inner(
+            &Target::Module(module.to_string()),
+            route,
+            payload,
+            &opts,
+            true,
+        )
+        .await
+        .map_err(Error::from)
     }
 
     /// The consistent-hash key for a client request, per `[cluster.routing.MODULE] key`.
@@ -618,6 +636,9 @@ impl RpcServer {
             None => Session::detached(ser),
         };
         let timeout = (env.timeout_ms > 0).then(|| Duration::from_millis(env.timeout_ms));
+        if env.from_client && app.router().get(&env.route).is_some_and(|e| e.internal) {
+            return Err(Error::not_found(&env.route));
+        }
         let out = app
             .dispatch(&env.route, env.payload, session.clone(), timeout)
             .await?;

@@ -77,6 +77,9 @@ pub struct Envelope {
     /// Session data after the handler ran, when it changed (replies to forwarded requests).
     #[prost(bytes = "bytes", optional, tag = "11")]
     pub session_data: Option<Bytes>,
+    /// The call is a client request forwarded by a gateway: internal routes are refused.
+    #[prost(bool, tag = "12")]
+    pub from_client: bool,
 }
 
 pub(crate) fn ser_to_u32(s: Serializer) -> u32 {

@@ -1,0 +1,173 @@
+//! A multi-node fixture: one gateway node and two backend nodes in one test process, sharing
+//! embedded discovery, over a transport chosen by the test (in-process, TCP or NATS).
+#![allow(dead_code, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rookery::cluster::{EmbeddedDiscovery, Transport};
+use rookery::{Config, Context, Error, Json, Module, ModuleInit, RunningServer, Server};
+use serde_json::{json, Value};
+
+use crate::common::{eventually, WAIT};
+
+/// Order in which backend handlers saw `order.seq` requests.
+#[derive(Default)]
+pub struct Seen {
+    pub seq: Mutex<Vec<u64>>,
+}
+
+/// Module `game`, run by backend nodes.
+pub struct Game {
+    pub seen: Arc<Seen>,
+}
+
+impl Module for Game {
+    fn name(&self) -> &str {
+        "game"
+    }
+
+    fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
+        init.handler("info.node", |c: Context, _: ()| async move {
+            Ok(Json(json!({ "node": c.app().node_id() })))
+        });
+        init.handler(
+            "auth.login",
+            |c: Context, Json(v): Json<Value>| async move {
+                let uid = v["uid"].as_str().unwrap_or_default().to_string();
+                c.bind(&uid).await?;
+                Ok(Json(json!({ "uid": uid, "node": c.app().node_id() })))
+            },
+        );
+        init.handler("auth.whoami", |c: Context, _: ()| async move {
+            Ok(Json(json!({ "uid": c.require_uid()?.to_string() })))
+        })
+        .login_required();
+        init.handler("data.set", |c: Context, Json(v): Json<Value>| async move {
+            c.session().set("k", v["v"].clone());
+            Ok(())
+        });
+        init.handler("data.get", |c: Context, _: ()| async move {
+            Ok(Json(json!({ "v": c.session().get("k") })))
+        });
+        init.handler("push.me", |c: Context, Json(v): Json<Value>| async move {
+            for i in 0..v["n"].as_u64().unwrap_or(1) {
+                c.push("onGame", Json(json!({ "i": i })))?;
+            }
+            Ok(())
+        });
+        init.handler("kick.me", |c: Context, _: ()| async move {
+            c.session().kick("kicked by backend");
+            Ok(())
+        });
+        let seen = self.seen.clone();
+        init.handler("order.seq", move |_c: Context, Json(v): Json<Value>| {
+            let seen = seen.clone();
+            async move {
+                let seq = v["seq"].as_u64().unwrap_or_default();
+                if seq % 3 == 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                seen.seq.lock().unwrap().push(seq);
+                Ok(Json(json!({ "seq": seq })))
+            }
+        });
+        init.handler(
+            "slow.sleep",
+            |_c: Context, Json(v): Json<Value>| async move {
+                tokio::time::sleep(Duration::from_millis(v["ms"].as_u64().unwrap_or(0))).await;
+                Ok(Json(v))
+            },
+        );
+        init.handler("rpc.echo", |c: Context, Json(v): Json<Value>| async move {
+            Ok(Json(json!({ "echo": v, "node": c.app().node_id() })))
+        })
+        .internal();
+        init.handler("rpc.fail", |_c: Context, _: ()| async move {
+            Err::<(), _>(Error::custom("GAME-7", "refused"))
+        })
+        .internal();
+        Ok(())
+    }
+}
+
+/// A front module on the gateway (so that it runs some module of its own).
+pub struct Front;
+
+impl Module for Front {
+    fn name(&self) -> &str {
+        "front"
+    }
+
+    fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
+        init.handler("ping.ping", |_c: Context, _: ()| async move {
+            Ok(Json(json!({"pong": true})))
+        });
+        Ok(())
+    }
+}
+
+pub struct Cluster {
+    pub gate: RunningServer,
+    pub backends: Vec<RunningServer>,
+    pub seen: Arc<Seen>,
+    pub discovery: EmbeddedDiscovery,
+}
+
+fn node_config(id: &str, node_type: &str, logical: &str, acceptor: bool) -> Config {
+    let mut c = Config::default();
+    c.node.id = id.into();
+    c.node.node_type = node_type.into();
+    c.node.logical = Some(logical.into());
+    c.node.drain_timeout = 5.0;
+    c.gateway.request_timeout = 2.0;
+    c.cluster.rpc_timeout = 2.0;
+    if acceptor {
+        c.gateway.tcp = Some("127.0.0.1:0".into());
+    }
+    c
+}
+
+/// Starts `gate-1` (type gate, frontend) and `game-1`, `game-2` (type game), each with a
+/// transport from `transport()`, and waits until the gateway knows both backends.
+pub async fn start(transport: impl Fn() -> Arc<dyn Transport>) -> Cluster {
+    let discovery = EmbeddedDiscovery::new();
+    let seen = Arc::new(Seen::default());
+    let mut backends = Vec::new();
+    for i in 1..=2 {
+        let cfg = node_config(&format!("game-{i}"), "game", &format!("1.2.{i}"), false);
+        backends.push(
+            Server::builder(cfg)
+                .module(Game { seen: seen.clone() })
+                .discovery(Arc::new(discovery.handle()))
+                .transport(transport())
+                .start()
+                .await
+                .expect("backend starts"),
+        );
+    }
+    let gate = Server::builder(node_config("gate-1", "gate", "1.1.1", true))
+        .module(Front)
+        .discovery(Arc::new(discovery.handle()))
+        .transport(transport())
+        .start()
+        .await
+        .expect("gate starts");
+    eventually("gateway sees both backends", || {
+        gate.app().cluster().running("game").len() == 2
+    })
+    .await;
+    for b in &backends {
+        eventually("backend sees the gateway", || {
+            !b.app().cluster().frontends().is_empty()
+        })
+        .await;
+    }
+    let _ = WAIT;
+    Cluster {
+        gate,
+        backends,
+        seen,
+        discovery,
+    }
+}

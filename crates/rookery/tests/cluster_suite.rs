@@ -1,0 +1,245 @@
+//! The multi-node suite, shared by every transport: each `#[tokio::test]` in `cluster_*.rs`
+//! files calls these with its transport.
+#![allow(dead_code, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rookery::cluster::Transport;
+use rookery::{CallOptions, Json, RpcError, Target};
+use rookery_client::{Client, ClientError, ClientOptions};
+use serde_json::{json, Value};
+
+use crate::cluster::{start, Cluster};
+use crate::common::{eventually, WAIT};
+
+async fn client(c: &Cluster) -> Client {
+    Client::connect(
+        &c.gate.tcp_addr().unwrap().to_string(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn stop(c: Cluster) {
+    c.gate.shutdown().await;
+    for b in c.backends {
+        b.shutdown().await;
+    }
+}
+
+/// Client requests for a module that runs elsewhere are forwarded, and answered with their id.
+pub async fn forwarding(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let cl = client(&c).await;
+    let mut nodes = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let v = cl.request_json("game.info.node", json!({})).await.unwrap();
+        nodes.insert(v["node"].as_str().unwrap().to_string());
+    }
+    assert!(nodes.iter().all(|n| n.starts_with("game-")), "{nodes:?}");
+    // Local modules still answer locally; unknown modules are RK-404.
+    assert_eq!(
+        cl.request_json("front.ping.ping", json!({})).await.unwrap()["pong"],
+        true
+    );
+    match cl.request_json("nomodule.a.b", json!({})).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "RK-404"),
+        other => panic!("{other:?}"),
+    }
+    // Internal routes on backends are not reachable from clients either.
+    match cl.request_json("game.rpc.echo", json!({})).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "RK-404"),
+        other => panic!("{other:?}"),
+    }
+    stop(c).await;
+}
+
+/// A backend binds the uid, pushes, changes session data and kicks, all through the gateway.
+pub async fn remote_sessions(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let cl = client(&c).await;
+    match cl.request_json("game.auth.whoami", json!({})).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "RK-401"),
+        other => panic!("{other:?}"),
+    }
+    cl.request_json("game.auth.login", json!({"uid": "alice"}))
+        .await
+        .unwrap();
+    assert!(
+        c.gate.app().sessions().by_uid("alice").is_some(),
+        "bound on the gateway"
+    );
+    assert_eq!(
+        cl.request_json("game.auth.whoami", json!({}))
+            .await
+            .unwrap()["uid"],
+        "alice"
+    );
+    cl.request_json("game.data.set", json!({"v": 42}))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.gate.app().sessions().by_uid("alice").unwrap().get("k"),
+        Some(json!(42)),
+        "data synced back to the gateway"
+    );
+    assert_eq!(
+        cl.request_json("game.data.get", json!({})).await.unwrap()["v"],
+        42
+    );
+    cl.request_json("game.push.me", json!({"n": 50}))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let p = cl.next_push("onGame", WAIT).await.unwrap();
+        assert_eq!(p.json::<Value>().unwrap()["i"], i, "pushes arrive in order");
+    }
+    cl.request_json("game.kick.me", json!({})).await.unwrap();
+    let closed = cl.closed().await;
+    assert!(closed.kicked);
+    assert_eq!(closed.reason.as_deref(), Some("kicked by backend"));
+    stop(c).await;
+}
+
+/// Pushing to a uid and kicking a uid from a node that does not hold the session.
+pub async fn users_across_nodes(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let a = client(&c).await;
+    let b = client(&c).await;
+    a.request_json("game.auth.login", json!({"uid": "a"}))
+        .await
+        .unwrap();
+    b.request_json("game.auth.login", json!({"uid": "b"}))
+        .await
+        .unwrap();
+    let backend = c.backends[0].app();
+    let local = backend
+        .rpc()
+        .push_to_uids(&["a", "b", "nobody"], "onNews", Json(json!({"n": 1})))
+        .await
+        .unwrap();
+    assert_eq!(local, 0, "the backend holds no sessions");
+    for cl in [&a, &b] {
+        let p = cl.next_push("onNews", WAIT).await.unwrap();
+        assert_eq!(p.json::<Value>().unwrap(), json!({"n": 1}));
+    }
+    backend.rpc().kick_uid("b", "banned").await;
+    assert_eq!(b.closed().await.reason.as_deref(), Some("banned"));
+    assert!(a.request_json("game.info.node", json!({})).await.is_ok());
+    stop(c).await;
+}
+
+/// One session's requests keep their order across the hop, whichever backend serves each.
+pub async fn ordering_across_hop(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let cl = client(&c).await;
+    let calls: Vec<_> = (0..60u64)
+        .map(|seq| cl.request_json("game.order.seq", json!({"seq": seq})))
+        .collect();
+    for (i, r) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(r.unwrap()["seq"], i as u64);
+    }
+    assert_eq!(*c.seen.seq.lock().unwrap(), (0..60).collect::<Vec<_>>());
+    stop(c).await;
+}
+
+/// Module-to-module RPC: by type, by `type@id`, by logical address, broadcast, errors.
+pub async fn module_rpc(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let rpc_app = c.gate.app();
+    let rpc = rpc_app.rpc();
+    let v: Json<Value> = rpc
+        .call("game", "game.rpc.echo", Json(json!({"x": 1})))
+        .await
+        .unwrap();
+    assert_eq!(v.0["echo"], json!({"x": 1}));
+    let v: Json<Value> = rpc
+        .call("game@game-2", "game.rpc.echo", Json(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(v.0["node"], "game-2");
+    let v: Json<Value> = rpc
+        .call("1.2.1", "game.rpc.echo", Json(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(v.0["node"], "game-1");
+    let all = rpc
+        .call_all::<_, Json<Value>>("game", "game.rpc.echo", Json(json!({})))
+        .await;
+    let mut nodes: Vec<String> = all
+        .into_iter()
+        .map(|(id, r)| {
+            assert_eq!(r.unwrap().0["node"], id);
+            id
+        })
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, vec!["game-1", "game-2"]);
+    assert_eq!(
+        rpc.broadcast("game", "game.rpc.echo", Json(json!({})))
+            .await
+            .unwrap(),
+        2
+    );
+    // Errors keep their kind.
+    let e = rpc
+        .call::<_, Json<Value>>("game", "game.rpc.fail", ())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, RpcError::Remote(err) if err.code() == "GAME-7"),
+        "{e:?}"
+    );
+    let e = rpc
+        .call::<_, Json<Value>>("nosuchtype", "x.y.z", ())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, RpcError::NoNode(_)), "{e:?}");
+    let started = Instant::now();
+    let e = rpc
+        .call_with::<_, Json<Value>>(
+            Target::Node("game-1".into()),
+            "game.slow.sleep",
+            Json(json!({"ms": 3000})),
+            CallOptions {
+                timeout: Some(Duration::from_millis(300)),
+                ..CallOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, RpcError::Timeout | RpcError::Remote(_)),
+        "{e:?}"
+    );
+    if let RpcError::Remote(err) = &e {
+        assert_eq!(err.code(), "RK-408");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    stop(c).await;
+}
+
+/// A backend that leaves gracefully stops being chosen; the survivor serves everything.
+pub async fn graceful_backend_leave(transport: impl Fn() -> Arc<dyn Transport>) {
+    let mut c = start(transport).await;
+    let cl = client(&c).await;
+    let leaving = c.backends.remove(0);
+    let leaving_id = leaving.app().node_id().to_string();
+    let report = leaving.shutdown().await;
+    assert!(report.drained);
+    eventually("gateway forgets the node", || {
+        c.gate.app().cluster().running("game").len() == 1
+    })
+    .await;
+    for _ in 0..10 {
+        let v = cl.request_json("game.info.node", json!({})).await.unwrap();
+        assert_ne!(v["node"], leaving_id.as_str());
+    }
+    stop(c).await;
+}

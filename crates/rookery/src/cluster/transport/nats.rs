@@ -1,1 +1,500 @@
-//! NATS transport (being written).
+//! NATS transport: nodes exchange frames through a NATS server instead of dialing each other.
+//!
+//! Subjects (node ids and types are sanitised, see [`subject_token`]):
+//! - `{prefix}.node.{node_id}`: requests and one-way frames for one node;
+//! - `{prefix}.type.{node_type}`: broadcasts to every node of a type (a plain subscription, not a
+//!   queue group, so every node of the type receives each frame).
+//!
+//! Requests use NATS request/reply. When nobody subscribes to a node's subject the server answers
+//! "no responders" at once, which becomes [`TransportError::Unreachable`] without waiting for the
+//! deadline. The client reconnects by itself after the server goes away and re-subscribes, so a
+//! transport keeps working across NATS restarts; calls made while the connection is down fail
+//! immediately with [`TransportError::Unreachable`] (or at their deadline if the loss is not yet
+//! noticed).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{ConnectErrorKind, RequestErrorKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{FrameHandler, Transport, TransportError};
+use crate::cluster::NodeInfo;
+
+/// Inbound frames handled at the same time by one [`NatsTransport::serve`] call.
+const MAX_CONCURRENT_INBOUND: usize = 1024;
+
+/// Longest pause between two reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Settings of the NATS transport (the `[cluster.nats]` section of the configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// First token(s) of every subject the transport uses, so several clusters can share a server.
+    pub subject_prefix: String,
+    /// User name (with `password`).
+    pub user: Option<String>,
+    /// Password (with `user`).
+    pub password: Option<String>,
+    /// Authentication token.
+    pub token: Option<String>,
+    /// Seconds to wait for the connection to the server to be established.
+    pub connect_timeout: f64,
+    /// Requests that may wait for replies from one target node at once; more fail with
+    /// [`TransportError::Overloaded`].
+    pub max_pending: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "rookery".into(),
+            user: None,
+            password: None,
+            token: None,
+            connect_timeout: 5.0,
+            max_pending: 10_000,
+        }
+    }
+}
+
+/// Replaces the characters NATS gives a meaning in subjects (`.`, `*`, `>`) and whitespace with
+/// `_`, so a node id or type is always exactly one subject token. An empty string becomes `_`.
+pub fn subject_token(s: &str) -> String {
+    if s.is_empty() {
+        return "_".into();
+    }
+    s.chars()
+        .map(|c| {
+            if matches!(c, '.' | '*' | '>') || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Per target node: a token cancelled when the node is lost, and the requests in flight to it.
+struct NodeSlot {
+    lost: CancellationToken,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Gives back a pending-request slot when the request ends.
+struct PendingGuard(Arc<AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Node-to-node transport over NATS. One connection per transport; cheap to share behind an `Arc`.
+pub struct NatsTransport {
+    client: async_nats::Client,
+    prefix: String,
+    max_pending: usize,
+    connect_timeout: Duration,
+    nodes: Mutex<HashMap<String, NodeSlot>>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("prefix", &self.prefix)
+            .field("max_pending", &self.max_pending)
+            .field("state", &self.client.connection_state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL without credentials, for error messages.
+fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|u| {
+            let u = u.trim();
+            let (scheme, rest) = match u.split_once("://") {
+                Some((s, r)) => (Some(s), r),
+                None => (None, u),
+            };
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            match scheme {
+                Some(s) => format!("{s}://{host}"),
+                None => host.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Exponential back-off between reconnection attempts: at once, then 50 ms doubling up to
+/// [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    Duration::from_millis(50u64.saturating_mul(1u64 << exp)).min(MAX_RECONNECT_DELAY)
+}
+
+impl NatsTransport {
+    /// Connects to the NATS server. A refused login gives [`TransportError::Unauthorized`]; a server
+    /// that cannot be reached within `connect_timeout` gives [`TransportError::Unreachable`].
+    pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
+        let url = redact_url(&config.url);
+        let connect_timeout = Duration::try_from_secs_f64(config.connect_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                TransportError::Unreachable(
+                    url.clone(),
+                    format!(
+                        "invalid connect_timeout {}: expected positive seconds",
+                        config.connect_timeout
+                    ),
+                )
+            })?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name("rookery")
+            .connection_timeout(connect_timeout)
+            .reconnect_delay_callback(reconnect_delay)
+            // Never give up: the transport must survive NATS outages of any length.
+            .max_reconnects(None::<usize>);
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        } else if config.user.is_some() || config.password.is_some() {
+            return Err(TransportError::Unauthorized(
+                "NATS user and password must be set together".into(),
+            ));
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        let connecting = options.connect(config.url.as_str());
+        // The client applies connect_timeout per attempt (TCP + handshake); bound the whole call
+        // too, with a little slack.
+        let client = match tokio::time::timeout(connect_timeout * 2, connecting).await {
+            Err(_) => {
+                return Err(TransportError::Unreachable(
+                    url,
+                    "timed out connecting to NATS".into(),
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(match e.kind() {
+                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                        TransportError::Unauthorized(format!("NATS at {url}: {e}"))
+                    }
+                    _ => TransportError::Unreachable(url, e.to_string()),
+                })
+            }
+            Ok(Ok(client)) => client,
+        };
+        tracing::debug!(%url, "connected to NATS");
+        Ok(Self {
+            client,
+            prefix: config.subject_prefix,
+            max_pending: config.max_pending,
+            connect_timeout,
+            nodes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The subject carrying requests and one-way frames for a node.
+    pub fn node_subject(&self, node_id: &str) -> String {
+        format!("{}.node.{}", self.prefix, subject_token(node_id))
+    }
+
+    /// The subject carrying broadcasts to a node type.
+    pub fn type_subject(&self, node_type: &str) -> String {
+        format!("{}.type.{}", self.prefix, subject_token(node_type))
+    }
+
+    /// True while the connection to the NATS server is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// Reserves a pending-request slot for `node_id`; returns the node's lost-token with it.
+    fn acquire(&self, node_id: &str) -> Result<(CancellationToken, PendingGuard), TransportError> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = nodes
+            .entry(node_id.to_string())
+            .or_insert_with(|| NodeSlot {
+                lost: CancellationToken::new(),
+                pending: Arc::new(AtomicUsize::new(0)),
+            });
+        let before = slot.pending.fetch_add(1, Ordering::AcqRel);
+        let guard = PendingGuard(slot.pending.clone());
+        if before >= self.max_pending {
+            return Err(TransportError::Overloaded(node_id.to_string()));
+        }
+        Ok((slot.lost.clone(), guard))
+    }
+
+    /// Fails fast when the connection is known to be down.
+    fn ensure_connected(&self, node_id: &str) -> Result<(), TransportError> {
+        match self.client.connection_state() {
+            State::Connected => Ok(()),
+            state => Err(TransportError::Unreachable(
+                node_id.to_string(),
+                format!("NATS connection {state}"),
+            )),
+        }
+    }
+
+    /// Publishes a one-way frame, bounded in time so a full outbound queue cannot hang the caller.
+    async fn publish(
+        &self,
+        who: &str,
+        subject: String,
+        frame: Bytes,
+    ) -> Result<(), TransportError> {
+        self.ensure_connected(who)?;
+        match tokio::time::timeout(self.connect_timeout, self.client.publish(subject, frame)).await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(match e.kind() {
+                async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                | async_nats::client::PublishErrorKind::InvalidSubject => {
+                    TransportError::BadFrame(e.to_string())
+                }
+                _ => TransportError::Unreachable(who.to_string(), e.to_string()),
+            }),
+            Err(_) => Err(TransportError::Unreachable(
+                who.to_string(),
+                "NATS outbound queue full".into(),
+            )),
+        }
+    }
+}
+
+/// Runs one inbound message through the handler; replies when the sender waits for a reply.
+async fn handle_message(
+    client: async_nats::Client,
+    handler: Arc<dyn FrameHandler>,
+    msg: async_nats::Message,
+) {
+    match msg.reply {
+        Some(reply) => {
+            let answer = handler.request(msg.payload).await;
+            if let Err(e) = client.publish(reply, answer).await {
+                tracing::debug!(error = %e, "cannot publish NATS reply");
+            }
+        }
+        None => handler.notify(msg.payload).await,
+    }
+}
+
+#[async_trait]
+impl Transport for NatsTransport {
+    async fn serve(
+        &self,
+        node: &NodeInfo,
+        handler: Arc<dyn FrameHandler>,
+        shutdown: CancellationToken,
+    ) -> Result<String, TransportError> {
+        let subscribe_error = |e: async_nats::SubscribeError| {
+            TransportError::Unreachable(node.id.clone(), e.to_string())
+        };
+        let mut node_sub = self
+            .client
+            .subscribe(self.node_subject(&node.id))
+            .await
+            .map_err(subscribe_error)?;
+        let mut type_sub = self
+            .client
+            .subscribe(self.type_subject(&node.node_type))
+            .await
+            .map_err(subscribe_error)?;
+
+        // The server handles a connection's operations in order: once a message published after
+        // our subscriptions comes back, they are registered and peers can reach this node.
+        let probe = self.client.new_inbox();
+        match self.client.subscribe(probe.clone()).await {
+            Ok(mut probe_sub) => {
+                let echoed = async {
+                    self.client.publish(probe, Bytes::new()).await.ok()?;
+                    probe_sub.next().await
+                };
+                if tokio::time::timeout(self.connect_timeout, echoed)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
+                {
+                    tracing::warn!(node = %node.id, "NATS subscriptions not confirmed in time");
+                }
+                let _ = probe_sub.unsubscribe().await;
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "cannot confirm NATS subscriptions")
+            }
+        }
+
+        let client = self.client.clone();
+        let node_id = node.id.clone();
+        tokio::spawn(async move {
+            let tracker = TaskTracker::new();
+            let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_INBOUND));
+            // Takes from both subscriptions in turn, so neither starves the other.
+            let mut inbound = futures_util::stream::select(&mut node_sub, &mut type_sub);
+            loop {
+                let msg = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    m = inbound.next() => m,
+                };
+                let Some(msg) = msg else {
+                    tracing::debug!(node = %node_id, "NATS subscription ended");
+                    break;
+                };
+                let permit = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let (client, handler, shutdown) =
+                    (client.clone(), handler.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = handle_message(client, handler, msg) => {}
+                    }
+                });
+            }
+            drop(inbound);
+            let _ = node_sub.unsubscribe().await;
+            let _ = type_sub.unsubscribe().await;
+            tracker.close();
+            tracker.wait().await;
+            tracing::debug!(node = %node_id, "NATS transport stopped serving");
+        });
+        Ok(String::new())
+    }
+
+    async fn request(
+        &self,
+        target: &NodeInfo,
+        frame: Bytes,
+        deadline: Instant,
+    ) -> Result<Bytes, TransportError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(TransportError::Timeout);
+        }
+        let (lost, _pending) = self.acquire(&target.id)?;
+        self.ensure_connected(&target.id)?;
+        let request = async_nats::Request::new()
+            .payload(frame)
+            .timeout(Some(remaining));
+        let call = self
+            .client
+            .send_request(self.node_subject(&target.id), request);
+        tokio::select! {
+            biased;
+            _ = lost.cancelled() => Err(TransportError::Closed(target.id.clone())),
+            _ = tokio::time::sleep_until(deadline) => Err(TransportError::Timeout),
+            r = call => match r {
+                Ok(msg) => Ok(msg.payload),
+                Err(e) => Err(match e.kind() {
+                    RequestErrorKind::TimedOut => TransportError::Timeout,
+                    RequestErrorKind::NoResponders => {
+                        TransportError::Unreachable(target.id.clone(), "no responders".into())
+                    }
+                    RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                        TransportError::BadFrame(e.to_string())
+                    }
+                    RequestErrorKind::Other => {
+                        TransportError::Unreachable(target.id.clone(), e.to_string())
+                    }
+                }),
+            },
+        }
+    }
+
+    async fn notify(&self, target: &NodeInfo, frame: Bytes) -> Result<(), TransportError> {
+        self.publish(&target.id, self.node_subject(&target.id), frame)
+            .await
+    }
+
+    async fn broadcast(
+        &self,
+        node_type: &str,
+        _nodes: &[NodeInfo],
+        frame: Bytes,
+    ) -> Result<(), TransportError> {
+        self.publish(node_type, self.type_subject(node_type), frame)
+            .await
+    }
+
+    fn node_lost(&self, node_id: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = nodes.get_mut(node_id) {
+            // Fail the requests in flight; later requests (the node may come back) get a fresh
+            // token. The pending counter carries on: the failed requests release it as they end.
+            slot.lost.cancel();
+            slot.lost = CancellationToken::new();
+            if slot.pending.load(Ordering::Acquire) == 0 {
+                nodes.remove(node_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_sanitised() {
+        assert_eq!(subject_token("room-1"), "room-1");
+        assert_eq!(subject_token("a.b*c>d e\tf"), "a_b_c_d_e_f");
+        assert_eq!(subject_token(""), "_");
+    }
+
+    #[test]
+    fn config_defaults_and_unknown_fields() {
+        let c: NatsConfig = toml::from_str("").unwrap();
+        assert_eq!(c, NatsConfig::default());
+        assert_eq!(c.url, "nats://127.0.0.1:4222");
+        assert_eq!(c.max_pending, 10_000);
+        assert!(toml::from_str::<NatsConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("nats://u:p@h:1, nats://h2:2"),
+            "nats://h:1,nats://h2:2"
+        );
+        assert_eq!(redact_url("tok@h:1"), "h:1");
+    }
+
+    #[test]
+    fn reconnect_backoff_is_capped() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(100));
+        assert_eq!(reconnect_delay(100), MAX_RECONNECT_DELAY);
+    }
+}

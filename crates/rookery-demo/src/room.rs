@@ -196,7 +196,7 @@ impl Module for Room {
 
     async fn session_closed(&self, app: &App, session: &Session) {
         let Some(uid) = session.uid() else { return };
-        for group in app.groups().groups_of(session.id()) {
+        for group in app.groups().groups_of(session) {
             if let Some(room) = group.strip_prefix(PREFIX) {
                 app.groups().broadcast_except(
                     &group,

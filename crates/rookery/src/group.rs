@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use crate::session::{fan_out, Session, SessionId};
+use crate::session::{fan_out, Session, SessionKey};
 use crate::{Error, ToPayload};
 
 /// The groups of a node. A cheap handle; clones share state.
@@ -20,7 +20,7 @@ pub struct Groups {
 #[derive(Default)]
 struct State {
     groups: HashMap<String, Group>,
-    by_session: HashMap<SessionId, HashSet<String>>,
+    by_session: HashMap<SessionKey, HashSet<String>>,
 }
 
 #[derive(Default)]
@@ -71,7 +71,7 @@ impl Groups {
             return false;
         };
         for s in g.members.values() {
-            unindex(&mut st.by_session, s.id(), name);
+            unindex(&mut st.by_session, &s.key(), name);
         }
         true
     }
@@ -87,14 +87,14 @@ impl Groups {
         let group = st.groups.entry(name.to_string()).or_default();
         let previous = group.members.insert(uid, session.clone());
         if let Some(prev) = &previous {
-            if prev.id() == session.id() {
+            if prev.key() == session.key() {
                 return Ok(false);
             }
-            let prev_id = prev.id();
-            unindex(&mut st.by_session, prev_id, name);
+            let prev_key = prev.key();
+            unindex(&mut st.by_session, &prev_key, name);
         }
         st.by_session
-            .entry(session.id())
+            .entry(session.key())
             .or_default()
             .insert(name.to_string());
         Ok(true)
@@ -113,14 +113,14 @@ impl Groups {
         if drop_group {
             st.groups.remove(name);
         }
-        unindex(&mut st.by_session, s.id(), name);
+        unindex(&mut st.by_session, &s.key(), name);
         true
     }
 
     /// Removes a closed session from all its groups; returns the groups it left.
-    pub(crate) fn remove_session(&self, session: &Session) -> Vec<String> {
+    pub fn remove_session(&self, session: &Session) -> Vec<String> {
         let mut st = self.write();
-        let Some(names) = st.by_session.remove(&session.id()) else {
+        let Some(names) = st.by_session.remove(&session.key()) else {
             return Vec::new();
         };
         let mut left = Vec::with_capacity(names.len());
@@ -129,7 +129,7 @@ impl Groups {
                 continue;
             };
             let Some(uid) = session.uid() else { continue };
-            if group.members.get(&uid).map(Session::id) == Some(session.id()) {
+            if group.members.get(&uid).map(Session::key) == Some(session.key()) {
                 group.members.remove(&uid);
                 if group.members.is_empty() && !group.persistent {
                     st.groups.remove(&name);
@@ -163,11 +163,11 @@ impl Groups {
     }
 
     /// Names of the groups a session is in.
-    pub fn groups_of(&self, session: SessionId) -> Vec<String> {
+    pub fn groups_of(&self, session: &Session) -> Vec<String> {
         let mut v: Vec<String> = self
             .read()
             .by_session
-            .get(&session)
+            .get(&session.key())
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         v.sort();
@@ -216,11 +216,11 @@ impl Groups {
     }
 }
 
-fn unindex(by_session: &mut HashMap<SessionId, HashSet<String>>, id: SessionId, name: &str) {
-    if let Some(set) = by_session.get_mut(&id) {
+fn unindex(by_session: &mut HashMap<SessionKey, HashSet<String>>, key: &SessionKey, name: &str) {
+    if let Some(set) = by_session.get_mut(key) {
         set.remove(name);
         if set.is_empty() {
-            by_session.remove(&id);
+            by_session.remove(key);
         }
     }
 }

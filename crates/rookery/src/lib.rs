@@ -55,8 +55,8 @@ pub use module::{Module, ModuleInit, RouteBuilder};
 pub use payload::{FromPayload, Json, Msg, Proto, Raw, ToPayload};
 pub use rookery_protocol as protocol;
 pub use rookery_protocol::Serializer;
-pub use rpc::{CallOptions, Rpc, RpcError, Target};
 pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};
+pub use rpc::{CallOptions, Rpc, RpcError, Target};
 pub use server::{
     shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport, StartError,
 };

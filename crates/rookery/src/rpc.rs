@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::app::AppInner;
 use crate::cluster::envelope::{
-    ser_from_u32, ser_to_u32, Envelope, Kind, SessionRef, SysBind, SysKick, SysPush, SysUidKick,
-    SysUidPush,
+    ser_from_u32, ser_to_u32, Envelope, Kind, SessionRef, SysBind, SysBound, SysClosed, SysKick,
+    SysPush, SysPushMany, SysUidKick, SysUidPush,
 };
 use crate::cluster::selector::SelectContext;
 use crate::cluster::{FrameHandler, LogicalAddr, NodeInfo, TransportError};
@@ -297,6 +297,9 @@ impl<'a> Rpc<'a> {
         let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
         let mut env = self.envelope(Kind::Call, route, payload, ser, session_ref, Some(timeout));
         env.from_client = from_client;
+        if let Some(s) = &opts.session {
+            s.touch(&node.id);
+        }
         let reply = self
             .cluster()
             .transport
@@ -383,7 +386,7 @@ impl<'a> Rpc<'a> {
                 json: enc.get(Serializer::Json).ok(),
                 proto: enc.get(Serializer::Protobuf).ok(),
             };
-            self.to_other_frontends("sys.uid.push", prost::Message::encode_to_vec(&msg))
+            self.notify_other_frontends("sys.uid.push", prost::Message::encode_to_vec(&msg))
                 .await;
         }
         Ok(delivered)
@@ -396,11 +399,53 @@ impl<'a> Rpc<'a> {
             uid: uid.to_string(),
             reason: reason.to_string(),
         };
-        self.to_other_frontends("sys.uid.kick", prost::Message::encode_to_vec(&msg))
+        self.notify_other_frontends("sys.uid.kick", prost::Message::encode_to_vec(&msg))
             .await;
     }
 
-    async fn to_other_frontends(&self, route: &str, body: Vec<u8>) {
+    /// Tells the nodes a closed session's requests went to that it ended (gateway side).
+    pub(crate) async fn session_closed(&self, session: &Session) {
+        let touched = session.touched();
+        if touched.is_empty() {
+            return;
+        }
+        let msg = SysClosed {
+            session: Some(self.session_ref(session)),
+            reason: session.close_reason().unwrap_or_default().to_string(),
+        };
+        let body = Bytes::from(prost::Message::encode_to_vec(&msg));
+        for id in touched {
+            let Some(node) = self.cluster().registry.get(&id) else {
+                continue;
+            };
+            let env = self.envelope(
+                Kind::Notify,
+                "sys.session.closed",
+                body.clone(),
+                Serializer::Json,
+                None,
+                None,
+            );
+            if let Err(e) = self.cluster().transport.notify(&node, env.to_bytes()).await {
+                tracing::debug!(node = %id, error = %e, "session-closed notify failed");
+            }
+        }
+    }
+
+    /// Tells the other gateways a uid was bound here, so that older sessions of the same uid
+    /// elsewhere are kicked (the newest binding wins everywhere).
+    pub(crate) async fn announce_bind(&self, session: &Session) {
+        let Some(uid) = session.uid() else { return };
+        let msg = SysBound {
+            uid: uid.to_string(),
+            bound_at: session.bound_at(),
+            gateway: self.app.node_id().to_string(),
+        };
+        self.notify_other_frontends("sys.uid.bound", prost::Message::encode_to_vec(&msg))
+            .await;
+    }
+
+    async fn notify_other_frontends(&self, route: &str, body: Vec<u8>) {
         let body = Bytes::from(body);
         for gw in self.cluster().registry.frontends() {
             if gw.id == self.app.node_id() {
@@ -541,6 +586,15 @@ impl RemoteSession {
         self.send("sys.session.push", prost::Message::encode_to_vec(&msg))
     }
 
+    pub(crate) fn push_many(&self, sids: Vec<u64>, route: &str, body: Bytes) -> Result<(), Error> {
+        let msg = SysPushMany {
+            sids,
+            route: route.to_string(),
+            body,
+        };
+        self.send("sys.session.push_many", prost::Message::encode_to_vec(&msg))
+    }
+
     pub(crate) fn kick(&self, sid: u64, reason: &str) -> Result<(), Error> {
         let msg = SysKick {
             sid,
@@ -582,7 +636,9 @@ impl App {
     /// Binds a uid to a session wherever its connection is.
     pub(crate) async fn bind_session(&self, session: &Session, uid: &str) -> Result<(), Error> {
         let Some(link) = session.remote_link() else {
-            return self.sessions().bind(session, uid);
+            self.sessions().bind(session, uid)?;
+            self.rpc().announce_bind(session).await;
+            return Ok(());
         };
         let msg = SysBind {
             sid: session.id(),
@@ -694,12 +750,61 @@ impl App {
                     s.kick(&m.reason);
                 }
             }),
-            "sys.session.bind" => decode::<SysBind>(&env.payload).and_then(|m| {
-                let s = sessions
-                    .get(m.sid)
-                    .ok_or_else(|| Error::new(Code::Unavailable, "session closed"))?;
-                sessions.bind(&s, &m.uid)
+            "sys.session.bind" => match decode::<SysBind>(&env.payload) {
+                Ok(m) => match sessions.get(m.sid) {
+                    Some(s) => match sessions.bind(&s, &m.uid) {
+                        Ok(()) => {
+                            self.rpc().announce_bind(&s).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    None => Err(Error::new(Code::Unavailable, "session closed")),
+                },
+                Err(e) => Err(e),
+            },
+            "sys.session.push_many" => decode::<SysPushMany>(&env.payload).map(|m| {
+                let mut packet = None;
+                for sid in m.sids {
+                    let Some(s) = sessions.get(sid) else { continue };
+                    if packet.is_none() {
+                        packet = s.encode_push(&m.route, m.body.clone()).ok();
+                    }
+                    if let Some(p) = &packet {
+                        let _ = s.send_packet(p.clone());
+                    }
+                }
             }),
+            "sys.uid.bound" => decode::<SysBound>(&env.payload).map(|m| {
+                if let Some(s) = sessions.by_uid(&m.uid) {
+                    // The newer binding wins; ties go to the larger gateway id.
+                    if (s.bound_at(), self.node_id()) < (m.bound_at, m.gateway.as_str()) {
+                        s.kick(crate::REASON_DUPLICATE_LOGIN);
+                    }
+                }
+            }),
+            "sys.session.closed" => match decode::<SysClosed>(&env.payload) {
+                Ok(m) => {
+                    if let Some(r) = m.session {
+                        let data = serde_json::from_slice(&r.data).unwrap_or_default();
+                        let s = Session::remote(
+                            r.id,
+                            Some(&r.uid),
+                            ser_from_u32(r.serializer),
+                            data,
+                            self.gateway_link(&r.gateway),
+                            self.router().dict().clone(),
+                        );
+                        s.close(&m.reason);
+                        for module in self.modules() {
+                            module.session_closed(self, &s).await;
+                        }
+                        self.groups().remove_session(&s);
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             "sys.uid.push" => decode::<SysUidPush>(&env.payload).map(|m| {
                 for uid in &m.uids {
                     let Some(s) = sessions.by_uid(uid) else {

@@ -19,6 +19,16 @@ use crate::{Code, Error, ToPayload};
 /// Session id, unique within a node for its lifetime.
 pub type SessionId = u64;
 
+/// A session's identity across the cluster: the gateway node holding it and its id there.
+/// Local sessions have an empty node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    /// Gateway node id (empty for a session of this node).
+    pub node: Arc<str>,
+    /// Session id on that gateway.
+    pub id: SessionId,
+}
+
 /// Which acceptor a session came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,6 +70,10 @@ struct Inner {
     data: Mutex<HashMap<String, serde_json::Value>>,
     data_dirty: std::sync::atomic::AtomicBool,
     link: Link,
+    /// Nodes this session's requests were forwarded to (told when it closes).
+    touched: Mutex<Vec<Arc<str>>>,
+    /// When the uid was bound (unix nanoseconds): the newer binding wins across gateways.
+    bound_at: AtomicU64,
     closing: CancellationToken,
     close_reason: OnceLock<String>,
     dict: Arc<RouteDict>,
@@ -84,6 +98,39 @@ impl Session {
     /// Session id.
     pub fn id(&self) -> SessionId {
         self.inner.id
+    }
+
+    /// Identity across the cluster (gateway node + id).
+    pub fn key(&self) -> SessionKey {
+        SessionKey {
+            node: match &self.inner.link {
+                Link::Remote(r) => Arc::from(r.gateway()),
+                _ => Arc::from(""),
+            },
+            id: self.inner.id,
+        }
+    }
+
+    /// Remembers that a request of this session went to `node`.
+    pub(crate) fn touch(&self, node: &str) {
+        let mut t = self.inner.touched.lock().unwrap_or_else(|e| e.into_inner());
+        if !t.iter().any(|n| &**n == node) {
+            t.push(Arc::from(node));
+        }
+    }
+
+    /// Nodes this session's requests went to.
+    pub(crate) fn touched(&self) -> Vec<Arc<str>> {
+        self.inner
+            .touched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// When the uid was bound, unix nanoseconds (0 if never).
+    pub(crate) fn bound_at(&self) -> u64 {
+        self.inner.bound_at.load(Ordering::Acquire)
     }
 
     /// Remote address of the client.
@@ -303,6 +350,8 @@ impl Session {
                 data: Mutex::new(HashMap::new()),
                 data_dirty: std::sync::atomic::AtomicBool::new(false),
                 link,
+                touched: Mutex::new(Vec::new()),
+                bound_at: AtomicU64::new(0),
                 closing: CancellationToken::new(),
                 close_reason: OnceLock::new(),
                 dict,
@@ -421,6 +470,11 @@ impl SessionPool {
             }
             let uid: Arc<str> = Arc::from(uid);
             session.set_uid(Some(uid.clone()));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1);
+            session.inner.bound_at.store(now, Ordering::Release);
             maps.by_uid
                 .insert(uid, session.clone())
                 .filter(|old| old.id() != session.id())
@@ -504,7 +558,8 @@ impl SessionPool {
     }
 }
 
-/// Pushes one payload to many sessions, encoding it once per serializer.
+/// Pushes one payload to many sessions, encoding it once per serializer. Sessions of other
+/// gateways get one message per gateway and serializer, naming all their session ids.
 pub(crate) fn fan_out<P: ToPayload + ?Sized>(
     sessions: &[Session],
     route: &str,
@@ -512,9 +567,19 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
 ) -> usize {
     let mut encoded = crate::payload::EncodedOnce::new(payload);
     let mut packets: [Option<Bytes>; 2] = [None, None];
+    let mut remote: HashMap<(Arc<str>, usize), (crate::rpc::RemoteSession, Vec<SessionId>)> =
+        HashMap::new();
     let mut delivered = 0;
     for s in sessions {
         let ser = s.serializer();
+        if let Link::Remote(r) = &s.inner.link {
+            remote
+                .entry((Arc::from(r.gateway()), ser as usize))
+                .or_insert_with(|| (r.clone(), Vec::new()))
+                .1
+                .push(s.id());
+            continue;
+        }
         let slot = &mut packets[ser as usize];
         if slot.is_none() {
             match encoded.get(ser).and_then(|b| s.encode_push(route, b)) {
@@ -529,6 +594,18 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
             if s.send_packet(p.clone()).is_ok() {
                 delivered += 1;
             }
+        }
+    }
+    for ((_, ser), (link, sids)) in remote {
+        let ser = if ser == 0 {
+            Serializer::Json
+        } else {
+            Serializer::Protobuf
+        };
+        let Ok(body) = encoded.get(ser) else { continue };
+        let n = sids.len();
+        if link.push_many(sids, route, body).is_ok() {
+            delivered += n;
         }
     }
     delivered

@@ -1,8 +1,9 @@
 //! The multi-node suite over the in-process transport.
 
 mod cluster;
-mod cluster_suite;
 mod common;
+
+use cluster::suite as cluster_suite;
 
 use std::sync::Arc;
 
@@ -41,4 +42,14 @@ async fn module_rpc() {
 #[tokio::test]
 async fn graceful_backend_leave() {
     cluster_suite::graceful_backend_leave(hub()).await;
+}
+
+#[tokio::test]
+async fn cluster_groups() {
+    cluster_suite::cluster_groups(hub()).await;
+}
+
+#[tokio::test]
+async fn duplicate_login_across_gateways() {
+    cluster_suite::duplicate_login_across_gateways(hub()).await;
 }

@@ -109,8 +109,7 @@ async fn members_leave_groups_when_sessions_close() {
     assert!(app.groups().exists("lobby"));
     assert!(app.groups().delete("lobby"));
     assert_eq!(
-        app.groups()
-            .groups_of(app.sessions().by_uid("b").unwrap().id()),
+        app.groups().groups_of(&app.sessions().by_uid("b").unwrap()),
         vec!["solo-b"]
     );
     server.shutdown().await;

@@ -237,3 +237,42 @@ pub struct SysUidKick {
     #[prost(string, tag = "2")]
     pub reason: String,
 }
+
+/// `sys.session.push_many`: push one body to several sessions on the receiving gateway.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysPushMany {
+    /// Session ids.
+    #[prost(uint64, repeated, tag = "1")]
+    pub sids: Vec<u64>,
+    /// Push route.
+    #[prost(string, tag = "2")]
+    pub route: String,
+    /// Body, in the sessions' serializer.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub body: Bytes,
+}
+
+/// `sys.session.closed`: a gateway tells the nodes a session used that it ended.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysClosed {
+    /// The session as it was at the end.
+    #[prost(message, optional, tag = "1")]
+    pub session: Option<SessionRef>,
+    /// Why it closed.
+    #[prost(string, tag = "2")]
+    pub reason: String,
+}
+
+/// `sys.uid.bound`: a gateway bound a uid; older sessions of the uid elsewhere are kicked.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SysBound {
+    /// User id.
+    #[prost(string, tag = "1")]
+    pub uid: String,
+    /// When it was bound (unix nanoseconds).
+    #[prost(uint64, tag = "2")]
+    pub bound_at: u64,
+    /// The gateway that bound it.
+    #[prost(string, tag = "3")]
+    pub gateway: String,
+}

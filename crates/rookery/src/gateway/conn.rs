@@ -132,6 +132,7 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     for m in app.modules() {
         m.session_closed(&app, &session).await;
     }
+    app.rpc().session_closed(&session).await;
     app.groups().remove_session(&session);
     app.sessions().remove(&session);
     tracing::debug!(

@@ -2,19 +2,26 @@
 //! embedded discovery, over a transport chosen by the test (in-process, TCP or NATS).
 #![allow(dead_code, missing_docs)]
 
+pub mod suite;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rookery::cluster::{EmbeddedDiscovery, Transport};
-use rookery::{Config, Context, Error, Json, Module, ModuleInit, RunningServer, Server};
+use rookery::{
+    App, Config, Context, Error, Json, Module, ModuleInit, RunningServer, Server, Session,
+};
 use serde_json::{json, Value};
 
 use crate::common::{eventually, WAIT};
 
-/// Order in which backend handlers saw `order.seq` requests.
+/// What backend modules observed.
 #[derive(Default)]
 pub struct Seen {
+    /// Order in which `order.seq` requests ran.
     pub seq: Mutex<Vec<u64>>,
+    /// Sessions whose close the backends were told of: (gateway, uid, reason).
+    pub closed: Mutex<Vec<(String, String, String)>>,
 }
 
 /// Module `game`, run by backend nodes.
@@ -22,6 +29,7 @@ pub struct Game {
     pub seen: Arc<Seen>,
 }
 
+#[rookery::async_trait]
 impl Module for Game {
     fn name(&self) -> &str {
         "game"
@@ -87,7 +95,38 @@ impl Module for Game {
             Err::<(), _>(Error::custom("GAME-7", "refused"))
         })
         .internal();
+        // A group whose members sit on different gateways.
+        init.handler("group.join", |c: Context, _: ()| async move {
+            let uid = c.require_uid()?;
+            c.app().groups().add("hall", c.session())?;
+            c.app().groups().broadcast_except(
+                "hall",
+                "onHallJoin",
+                Json(json!({ "uid": &*uid })),
+                Some(&uid),
+            );
+            Ok(Json(json!({ "members": c.app().groups().members("hall") })))
+        })
+        .login_required();
+        init.handler("group.say", |c: Context, Json(v): Json<Value>| async move {
+            let uid = c.require_uid()?;
+            let n = c.app().groups().broadcast(
+                "hall",
+                "onHall",
+                Json(json!({ "from": &*uid, "text": v["text"] })),
+            );
+            Ok(Json(json!({ "delivered": n })))
+        })
+        .login_required();
         Ok(())
+    }
+
+    async fn session_closed(&self, _app: &App, session: &Session) {
+        self.seen.closed.lock().unwrap().push((
+            session.gateway().unwrap_or_default().to_string(),
+            session.uid().map(|u| u.to_string()).unwrap_or_default(),
+            session.close_reason().unwrap_or_default().to_string(),
+        ));
     }
 }
 
@@ -109,6 +148,7 @@ impl Module for Front {
 
 pub struct Cluster {
     pub gate: RunningServer,
+    pub gate2: RunningServer,
     pub backends: Vec<RunningServer>,
     pub seen: Arc<Seen>,
     pub discovery: EmbeddedDiscovery,
@@ -146,26 +186,41 @@ pub async fn start(transport: impl Fn() -> Arc<dyn Transport>) -> Cluster {
                 .expect("backend starts"),
         );
     }
-    let gate = Server::builder(node_config("gate-1", "gate", "1.1.1", true))
-        .module(Front)
-        .discovery(Arc::new(discovery.handle()))
-        .transport(transport())
-        .start()
-        .await
-        .expect("gate starts");
-    eventually("gateway sees both backends", || {
-        gate.app().cluster().running("game").len() == 2
-    })
-    .await;
-    for b in &backends {
-        eventually("backend sees the gateway", || {
-            !b.app().cluster().frontends().is_empty()
+    let mut gates = Vec::new();
+    for i in 1..=2 {
+        gates.push(
+            Server::builder(node_config(
+                &format!("gate-{i}"),
+                "gate",
+                &format!("1.1.{i}"),
+                true,
+            ))
+            .module(Front)
+            .discovery(Arc::new(discovery.handle()))
+            .transport(transport())
+            .start()
+            .await
+            .expect("gate starts"),
+        );
+    }
+    for g in &gates {
+        eventually("gateway sees both backends and the other gateway", || {
+            g.app().cluster().running("game").len() == 2 && g.app().cluster().frontends().len() == 2
         })
         .await;
     }
+    for b in &backends {
+        eventually("backend sees the gateways", || {
+            b.app().cluster().frontends().len() == 2
+        })
+        .await;
+    }
+    let gate2 = gates.pop().unwrap();
+    let gate = gates.pop().unwrap();
     let _ = WAIT;
     Cluster {
         gate,
+        gate2,
         backends,
         seen,
         discovery,

@@ -10,7 +10,7 @@ use rookery::{CallOptions, Json, RpcError, Target};
 use rookery_client::{Client, ClientError, ClientOptions};
 use serde_json::{json, Value};
 
-use crate::cluster::{start, Cluster};
+use super::{start, Cluster};
 use crate::common::{eventually, WAIT};
 
 async fn client(c: &Cluster) -> Client {
@@ -22,8 +22,18 @@ async fn client(c: &Cluster) -> Client {
     .unwrap()
 }
 
+async fn client2(c: &Cluster) -> Client {
+    Client::connect(
+        &c.gate2.tcp_addr().unwrap().to_string(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn stop(c: Cluster) {
     c.gate.shutdown().await;
+    c.gate2.shutdown().await;
     for b in c.backends {
         b.shutdown().await;
     }
@@ -96,7 +106,8 @@ pub async fn remote_sessions(transport: impl Fn() -> Arc<dyn Transport>) {
         let p = cl.next_push("onGame", WAIT).await.unwrap();
         assert_eq!(p.json::<Value>().unwrap()["i"], i, "pushes arrive in order");
     }
-    cl.request_json("game.kick.me", json!({})).await.unwrap();
+    // The kick travels to the gateway apart from the reply: the request may see either.
+    let _ = cl.request_json("game.kick.me", json!({})).await;
     let closed = cl.closed().await;
     assert!(closed.kicked);
     assert_eq!(closed.reason.as_deref(), Some("kicked by backend"));
@@ -107,7 +118,7 @@ pub async fn remote_sessions(transport: impl Fn() -> Arc<dyn Transport>) {
 pub async fn users_across_nodes(transport: impl Fn() -> Arc<dyn Transport>) {
     let c = start(transport).await;
     let a = client(&c).await;
-    let b = client(&c).await;
+    let b = client2(&c).await;
     a.request_json("game.auth.login", json!({"uid": "a"}))
         .await
         .unwrap();
@@ -128,6 +139,119 @@ pub async fn users_across_nodes(transport: impl Fn() -> Arc<dyn Transport>) {
     backend.rpc().kick_uid("b", "banned").await;
     assert_eq!(b.closed().await.reason.as_deref(), Some("banned"));
     assert!(a.request_json("game.info.node", json!({})).await.is_ok());
+    stop(c).await;
+}
+
+/// A group on a backend whose members sit on two gateways; members leave when their session
+/// closes, and the backend's modules are told.
+pub async fn cluster_groups(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let a = client(&c).await;
+    let b = client2(&c).await;
+    // Pin both to one backend so that the group lives in one place.
+    a.request_json("game.auth.login", json!({"uid": "a"}))
+        .await
+        .unwrap();
+    b.request_json("game.auth.login", json!({"uid": "b"}))
+        .await
+        .unwrap();
+    let backend = &c.backends[0];
+    let rpc_session =
+        |gate: &rookery::RunningServer, uid: &str| gate.app().sessions().by_uid(uid).unwrap();
+    for (gate, uid) in [(&c.gate, "a"), (&c.gate2, "b")] {
+        let s = rpc_session(gate, uid);
+        let opts = CallOptions {
+            session: Some(s),
+            ..CallOptions::default()
+        };
+        gate.app()
+            .rpc()
+            .call_with::<_, Json<Value>>(Target::Node("game-1".into()), "game.group.join", (), opts)
+            .await
+            .unwrap();
+    }
+    assert_eq!(backend.app().groups().members("hall"), vec!["a", "b"]);
+    let p = a.next_push("onHallJoin", WAIT).await.unwrap();
+    assert_eq!(p.json::<Value>().unwrap()["uid"], "b");
+    let n = backend
+        .app()
+        .groups()
+        .broadcast("hall", "onHall", Json(json!({"text": "hello"})));
+    assert_eq!(n, 2);
+    for cl in [&a, &b] {
+        assert_eq!(
+            cl.next_push("onHall", WAIT)
+                .await
+                .unwrap()
+                .json::<Value>()
+                .unwrap()["text"],
+            "hello"
+        );
+    }
+    b.close().await;
+    eventually("b left the group", || {
+        backend.app().groups().members("hall") == vec!["a"]
+    })
+    .await;
+    assert!(c
+        .seen
+        .closed
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(gw, uid, _)| gw == "gate-2" && uid == "b"));
+    stop(c).await;
+}
+
+/// The same uid logging in on two gateways: the older session is kicked, cluster-wide, and
+/// when both log in at once exactly one survives.
+pub async fn duplicate_login_across_gateways(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let first = client(&c).await;
+    first
+        .request_json("game.auth.login", json!({"uid": "dup"}))
+        .await
+        .unwrap();
+    let second = client2(&c).await;
+    second
+        .request_json("game.auth.login", json!({"uid": "dup"}))
+        .await
+        .unwrap();
+    let closed = first.closed().await;
+    assert_eq!(closed.reason.as_deref(), Some("duplicate login"));
+    assert!(second
+        .request_json("game.auth.whoami", json!({}))
+        .await
+        .is_ok());
+    second.close().await;
+    for trial in 0..20 {
+        let uid = format!("race-{trial}");
+        let (x, y) = tokio::join!(client(&c), client2(&c));
+        // The loser may be kicked before its own login answer reaches it.
+        let (rx, ry) = tokio::join!(
+            x.request_json("game.auth.login", json!({"uid": uid})),
+            y.request_json("game.auth.login", json!({"uid": uid}))
+        );
+        assert!(rx.is_ok() || ry.is_ok(), "{rx:?} {ry:?}");
+        // Exactly one stays bound: wait until the loser is gone, then check the winner.
+        eventually("one session left", || {
+            let on1 = c.gate.app().sessions().by_uid(&uid).is_some();
+            let on2 = c.gate2.app().sessions().by_uid(&uid).is_some();
+            on1 ^ on2
+        })
+        .await;
+        let survivor = if c.gate.app().sessions().by_uid(&uid).is_some() {
+            &x
+        } else {
+            &y
+        };
+        assert!(survivor
+            .request_json("game.auth.whoami", json!({}))
+            .await
+            .is_ok());
+        x.close().await;
+        y.close().await;
+    }
     stop(c).await;
 }
 

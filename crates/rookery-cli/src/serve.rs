@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// Heartbeat interval in seconds [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub heartbeat: Option<u64>,
+    /// Run one process of a multi-process config: the modules and settings of
+    /// `[processes.NAME]`.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub process: Option<String>,
 }
 
 /// Default TCP address of the demo.
@@ -26,10 +30,11 @@ pub const DEFAULT_TCP: &str = "127.0.0.1:3250";
 /// Default WebSocket address of the demo.
 pub const DEFAULT_WS: &str = "127.0.0.1:3251";
 
-/// Builds the effective configuration: file, then environment, then flags, then demo defaults
-/// for acceptors nobody set.
+/// Builds the effective configuration: file (and process section), then environment, then
+/// flags. Without a config file the demo's default acceptors apply; with one, the file decides.
 pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Send + Sync>> {
-    let mut cfg = Config::load(args.config.as_deref())?;
+    let mut cfg = Config::load_process(args.config.as_deref(), args.process.as_deref())?;
+    let demo_defaults = args.config.is_none();
     let gw = &mut cfg.gateway;
     if let Some(a) = &args.tcp {
         gw.tcp = Some(a.clone());
@@ -40,10 +45,10 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
     if let Some(h) = args.heartbeat {
         gw.heartbeat = h;
     }
-    if gw.tcp.is_none() {
+    if demo_defaults && gw.tcp.is_none() {
         gw.tcp = Some(DEFAULT_TCP.into());
     }
-    if gw.ws.is_none() {
+    if demo_defaults && gw.ws.is_none() {
         gw.ws = Some(DEFAULT_WS.into());
     }
     cfg.validate()?;
@@ -60,6 +65,13 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
     if let Some(a) = server.ws_addr() {
         println!("rookery: WebSocket on ws://{a}/");
     }
+    let node = server.app().node();
+    println!(
+        "rookery: node {} ({}) running [{}]",
+        node.id,
+        node.node_type,
+        node.modules.join(", ")
+    );
     let report = server.run_until(rookery::shutdown_signal()).await;
     println!(
         "rookery: stopped ({} sessions drained{})",

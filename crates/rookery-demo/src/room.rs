@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rookery::{async_trait, App, Context, Error, Json, Module, ModuleInit, Session};
+use rookery::{async_trait, App, Context, Error, Json, Module, ModuleInit, Session, Target};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -53,13 +53,13 @@ struct JoinResp {
     members: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct RoomInfo {
     room: String,
     members: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 struct ListResp {
     rooms: Vec<RoomInfo>,
 }
@@ -135,7 +135,8 @@ impl Room {
         Ok(())
     }
 
-    fn list(&self, app: &App) -> ListResp {
+    /// Rooms held by this node.
+    fn local_rooms(&self, app: &App) -> ListResp {
         let rooms = app
             .groups()
             .list()
@@ -148,6 +149,23 @@ impl Room {
             })
             .collect();
         ListResp { rooms }
+    }
+
+    /// Rooms of every node running this module (rooms are spread over room nodes by name).
+    async fn list(&self, app: &App) -> Result<ListResp, Error> {
+        let mut rooms = Vec::new();
+        for (node, r) in app
+            .rpc()
+            .call_all::<_, Json<ListResp>>(Target::Module("room".into()), "room.room.rooms", ())
+            .await
+        {
+            match r {
+                Ok(Json(part)) => rooms.extend(part.rooms),
+                Err(e) => tracing::warn!(%node, error = %e, "room node did not answer the list"),
+            }
+        }
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        Ok(ListResp { rooms })
     }
 }
 
@@ -183,11 +201,17 @@ impl Module for Room {
             },
         )
         .login_required();
-        let me = self;
+        let me = self.clone();
         init.handler("room.list", move |ctx: Context, _: ()| {
-            let resp = me.list(ctx.app());
-            async move { Ok(Json(resp)) }
+            let me = me.clone();
+            async move { Ok(Json(me.list(ctx.app()).await?)) }
         });
+        let me = self;
+        init.handler("room.rooms", move |ctx: Context, _: ()| {
+            let resp = me.local_rooms(ctx.app());
+            async move { Ok(Json(resp)) }
+        })
+        .internal();
         for push in ["onJoin", "onMessage", "onLeave"] {
             init.push_route(push);
         }

@@ -222,10 +222,11 @@ impl<'a> Rpc<'a> {
         Ok(nodes.len())
     }
 
-    /// Calls every available node of a type and collects each node's result (by node id).
+    /// Calls every available node of a target (`Type`: nodes of a type; `Module`: nodes running
+    /// a module; `Node`/`Logical`: that node) and collects each node's result by node id.
     pub async fn call_all<A: ToPayload, R: FromPayload>(
         &self,
-        node_type: &str,
+        target: impl Into<Target>,
         route: &str,
         arg: A,
     ) -> Vec<(String, Result<R, RpcError>)> {
@@ -233,7 +234,13 @@ impl<'a> Rpc<'a> {
             Ok(p) => p,
             Err(e) => return vec![(String::new(), Err(RpcError::Remote(e)))],
         };
-        let nodes = self.cluster().registry.of_type(node_type);
+        let reg = &self.cluster().registry;
+        let nodes: Vec<NodeInfo> = match target.into() {
+            Target::Type(t) => reg.of_type(&t).to_vec(),
+            Target::Module(m) => reg.running(&m).to_vec(),
+            Target::Node(id) => reg.get(&id).into_iter().collect(),
+            Target::Logical(a) => reg.by_logical(a).into_iter().collect(),
+        };
         let calls = nodes.iter().filter(|n| n.is_available()).map(|n| {
             let payload = payload.clone();
             async move {

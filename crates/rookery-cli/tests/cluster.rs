@@ -1,0 +1,264 @@
+//! The demo as a real cluster: four `rookery serve` processes (two gateways, two room nodes) from
+//! the configs in `examples/cluster/`, with a real etcd and (for one config) a real nats-server.
+//! Clients see exactly the single-process demo; a room node killed with `kill -9` leaves routing
+//! within the lease TTL and its rooms move to the survivor as users rejoin.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rookery_client::{Client, ClientError, ClientOptions};
+use rookery_testkit::{free_port, Etcd, Nats};
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rookery");
+const WAIT: Duration = Duration::from_secs(10);
+/// Lease TTL used by the test (the examples use 5 s).
+const TTL: u64 = 2;
+
+/// Child processes, killed on drop.
+struct Procs(Vec<(String, Child)>);
+
+impl Procs {
+    fn kill9(&mut self, name: &str) {
+        let (_, child) = self.0.iter_mut().find(|(n, _)| n == name).unwrap();
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The example config with the harness's addresses and free gateway ports.
+fn config(
+    example: &str,
+    etcd: &Etcd,
+    nats: Option<&Nats>,
+    dir: &Path,
+) -> (std::path::PathBuf, [String; 2]) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster");
+    let mut text = std::fs::read_to_string(root.join(example)).unwrap();
+    text = text.replace("http://127.0.0.1:2379", &etcd.endpoint());
+    text = text.replace("ttl = 5", &format!("ttl = {TTL}"));
+    if let Some(n) = nats {
+        text = text.replace("nats://127.0.0.1:4222", &n.url());
+    }
+    let gates = [
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    ];
+    text = text.replace("127.0.0.1:3250", &gates[0]);
+    text = text.replace("127.0.0.1:3260", &gates[1]);
+    for ws in ["127.0.0.1:3251", "127.0.0.1:3261"] {
+        text = text.replace(ws, &format!("127.0.0.1:{}", free_port()));
+    }
+    let path = dir.join(example);
+    std::fs::write(&path, text).unwrap();
+    (path, gates)
+}
+
+/// Starts one process and waits for its "node ... running" line.
+fn spawn(config: &Path, process: &str) -> Child {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--process", process])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("{process} exited before starting"))
+            .unwrap();
+        if line.starts_with("rookery: node ") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    child
+}
+
+async fn connect(addr: &str) -> Client {
+    Client::connect(addr, ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn login(addr: &str, uid: &str) -> Client {
+    let c = connect(addr).await;
+    c.request_json("connector.entry.login", json!({"uid": uid}))
+        .await
+        .unwrap();
+    c
+}
+
+/// Retries a request until it succeeds (the cluster forming, or routing recovering), up to
+/// `within`; every attempt must end, with an answer or an error, inside the request deadline.
+async fn until_ok(c: &Client, route: &str, body: Value, within: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        let r = c.request_json(route, body.clone()).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(7),
+            "a request hung for {:?}",
+            t.elapsed()
+        );
+        match r {
+            Ok(v) => return v,
+            Err(ClientError::Server { code, .. })
+                if ["RK-503", "RK-408", "RK-404"].contains(&code.as_str()) =>
+            {
+                assert!(
+                    start.elapsed() < within,
+                    "{route} still failing with {code} after {within:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{route}: {e:?}"),
+        }
+    }
+}
+
+async fn push(c: &Client, route: &str) -> Value {
+    c.next_push(route, WAIT).await.unwrap().json().unwrap()
+}
+
+async fn demo_over(example: &str, with_nats: bool) {
+    let etcd = Etcd::start().expect("etcd (apt-get install etcd-server)");
+    let nats = with_nats.then(|| Nats::start().expect("nats-server (apt-get install nats-server)"));
+    let dir = tempfile_dir();
+    let (cfg, gates) = config(example, &etcd, nats.as_ref(), dir.path());
+    let mut procs = Procs(Vec::new());
+    for p in ["room-1", "room-2", "gate-1", "gate-2"] {
+        procs.0.push((p.to_string(), spawn(&cfg, p)));
+    }
+
+    let alice = login(&gates[0], "alice").await;
+    let bob = login(&gates[1], "bob").await;
+    // Wait until each gateway routes to room nodes.
+    until_ok(&alice, "room.room.list", json!({}), WAIT).await;
+    until_ok(&bob, "room.room.list", json!({}), WAIT).await;
+
+    let v = alice
+        .request_json("room.room.join", json!({"room": "lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"room": "lobby", "members": ["alice"]}));
+    let v = bob
+        .request_json("room.room.join", json!({"room": "lobby"}))
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"room": "lobby", "members": ["alice", "bob"]}));
+    assert_eq!(
+        push(&alice, "onJoin").await,
+        json!({"room": "lobby", "uid": "bob"})
+    );
+    bob.request_json("room.room.say", json!({"room": "lobby", "text": "hi"}))
+        .await
+        .unwrap();
+    let said = json!({"room": "lobby", "from": "bob", "text": "hi"});
+    assert_eq!(push(&alice, "onMessage").await, said);
+    assert_eq!(push(&bob, "onMessage").await, said);
+
+    // Rooms spread over both room nodes; the list gathers them all.
+    for i in 0..8 {
+        alice
+            .request_json("room.room.join", json!({"room": format!("r{i}")}))
+            .await
+            .unwrap();
+    }
+    let list = alice
+        .request_json("room.room.list", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(list["rooms"].as_array().unwrap().len(), 9, "{list}");
+    assert_eq!(list["rooms"][0], json!({"room": "lobby", "members": 2}));
+
+    // Bob disconnects: alice sees him leave.
+    bob.close().await;
+    assert_eq!(
+        push(&alice, "onLeave").await,
+        json!({"room": "lobby", "uid": "bob"})
+    );
+
+    // Duplicate login across gateways kicks the older session.
+    let alice2 = login(&gates[1], "alice").await;
+    assert_eq!(
+        alice.closed().await.reason.as_deref(),
+        Some("duplicate login")
+    );
+
+    // A room node dies: requests never hang, and within the TTL the lobby works again on the
+    // survivor (as a fresh room: its state died with the node, or it was on the survivor).
+    procs.kill9("room-1");
+    let v = until_ok(
+        &alice2,
+        "room.room.join",
+        json!({"room": "lobby"}),
+        Duration::from_secs(TTL * 3 + 5),
+    )
+    .await;
+    assert!(v["members"].as_array().unwrap().contains(&json!("alice")));
+    let start = Instant::now();
+    for i in 0..8 {
+        until_ok(
+            &alice2,
+            "room.room.join",
+            json!({"room": format!("r{i}")}),
+            WAIT,
+        )
+        .await;
+    }
+    assert!(start.elapsed() < WAIT);
+    let list = until_ok(&alice2, "room.room.list", json!({}), WAIT).await;
+    assert_eq!(list["rooms"].as_array().unwrap().len(), 9, "{list}");
+}
+
+fn tempfile_dir() -> TempDir {
+    let p = std::env::temp_dir().join(format!(
+        "rookery-cluster-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&p).unwrap();
+    TempDir(p)
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_cluster_over_etcd_and_nats() {
+    demo_over("etcd-nats.toml", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_cluster_over_etcd_and_tcp() {
+    demo_over("etcd-tcp.toml", false).await;
+}

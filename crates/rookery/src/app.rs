@@ -58,6 +58,11 @@ impl App {
         self.inner.cluster.me()
     }
 
+    /// Calls from other nodes being handled here right now.
+    pub fn inbound_calls(&self) -> usize {
+        self.inner.cluster.inbound.len()
+    }
+
     /// The cluster as this node sees it.
     pub fn cluster(&self) -> &crate::cluster::Registry {
         &self.inner.cluster.registry

@@ -53,3 +53,8 @@ async fn cluster_groups() {
 async fn duplicate_login_across_gateways() {
     cluster_suite::duplicate_login_across_gateways(hub()).await;
 }
+
+#[tokio::test]
+async fn graceful_drain_in_flight() {
+    cluster_suite::graceful_drain_in_flight(hub()).await;
+}

@@ -75,3 +75,9 @@ async fn graceful_backend_leave() {
     let (_server, t) = nats().await;
     cluster_suite::graceful_backend_leave(t).await;
 }
+
+#[tokio::test]
+async fn graceful_drain_in_flight() {
+    let (_server, t) = nats().await;
+    cluster_suite::graceful_drain_in_flight(t).await;
+}

@@ -52,3 +52,8 @@ async fn module_rpc() {
 async fn graceful_backend_leave() {
     cluster_suite::graceful_backend_leave(tcp()).await;
 }
+
+#[tokio::test]
+async fn graceful_drain_in_flight() {
+    cluster_suite::graceful_drain_in_flight(tcp()).await;
+}

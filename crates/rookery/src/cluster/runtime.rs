@@ -140,7 +140,12 @@ pub(crate) async fn watch_discovery(
         match &change {
             NodeEvent::Lost(n) => {
                 tracing::info!(node = %n.id, node_type = %n.node_type, "node lost");
-                c.transport.node_lost(&n.id);
+                // A node that left while draining is still finishing the calls it accepted:
+                // let them complete (its link closes when it is done). Any other loss means
+                // the node died: fail its calls in flight at once.
+                if n.state != super::NodeState::Draining {
+                    c.transport.node_lost(&n.id);
+                }
                 c.drop_link(&n.id);
             }
             NodeEvent::Found(n) => {

@@ -367,3 +367,50 @@ pub async fn graceful_backend_leave(transport: impl Fn() -> Arc<dyn Transport>) 
     }
     stop(c).await;
 }
+
+/// A backend shut down gracefully while calls to it are in flight: it leaves discovery first,
+/// finishes those calls (no errors), and new calls go to the other backend.
+pub async fn graceful_drain_in_flight(transport: impl Fn() -> Arc<dyn Transport>) {
+    let mut c = start(transport).await;
+    let leaving = c.backends.remove(0);
+    let gate = c.gate.app().clone();
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                gate.rpc()
+                    .call::<_, Json<Value>>(
+                        Target::Node("game-1".into()),
+                        "game.slow.sleep",
+                        Json(json!({"ms": 300, "i": i})),
+                    )
+                    .await
+            })
+        })
+        .collect();
+    // Shut down once game-1 is handling all of them.
+    eventually("calls in flight on game-1", || {
+        leaving.app().inbound_calls() == 10
+    })
+    .await;
+    let report = tokio::spawn(leaving.shutdown());
+    for (i, call) in calls.into_iter().enumerate() {
+        let Json(v) = call
+            .await
+            .unwrap()
+            .expect("in-flight call finished during drain");
+        assert_eq!(v["i"], i);
+    }
+    assert!(report.await.unwrap().drained);
+    eventually("game-1 gone", || {
+        c.gate.app().cluster().get("game-1").is_none()
+    })
+    .await;
+    let Json(v) = gate
+        .rpc()
+        .call::<_, Json<Value>>("game", "game.rpc.echo", Json(json!({})))
+        .await
+        .unwrap();
+    assert_eq!(v["node"], "game-2");
+    stop(c).await;
+}

@@ -83,6 +83,12 @@ pub struct RoutingConfig {
     /// For `consistent-hash`: the JSON field of a client request whose value is the hash key
     /// (e.g. `room`); the session's uid, then its id, are used when it is absent.
     pub key: Option<String>,
+    /// Only nodes of this version.
+    pub version: Option<String>,
+    /// Only nodes carrying all these tags.
+    pub tags: BTreeMap<String, String>,
+    /// Keep each session on the node first chosen for it while that node is available.
+    pub sticky: bool,
 }
 
 /// Cluster membership and node-to-node messaging.

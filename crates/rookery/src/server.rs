@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::app::{AppInner, HandshakeValidator};
 use crate::cluster::runtime::{self, ClusterState};
+use crate::cluster::selector::Selector;
 use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
 use crate::gateway::{accept_loop, REASON_SHUTDOWN};
@@ -58,6 +59,7 @@ impl Server {
             validator: None,
             discovery: None,
             transport: None,
+            selectors: Default::default(),
         }
     }
 }
@@ -69,6 +71,7 @@ pub struct ServerBuilder {
     validator: Option<HandshakeValidator>,
     discovery: Option<Arc<dyn Discovery>>,
     transport: Option<Arc<dyn Transport>>,
+    selectors: std::collections::HashMap<String, Arc<dyn Selector>>,
 }
 
 impl ServerBuilder {
@@ -104,6 +107,13 @@ impl ServerBuilder {
     /// Uses this transport instead of the one the configuration names.
     pub fn transport(mut self, t: Arc<dyn Transport>) -> Self {
         self.transport = Some(t);
+        self
+    }
+
+    /// Uses a selector of your own (any [`Selector`], e.g. [`crate::cluster::selector::Custom`]
+    /// over a closure) for calls to a module or node type, in place of the configured one.
+    pub fn selector(mut self, name: impl Into<String>, selector: impl Selector) -> Self {
+        self.selectors.insert(name.into(), Arc::new(selector));
         self
     }
 
@@ -167,8 +177,14 @@ impl ServerBuilder {
                 (d.unwrap_or(dd), t.unwrap_or(tt))
             }
         };
-        let cluster = ClusterState::new(node, &self.config.cluster, discovery, transport)
-            .map_err(StartError::Setup)?;
+        let cluster = ClusterState::new(
+            node,
+            &self.config.cluster,
+            discovery,
+            transport,
+            self.selectors,
+        )
+        .map_err(StartError::Setup)?;
 
         let app = App::new(AppInner {
             config: self.config,

@@ -40,15 +40,27 @@ impl ClusterState {
         config: &ClusterConfig,
         discovery: Arc<dyn Discovery>,
         transport: Arc<dyn Transport>,
+        custom: HashMap<String, Arc<dyn Selector>>,
     ) -> Result<Self, String> {
-        let mut selectors = HashMap::new();
+        let mut selectors: HashMap<String, Arc<dyn Selector>> = HashMap::new();
         for (name, r) in &config.routing {
-            if let Some(sel) = &r.selector {
-                let s = selector::by_name(sel)
-                    .ok_or_else(|| format!("unknown selector {sel:?} for {name}"))?;
-                selectors.insert(name.clone(), Arc::from(s));
+            let mut sel: Box<dyn Selector> = match &r.selector {
+                Some(n) => selector::by_name(n)
+                    .ok_or_else(|| format!("unknown selector {n:?} for {name}"))?,
+                None => Box::new(selector::Random),
+            };
+            if r.sticky {
+                sel = Box::new(selector::Sticky::new(sel));
             }
+            if let Some(v) = &r.version {
+                sel = Box::new(selector::Filter::version(sel, v.clone()));
+            }
+            for (k, v) in &r.tags {
+                sel = Box::new(selector::Filter::tag(sel, k.clone(), v.clone()));
+            }
+            selectors.insert(name.clone(), Arc::from(sel));
         }
+        selectors.extend(custom);
         Ok(Self {
             node: RwLock::new(node),
             registry: Registry::default(),

@@ -168,14 +168,27 @@ fn node_config(id: &str, node_type: &str, logical: &str, acceptor: bool) -> Conf
     c
 }
 
-/// Starts `gate-1` (type gate, frontend) and `game-1`, `game-2` (type game), each with a
-/// transport from `transport()`, and waits until the gateway knows both backends.
+/// Starts `gate-1`, `gate-2` (type gate, frontends) and `game-1`, `game-2` (type game), each
+/// with a transport from `transport()`, and waits until every node knows the others.
 pub async fn start(transport: impl Fn() -> Arc<dyn Transport>) -> Cluster {
+    start_with(transport, |_| {}, |b| b).await
+}
+
+/// [`start`], with a change to every node's config and to the gateways' builders.
+pub async fn start_with(
+    transport: impl Fn() -> Arc<dyn Transport>,
+    tweak: impl Fn(&mut Config),
+    gate_builder: impl Fn(rookery::ServerBuilder) -> rookery::ServerBuilder,
+) -> Cluster {
     let discovery = EmbeddedDiscovery::new();
     let seen = Arc::new(Seen::default());
     let mut backends = Vec::new();
     for i in 1..=2 {
-        let cfg = node_config(&format!("game-{i}"), "game", &format!("1.2.{i}"), false);
+        let mut cfg = node_config(&format!("game-{i}"), "game", &format!("1.2.{i}"), false);
+        if i == 2 {
+            cfg.node.tags.insert("zone".into(), "eu".into());
+        }
+        tweak(&mut cfg);
         backends.push(
             Server::builder(cfg)
                 .module(Game { seen: seen.clone() })
@@ -188,19 +201,16 @@ pub async fn start(transport: impl Fn() -> Arc<dyn Transport>) -> Cluster {
     }
     let mut gates = Vec::new();
     for i in 1..=2 {
+        let mut cfg = node_config(&format!("gate-{i}"), "gate", &format!("1.1.{i}"), true);
+        tweak(&mut cfg);
         gates.push(
-            Server::builder(node_config(
-                &format!("gate-{i}"),
-                "gate",
-                &format!("1.1.{i}"),
-                true,
-            ))
-            .module(Front)
-            .discovery(Arc::new(discovery.handle()))
-            .transport(transport())
-            .start()
-            .await
-            .expect("gate starts"),
+            gate_builder(Server::builder(cfg))
+                .module(Front)
+                .discovery(Arc::new(discovery.handle()))
+                .transport(transport())
+                .start()
+                .await
+                .expect("gate starts"),
         );
     }
     for g in &gates {

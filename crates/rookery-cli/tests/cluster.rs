@@ -73,7 +73,10 @@ fn spawn(config: &Path, process: &str) -> Child {
         .args(["serve", "--config"])
         .arg(config)
         .args(["--process", process])
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("CHILD_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -134,13 +137,46 @@ async fn until_ok(c: &Client, route: &str, body: Value, within: Duration) -> Val
     }
 }
 
+/// Waits until `n` nodes are registered in etcd (read with a fresh watcher's snapshot).
+async fn registered(etcd: &Etcd, n: usize) {
+    use rookery::cluster::discovery::etcd::{EtcdConfig, EtcdDiscovery};
+    use rookery::cluster::{Discovery, DiscoveryEvent};
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(TTL * 3 + 10),
+            "nodes did not re-register"
+        );
+        let cfg = EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            ..EtcdConfig::default()
+        };
+        if let Ok(d) = EtcdDiscovery::connect(cfg).await {
+            if let Ok(mut events) = d.watch().await {
+                let mut ids = std::collections::BTreeSet::new();
+                while let Ok(Some(DiscoveryEvent::Added(node))) =
+                    tokio::time::timeout(Duration::from_millis(300), events.recv()).await
+                {
+                    ids.insert(node.id);
+                }
+                d.close();
+                if ids.len() == n {
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn push(c: &Client, route: &str) -> Value {
     c.next_push(route, WAIT).await.unwrap().json().unwrap()
 }
 
 async fn demo_over(example: &str, with_nats: bool) {
-    let etcd = Etcd::start().expect("etcd (apt-get install etcd-server)");
-    let nats = with_nats.then(|| Nats::start().expect("nats-server (apt-get install nats-server)"));
+    let mut etcd = Etcd::start().expect("etcd (apt-get install etcd-server)");
+    let mut nats =
+        with_nats.then(|| Nats::start().expect("nats-server (apt-get install nats-server)"));
     let dir = tempfile_dir();
     let (cfg, gates) = config(example, &etcd, nats.as_ref(), dir.path());
     let mut procs = Procs(Vec::new());
@@ -202,6 +238,49 @@ async fn demo_over(example: &str, with_nats: bool) {
         alice.closed().await.reason.as_deref(),
         Some("duplicate login")
     );
+
+    // The kicked session left all its rooms, which vanished with their last member.
+    let v = alice2
+        .request_json("room.room.list", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"rooms": []}));
+    alice2
+        .request_json("room.room.join", json!({"room": "lobby"}))
+        .await
+        .unwrap();
+    let one_room = json!({"rooms": [{"room": "lobby", "members": 1}]});
+
+    // etcd down for twice the lease TTL: nodes keep serving existing sessions; when it is back
+    // every node registers again (with a new lease: the old ones expired meanwhile).
+    etcd.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(TTL * 2 + 1) {
+        // Time itself is the subject here: keep using the cluster while etcd is away.
+        let v = alice2
+            .request_json("room.room.list", json!({}))
+            .await
+            .unwrap();
+        assert_eq!(v, one_room);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    etcd.restart().unwrap();
+    registered(&etcd, 4).await;
+    let v = alice2
+        .request_json("room.room.list", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(v, one_room);
+
+    // nats-server restarted: node-to-node calls recover without restarting any node.
+    if let Some(mut n) = nats {
+        n.restart().unwrap();
+        assert_eq!(
+            until_ok(&alice2, "room.room.list", json!({}), WAIT).await,
+            one_room
+        );
+        nats = Some(n);
+    }
 
     // A room node dies: requests never hang, and within the TTL the lobby works again on the
     // survivor (as a fresh room: its state died with the node, or it was on the survivor).

@@ -130,9 +130,14 @@ impl Module for Game {
     }
 }
 
-/// A front module on the gateway (so that it runs some module of its own).
-pub struct Front;
+/// A front module on the gateway (so that it runs some module of its own); records the node
+/// events it is told of.
+#[derive(Default)]
+pub struct Front {
+    pub events: Arc<Mutex<Vec<String>>>,
+}
 
+#[rookery::async_trait]
 impl Module for Front {
     fn name(&self) -> &str {
         "front"
@@ -144,11 +149,23 @@ impl Module for Front {
         });
         Ok(())
     }
+
+    async fn node_event(&self, _app: &App, event: &rookery::cluster::NodeEvent) {
+        use rookery::cluster::NodeEvent;
+        let line = match event {
+            NodeEvent::Found(n) => format!("found {}", n.id),
+            NodeEvent::Updated(n) => format!("updated {} {:?}", n.id, n.state),
+            NodeEvent::Lost(n) => format!("lost {}", n.id),
+        };
+        self.events.lock().unwrap().push(line);
+    }
 }
 
 pub struct Cluster {
     pub gate: RunningServer,
     pub gate2: RunningServer,
+    /// Node events gate-1's module saw.
+    pub gate_events: Arc<Mutex<Vec<String>>>,
     pub backends: Vec<RunningServer>,
     pub seen: Arc<Seen>,
     pub discovery: EmbeddedDiscovery,
@@ -200,12 +217,20 @@ pub async fn start_with(
         );
     }
     let mut gates = Vec::new();
+    let gate_events = Arc::new(Mutex::new(Vec::new()));
     for i in 1..=2 {
+        let front = Front {
+            events: if i == 1 {
+                gate_events.clone()
+            } else {
+                Default::default()
+            },
+        };
         let mut cfg = node_config(&format!("gate-{i}"), "gate", &format!("1.1.{i}"), true);
         tweak(&mut cfg);
         gates.push(
             gate_builder(Server::builder(cfg))
-                .module(Front)
+                .module(front)
                 .discovery(Arc::new(discovery.handle()))
                 .transport(transport())
                 .start()
@@ -231,6 +256,7 @@ pub async fn start_with(
     Cluster {
         gate,
         gate2,
+        gate_events,
         backends,
         seen,
         discovery,

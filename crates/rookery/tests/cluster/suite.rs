@@ -365,6 +365,21 @@ pub async fn graceful_backend_leave(transport: impl Fn() -> Arc<dyn Transport>) 
         let v = cl.request_json("game.info.node", json!({})).await.unwrap();
         assert_ne!(v["node"], leaving_id.as_str());
     }
+    // Modules were told: found at start, draining, then lost.
+    let events = c.gate_events.lock().unwrap().clone();
+    assert!(
+        events.contains(&format!("found {leaving_id}")),
+        "{events:?}"
+    );
+    assert!(
+        events.contains(&format!("updated {leaving_id} Draining")),
+        "{events:?}"
+    );
+    assert_eq!(
+        events.last().unwrap(),
+        &format!("lost {leaving_id}"),
+        "{events:?}"
+    );
     stop(c).await;
 }
 

@@ -40,12 +40,7 @@ impl Drop for Procs {
 }
 
 /// The example config with the harness's addresses and free gateway ports.
-fn config(
-    example: &str,
-    etcd: &Etcd,
-    nats: Option<&Nats>,
-    dir: &Path,
-) -> (std::path::PathBuf, [String; 2]) {
+fn config(example: &str, etcd: &Etcd, nats: Option<&Nats>, dir: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster");
     let mut text = std::fs::read_to_string(root.join(example)).unwrap();
     text = text.replace("http://127.0.0.1:2379", &etcd.endpoint());
@@ -53,22 +48,23 @@ fn config(
     if let Some(n) = nats {
         text = text.replace("nats://127.0.0.1:4222", &n.url());
     }
-    let gates = [
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    ];
-    text = text.replace("127.0.0.1:3250", &gates[0]);
-    text = text.replace("127.0.0.1:3260", &gates[1]);
-    for ws in ["127.0.0.1:3251", "127.0.0.1:3261"] {
-        text = text.replace(ws, &format!("127.0.0.1:{}", free_port()));
+    // Gateways listen on ports the OS picks; they print them.
+    for fixed in [
+        "127.0.0.1:3250",
+        "127.0.0.1:3260",
+        "127.0.0.1:3251",
+        "127.0.0.1:3261",
+    ] {
+        text = text.replace(fixed, "127.0.0.1:0");
     }
     let path = dir.join(example);
     std::fs::write(&path, text).unwrap();
-    (path, gates)
+    path
 }
 
-/// Starts one process and waits for its "node ... running" line.
-fn spawn(config: &Path, process: &str) -> Child {
+/// Starts one process and waits for its "node ... running" line; returns it and the TCP address
+/// it printed, if it has an acceptor.
+fn spawn(config: &Path, process: &str) -> (Child, Option<String>) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -82,17 +78,21 @@ fn spawn(config: &Path, process: &str) -> Child {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut tcp = None;
     loop {
         let line = lines
             .next()
             .unwrap_or_else(|| panic!("{process} exited before starting"))
             .unwrap();
+        if let Some(a) = line.strip_prefix("rookery: TCP on ") {
+            tcp = Some(a.to_string());
+        }
         if line.starts_with("rookery: node ") {
             break;
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    child
+    (child, tcp)
 }
 
 async fn connect(addr: &str) -> Client {
@@ -178,10 +178,13 @@ async fn demo_over(example: &str, with_nats: bool) {
     let mut nats =
         with_nats.then(|| Nats::start().expect("nats-server (apt-get install nats-server)"));
     let dir = tempfile_dir();
-    let (cfg, gates) = config(example, &etcd, nats.as_ref(), dir.path());
+    let cfg = config(example, &etcd, nats.as_ref(), dir.path());
+    let mut gates = Vec::new();
     let mut procs = Procs(Vec::new());
     for p in ["room-1", "room-2", "gate-1", "gate-2"] {
-        procs.0.push((p.to_string(), spawn(&cfg, p)));
+        let (child, tcp) = spawn(&cfg, p);
+        procs.0.push((p.to_string(), child));
+        gates.extend(tcp);
     }
 
     let alice = login(&gates[0], "alice").await;

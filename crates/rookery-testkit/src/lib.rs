@@ -112,8 +112,19 @@ impl Etcd {
             peer_port: free_port(),
             bin,
         };
-        etcd.spawn()?;
-        Ok(etcd)
+        // A port picked as free may be taken by someone else before etcd binds it: try others.
+        let mut attempt = 0;
+        loop {
+            match etcd.spawn() {
+                Ok(()) => return Ok(etcd),
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    etcd.client_port = free_port();
+                    etcd.peer_port = free_port();
+                }
+            }
+        }
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {
@@ -185,8 +196,17 @@ impl Nats {
             bin,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        nats.spawn()?;
-        Ok(nats)
+        let mut attempt = 0;
+        loop {
+            match nats.spawn() {
+                Ok(()) => return Ok(nats),
+                Err(e) if attempt >= 3 => return Err(e),
+                Err(_) => {
+                    attempt += 1;
+                    nats.port = free_port();
+                }
+            }
+        }
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {

@@ -286,7 +286,39 @@ async fn demo_over(example: &str, with_nats: bool) {
 
     // A room node dies: requests never hang, and within the TTL the lobby works again on the
     // survivor (as a fresh room: its state died with the node, or it was on the survivor).
+    // Keep requests in flight to both room nodes (room.list asks each) while one is killed:
+    // every one of them must end, with an answer or an error, within the request deadline.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..4 {
+        let c = login(&gates[i % 2], &format!("load-{i}")).await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = Instant::now();
+                match c.request_json("room.room.list", json!({})).await {
+                    Ok(_) => ok += 1,
+                    Err(ClientError::Server { .. }) => failed += 1,
+                    Err(e) => panic!("load request: {e:?}"),
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(6),
+                    "a request hung {:?}",
+                    t.elapsed()
+                );
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     procs.kill9("room-1");
+    tokio::time::sleep(Duration::from_millis(TTL * 1000 + 1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        let (ok, _failed) = l.await.unwrap();
+        assert!(ok > 0);
+    }
     let v = until_ok(
         &alice2,
         "room.room.join",

@@ -1,0 +1,41 @@
+//! `rookery-ceiling`: the P1 yardstick server.
+//!
+//! A minimal tokio TCP server speaking the client protocol's packet framing just enough to be
+//! driven by `rookery bench`: canned handshake, heartbeats answered, every request answered with
+//! `{"rooms":[]}`. Prints `ceiling listening on ADDR` once bound.
+
+use std::io::Write;
+
+use clap::Parser;
+
+/// Command line of `rookery-ceiling`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "rookery-ceiling",
+    about = "Minimal protocol server: the P1 ceiling"
+)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3300")]
+    addr: String,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = cli.threads {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = builder.build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
+        println!("ceiling listening on {}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        rookery_bench::serve_ceiling(listener).await;
+        Ok(())
+    })
+}

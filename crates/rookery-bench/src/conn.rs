@@ -1,0 +1,928 @@
+//! One client connection: setup (connect, handshake, login), then the measurement loop.
+//!
+//! The protocol state of a connection ([`Conn`]) is kept apart from I/O: it consumes packets and
+//! timer events and appends outgoing packets to a write buffer. Two drivers own the socket, one
+//! for TCP (read and write halves in one `select!`, writes batched) and one for WebSocket (one
+//! binary message per packet).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::stream::SplitSink;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use indicatif::ProgressBar;
+use rookery_protocol::handshake::HandshakeResponse;
+use rookery_protocol::packet::encode_parts;
+use rookery_protocol::{
+    HandshakeRequest, HandshakeSys, Message, MessageType, Packet, PacketCodec, PacketType, Route,
+    RouteName, HEADER_LEN,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message as WsMessage};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{put_varint, varint_len, Shared};
+
+/// What a run asks of every connection (validated and resolved once).
+pub(crate) struct Plan {
+    pub target: SocketAddr,
+    pub ws_url: Option<String>,
+    pub source_ips: Vec<IpAddr>,
+    pub connections: usize,
+    pub inflight: usize,
+    pub rate: Option<f64>,
+    pub hold: bool,
+    pub route: String,
+    pub payload: Bytes,
+    pub login: bool,
+    pub push_route: Option<String>,
+    pub timeout: Duration,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub ws_read_buffer: usize,
+}
+
+impl Plan {
+    /// True when connections send requests at all.
+    fn sends(&self) -> bool {
+        !self.hold
+            && match self.rate {
+                Some(r) => r > 0.0,
+                None => self.inflight > 0,
+            }
+    }
+}
+
+/// The start signal: when the run started and how many connections are live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start {
+    pub at: Instant,
+    pub live: usize,
+}
+
+/// Counters of one connection, summed at the end.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TaskStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub timeouts: u64,
+    pub pushes: u64,
+}
+
+impl TaskStats {
+    pub(crate) fn add(&mut self, o: &TaskStats) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.timeouts += o.timeouts;
+        self.pushes += o.pushes;
+    }
+}
+
+/// How long a connection waits for its outstanding requests after the window.
+pub(crate) fn drain_time(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(2))
+}
+
+/// Initial TCP read buffer; doubled (up to [`MAX_READ`]) while reads fill it.
+const INITIAL_READ: usize = 4 * 1024;
+const MAX_READ: usize = 256 * 1024;
+/// Samples buffered per connection before they are recorded into a shared histogram.
+const FLUSH_SAMPLES: usize = 256;
+/// Responses counted locally before the shared progress counter is updated.
+const FLUSH_PROGRESS: u64 = 64;
+/// Open loop: most requests queued at one wake-up when behind schedule.
+const MAX_BURST: usize = 1024;
+const HEARTBEAT: [u8; 4] = [PacketType::Heartbeat as u8, 0, 0, 0];
+const HANDSHAKE_ACK: [u8; 4] = [PacketType::HandshakeAck as u8, 0, 0, 0];
+const LOGIN_ROUTE: &str = "connector.entry.login";
+
+/// An open connection during setup.
+enum Link {
+    Tcp(TcpStream, BytesMut),
+    Ws(Box<WebSocketStream<TcpStream>>),
+}
+
+/// What the handshake told us.
+struct Session {
+    heartbeat: Option<Duration>,
+    dict: HashMap<String, u16>,
+    next_id: u64,
+}
+
+impl Link {
+    async fn send(&mut self, pkt: Bytes) -> Result<(), String> {
+        match self {
+            Link::Tcp(s, _) => s.write_all(&pkt).await.map_err(|e| e.to_string()),
+            Link::Ws(ws) => ws
+                .send(WsMessage::Binary(pkt))
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn recv(&mut self, codec: &PacketCodec) -> Result<Packet, String> {
+        match self {
+            Link::Tcp(s, buf) => loop {
+                if let Some(p) = codec.decode(buf).map_err(|e| e.to_string())? {
+                    return Ok(p);
+                }
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(INITIAL_READ);
+                }
+                if s.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed by the server".into());
+                }
+            },
+            Link::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        return codec.decode_frame(b).map_err(|e| e.to_string())
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => {
+                        return Err("connection closed by the server".into())
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.to_string()),
+                }
+            },
+        }
+    }
+}
+
+fn codec() -> PacketCodec {
+    // Accept anything the wire allows: the bench reads what servers send, it is not a server.
+    PacketCodec::new(usize::MAX)
+}
+
+fn route_for(dict: &HashMap<String, u16>, name: &str) -> Result<Route, String> {
+    match dict.get(name) {
+        Some(&code) => Ok(Route::Code(code)),
+        None => RouteName::try_from(name)
+            .map(Route::Name)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+async fn open_socket(plan: &Plan, idx: usize) -> std::io::Result<TcpStream> {
+    let socket = if plan.target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if !plan.source_ips.is_empty() {
+        let ip = plan.source_ips[idx % plan.source_ips.len()];
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(plan.target).await
+}
+
+async fn handshake(link: &mut Link, codec: &PacketCodec) -> Result<Session, String> {
+    let req = HandshakeRequest {
+        sys: HandshakeSys {
+            client_type: Some("rookery-bench".into()),
+            ..HandshakeSys::default()
+        },
+        user: serde_json::Value::Null,
+    };
+    let pkt = encode_parts(PacketType::Handshake, &req.encode()).map_err(|e| e.to_string())?;
+    link.send(pkt).await?;
+    let resp = loop {
+        let p = link.recv(codec).await?;
+        match p.kind {
+            PacketType::Handshake => {
+                break HandshakeResponse::decode(&p.body).map_err(|e| e.to_string())?
+            }
+            PacketType::Kick => return Err("kicked during the handshake".into()),
+            _ => continue,
+        }
+    };
+    if resp.code != 200 {
+        return Err(format!(
+            "handshake refused: code {} {}",
+            resp.code,
+            resp.msg.unwrap_or_default()
+        ));
+    }
+    let sys = resp.sys.unwrap_or_default();
+    link.send(Bytes::from_static(&HANDSHAKE_ACK)).await?;
+    Ok(Session {
+        heartbeat: (sys.heartbeat > 0).then(|| Duration::from_secs(sys.heartbeat)),
+        dict: sys.dict,
+        next_id: 1,
+    })
+}
+
+async fn login(
+    link: &mut Link,
+    codec: &PacketCodec,
+    session: &mut Session,
+    idx: usize,
+) -> Result<(), String> {
+    let id = session.next_id;
+    session.next_id += 1;
+    let route = route_for(&session.dict, LOGIN_ROUTE)?;
+    let body = Bytes::from(format!(r#"{{"uid":"bench-{idx}"}}"#));
+    let pkt = Message::request(id, route, body)
+        .to_packet_bytes()
+        .map_err(|e| e.to_string())?;
+    link.send(pkt).await?;
+    loop {
+        let p = link.recv(codec).await?;
+        match p.kind {
+            PacketType::Data => {
+                let m = Message::decode(p.body).map_err(|e| e.to_string())?;
+                if m.kind == MessageType::Response && m.id == id {
+                    return if m.error {
+                        Err(format!(
+                            "login refused: {}",
+                            String::from_utf8_lossy(&m.payload)
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                }
+            }
+            PacketType::Kick => return Err("kicked during login".into()),
+            _ => {}
+        }
+    }
+}
+
+/// Connect, upgrade (WebSocket), handshake and log in, each stage within the timeout.
+async fn setup(plan: &Plan, idx: usize, codec: &PacketCodec) -> Result<(Link, Session), String> {
+    let stream = timeout(plan.timeout, open_socket(plan, idx))
+        .await
+        .map_err(|_| format!("connect to {} timed out", plan.target))?
+        .map_err(|e| format!("connect to {}: {e}", plan.target))?;
+    let _ = stream.set_nodelay(true);
+    let mut link = match &plan.ws_url {
+        None => Link::Tcp(stream, BytesMut::with_capacity(INITIAL_READ)),
+        Some(url) => {
+            let config = WebSocketConfig::default()
+                .read_buffer_size(plan.ws_read_buffer)
+                .write_buffer_size(64 * 1024);
+            let (ws, _) = timeout(
+                plan.timeout,
+                tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
+            )
+            .await
+            .map_err(|_| "websocket upgrade timed out".to_string())?
+            .map_err(|e| format!("websocket upgrade: {e}"))?;
+            Link::Ws(Box::new(ws))
+        }
+    };
+    let mut session = timeout(plan.timeout, handshake(&mut link, codec))
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    if plan.login {
+        timeout(plan.timeout, login(&mut link, codec, &mut session, idx))
+            .await
+            .map_err(|_| "login timed out".to_string())??;
+    }
+    Ok((link, session))
+}
+
+/// The task of one connection. Reports the setup outcome on `ready`, waits for the start
+/// signal, runs until the end of the window plus the drain, and returns its counters (`None`
+/// when the setup failed).
+pub(crate) async fn connection(
+    idx: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    ready: mpsc::UnboundedSender<Result<(), String>>,
+    start: watch::Receiver<Option<Start>>,
+    pb: ProgressBar,
+) -> Option<TaskStats> {
+    let codec = codec();
+    let res = setup(&plan, idx, &codec).await;
+    pb.inc(1);
+    let (link, session) = match res {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return None;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    let conn = Conn::new(idx, plan, shared, session);
+    Some(match link {
+        Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, codec).await,
+        Link::Ws(ws) => drive_ws(conn, *ws, start, codec).await,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Connected, waiting for the start signal.
+    Waiting,
+    /// Sending (or holding) until the end of the window.
+    Running,
+    /// Window over: waiting for outstanding responses until the drain deadline.
+    Draining,
+    /// Finished.
+    Done,
+}
+
+/// One outstanding request. `live` is false once answered or timed out (entries leave the queue
+/// from the front, so that it stays sorted by id and by send time).
+struct Pending {
+    id: u64,
+    at: Instant,
+    live: bool,
+}
+
+struct OpenLoop {
+    interval: Duration,
+    next: Instant,
+}
+
+/// Protocol state of one connection during measurement.
+struct Conn {
+    idx: usize,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    /// Flag byte of a request, and everything after its id (route, payload): pre-encoded.
+    req_flag: u8,
+    req_suffix: Bytes,
+    push_code: Option<u16>,
+    next_id: u64,
+    pending: VecDeque<Pending>,
+    live: usize,
+    closed_loop: bool,
+    open: Option<OpenLoop>,
+    heartbeat: Option<Duration>,
+    next_heartbeat: Instant,
+    tick: Duration,
+    next_tick: Instant,
+    state: State,
+    measure_start: Instant,
+    measure_end: Instant,
+    drain_end: Instant,
+    stats: TaskStats,
+    samples: Vec<u64>,
+    push_samples: Vec<u64>,
+    unreported: u64,
+    unreported_pushes: u64,
+}
+
+impl Conn {
+    fn new(idx: usize, plan: Arc<Plan>, shared: Arc<Shared>, session: Session) -> Self {
+        // Pre-encode the request once: flag, id 0 (one byte), route, payload; keep what follows
+        // the id. Routes the server put in its dictionary are sent compressed, as clients do.
+        let route = route_for(&session.dict, &plan.route).unwrap_or_else(|_| Route::Code(0)); // validated in plan(); unreachable
+        let mut tmpl = BytesMut::new();
+        let _ = Message::request(0, route, plan.payload.clone()).encode_into(&mut tmpl);
+        let req_flag = tmpl[0];
+        let req_suffix = tmpl.split_off(2).freeze();
+        let push_code = plan
+            .push_route
+            .as_ref()
+            .and_then(|r| session.dict.get(r).copied());
+        let now = Instant::now();
+        let far = now + Duration::from_secs(10 * 365 * 24 * 3600);
+        let sends = plan.sends();
+        let mut tick = if sends {
+            (plan.timeout / 4).min(Duration::from_secs(1))
+        } else {
+            Duration::from_secs(60)
+        };
+        if let Some(h) = session.heartbeat {
+            tick = tick.min(h / 4);
+        }
+        let tick = tick.max(Duration::from_millis(5));
+        Self {
+            idx,
+            plan,
+            shared,
+            req_flag,
+            req_suffix,
+            push_code,
+            next_id: session.next_id,
+            pending: VecDeque::new(),
+            live: 0,
+            closed_loop: false,
+            open: None,
+            heartbeat: session.heartbeat,
+            next_heartbeat: now + session.heartbeat.unwrap_or_default(),
+            tick,
+            next_tick: now + tick,
+            state: State::Waiting,
+            measure_start: far,
+            measure_end: far,
+            drain_end: far,
+            stats: TaskStats::default(),
+            samples: Vec::new(),
+            push_samples: Vec::new(),
+            unreported: 0,
+            unreported_pushes: 0,
+        }
+    }
+
+    fn waiting(&self) -> bool {
+        self.state == State::Waiting
+    }
+
+    fn done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The next instant at which [`Conn::poll_timers`] has something to do.
+    fn next_wake(&self) -> Instant {
+        let mut t = self.next_tick;
+        match self.state {
+            State::Running => {
+                t = t.min(self.measure_end);
+                if let Some(o) = &self.open {
+                    t = t.min(o.next);
+                }
+            }
+            State::Draining => t = t.min(self.drain_end),
+            State::Waiting | State::Done => {}
+        }
+        t
+    }
+
+    fn in_window(&self, t: Instant) -> bool {
+        t >= self.measure_start && t < self.measure_end
+    }
+
+    /// The start signal arrived.
+    fn begin(&mut self, start: Start, now: Instant, wbuf: &mut BytesMut) {
+        self.measure_start = start.at + self.plan.warmup;
+        self.measure_end = self.measure_start + self.plan.duration;
+        self.state = State::Running;
+        if !self.plan.sends() {
+            return;
+        }
+        match self.plan.rate {
+            Some(rate) => {
+                let per_conn = rate / start.live.max(1) as f64;
+                if let Ok(interval) = Duration::try_from_secs_f64(1.0 / per_conn) {
+                    // Stagger the connections' schedules over one interval.
+                    let frac = self.idx as f64 / self.plan.connections as f64;
+                    if let Some(next) = start.at.checked_add(interval.mul_f64(frac)) {
+                        self.open = Some(OpenLoop { interval, next });
+                    }
+                }
+            }
+            None => {
+                self.closed_loop = true;
+                if now < self.measure_end {
+                    for _ in 0..self.plan.inflight {
+                        self.send_request(now, wbuf);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends one request to `wbuf`; its latency is measured from `at`.
+    fn send_request(&mut self, at: Instant, wbuf: &mut BytesMut) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let body_len = 1 + varint_len(id) + self.req_suffix.len();
+        wbuf.reserve(HEADER_LEN + body_len);
+        wbuf.put_u8(PacketType::Data as u8);
+        wbuf.put_slice(&(body_len as u32).to_be_bytes()[1..]);
+        wbuf.put_u8(self.req_flag);
+        put_varint(wbuf, id);
+        wbuf.put_slice(&self.req_suffix);
+        self.pending.push_back(Pending { id, at, live: true });
+        self.live += 1;
+    }
+
+    /// Handles one inbound packet; `Err` means the connection must end.
+    fn on_packet(&mut self, p: Packet, now: Instant, wbuf: &mut BytesMut) -> Result<(), ()> {
+        match p.kind {
+            PacketType::Data => {
+                let m = Message::decode(p.body).map_err(|_| ())?;
+                match m.kind {
+                    MessageType::Response => self.on_response(m.id, m.error, now, wbuf),
+                    MessageType::Push => self.on_push(&m, now),
+                    MessageType::Request | MessageType::Notify => {}
+                }
+                Ok(())
+            }
+            PacketType::Kick => Err(()),
+            PacketType::Handshake | PacketType::HandshakeAck | PacketType::Heartbeat => Ok(()),
+        }
+    }
+
+    fn on_response(&mut self, id: u64, error: bool, now: Instant, wbuf: &mut BytesMut) {
+        // Ids are sent in increasing order and leave from the front: the queue is sorted.
+        let Ok(i) = self.pending.binary_search_by_key(&id, |p| p.id) else {
+            return; // timed out already, or not ours
+        };
+        let p = &mut self.pending[i];
+        if !p.live {
+            return;
+        }
+        p.live = false;
+        let at = p.at;
+        self.live -= 1;
+        while self.pending.front().is_some_and(|p| !p.live) {
+            self.pending.pop_front();
+        }
+        self.unreported += 1;
+        if self.in_window(now) {
+            self.stats.requests += 1;
+            if error {
+                self.stats.errors += 1;
+            }
+            self.samples
+                .push(now.saturating_duration_since(at).as_micros() as u64);
+            if self.samples.len() >= FLUSH_SAMPLES {
+                self.shared.record(self.idx, &mut self.samples, false);
+            }
+        }
+        if self.closed_loop && self.state == State::Running && now < self.measure_end {
+            self.send_request(now, wbuf);
+        } else if self.state == State::Draining && self.live == 0 {
+            self.state = State::Done;
+        }
+    }
+
+    fn push_window(&self, now: Instant) -> bool {
+        match self.state {
+            State::Waiting => self.plan.warmup.is_zero(),
+            _ => {
+                now < self.measure_end && (self.plan.warmup.is_zero() || now >= self.measure_start)
+            }
+        }
+    }
+
+    fn on_push(&mut self, m: &Message, now: Instant) {
+        let Some(want) = &self.plan.push_route else {
+            return;
+        };
+        let matches = match &m.route {
+            Some(Route::Name(n)) => n.as_bytes() == want.as_bytes(),
+            Some(Route::Code(c)) => Some(*c) == self.push_code,
+            None => false,
+        };
+        if !matches || !self.push_window(now) {
+            return;
+        }
+        self.stats.pushes += 1;
+        self.unreported_pushes += 1;
+        if let Some(ts) = find_ts_us(&m.payload) {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(0);
+            self.push_samples.push(now_us.saturating_sub(ts));
+            if self.push_samples.len() >= FLUSH_SAMPLES {
+                self.shared.record(self.idx, &mut self.push_samples, true);
+            }
+        }
+    }
+
+    /// After a batch of packets: publish progress now and then.
+    fn after_batch(&mut self) {
+        if self.unreported >= FLUSH_PROGRESS || self.unreported_pushes >= FLUSH_PROGRESS {
+            self.report_progress();
+        }
+    }
+
+    fn report_progress(&mut self) {
+        if self.unreported > 0 {
+            self.shared
+                .completed
+                .fetch_add(self.unreported, Ordering::Relaxed);
+            self.unreported = 0;
+        }
+        if self.unreported_pushes > 0 {
+            self.shared
+                .pushes
+                .fetch_add(self.unreported_pushes, Ordering::Relaxed);
+            self.unreported_pushes = 0;
+        }
+    }
+
+    /// Heartbeats, timeouts, progress.
+    fn housekeeping(&mut self, now: Instant, wbuf: &mut BytesMut) {
+        if let Some(h) = self.heartbeat {
+            if now >= self.next_heartbeat {
+                wbuf.put_slice(&HEARTBEAT);
+                self.next_heartbeat = now + h;
+            }
+        }
+        let timeout = self.plan.timeout;
+        while let Some(front) = self.pending.front() {
+            if front.live && now.saturating_duration_since(front.at) < timeout {
+                break; // the oldest live request has not expired: none has
+            }
+            let (live, at) = (front.live, front.at);
+            self.pending.pop_front();
+            if !live {
+                continue;
+            }
+            self.live -= 1;
+            if self.in_window(at) {
+                self.stats.timeouts += 1;
+                self.stats.errors += 1;
+            }
+            if self.closed_loop && self.state == State::Running && now < self.measure_end {
+                self.send_request(now, wbuf);
+            }
+        }
+        if self.state == State::Draining && self.live == 0 {
+            self.state = State::Done;
+        }
+        self.report_progress();
+        self.next_tick = now + self.tick;
+    }
+
+    /// Runs whatever is due at `now`: housekeeping, open-loop sends, phase changes.
+    fn poll_timers(&mut self, now: Instant, wbuf: &mut BytesMut) {
+        if now >= self.next_tick {
+            self.housekeeping(now, wbuf);
+        }
+        match self.state {
+            State::Running => {
+                if let Some(OpenLoop { interval, mut next }) = self.open.take() {
+                    let mut n = 0;
+                    while next <= now && next < self.measure_end && n < MAX_BURST {
+                        self.send_request(next, wbuf);
+                        next += interval;
+                        n += 1;
+                    }
+                    if next < self.measure_end {
+                        self.open = Some(OpenLoop { interval, next });
+                    }
+                }
+                if now >= self.measure_end {
+                    self.open = None;
+                    self.state = State::Draining;
+                    self.drain_end = self.measure_end + drain_time(self.plan.timeout);
+                    if self.live == 0 {
+                        self.state = State::Done;
+                    }
+                }
+            }
+            State::Draining if now >= self.drain_end => {
+                // Still unanswered: counted as timeouts when sent inside the window.
+                let lost = self
+                    .pending
+                    .iter()
+                    .filter(|p| p.live && self.in_window(p.at))
+                    .count() as u64;
+                self.stats.timeouts += lost;
+                self.stats.errors += lost;
+                self.pending.clear();
+                self.live = 0;
+                self.state = State::Done;
+            }
+            _ => {}
+        }
+    }
+
+    /// The connection closed under us: requests sent in the window and unanswered are errors.
+    fn lost(&mut self) {
+        if self.state != State::Done {
+            let lost = self
+                .pending
+                .iter()
+                .filter(|p| p.live && self.in_window(p.at))
+                .count() as u64;
+            self.stats.errors += lost;
+            self.pending.clear();
+            self.live = 0;
+            self.state = State::Done;
+        }
+    }
+
+    fn finish(mut self) -> TaskStats {
+        self.shared.record(self.idx, &mut self.samples, false);
+        self.shared.record(self.idx, &mut self.push_samples, true);
+        self.report_progress();
+        self.stats
+    }
+}
+
+/// Finds a numeric `"ts_us"` field in a JSON payload without parsing the whole document.
+pub(crate) fn find_ts_us(payload: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"ts_us\"";
+    let pos = payload.windows(KEY.len()).position(|w| w == KEY)?;
+    let rest = &payload[pos + KEY.len()..];
+    let rest = rest
+        .trim_ascii_start()
+        .strip_prefix(b":")?
+        .trim_ascii_start();
+    let end = rest
+        .iter()
+        .position(|b| !matches!(b, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+        .unwrap_or(rest.len());
+    let num = std::str::from_utf8(&rest[..end]).ok()?;
+    num.parse::<u64>().ok().or_else(|| {
+        let f = num.parse::<f64>().ok()?;
+        (f.is_finite() && f >= 0.0).then_some(f as u64)
+    })
+}
+
+async fn drive_tcp(
+    mut conn: Conn,
+    mut stream: TcpStream,
+    mut rbuf: BytesMut,
+    mut start: watch::Receiver<Option<Start>>,
+    codec: PacketCodec,
+) -> TaskStats {
+    let (mut rd, mut wr) = stream.split();
+    let mut wbuf = BytesMut::new();
+    let mut read_chunk = INITIAL_READ;
+    let mut armed = conn.next_wake();
+    let sleep = tokio::time::sleep_until(armed);
+    tokio::pin!(sleep);
+    let mut ok = true;
+    loop {
+        if rbuf.capacity() - rbuf.len() < read_chunk / 2 {
+            rbuf.reserve(read_chunk);
+        }
+        let spare = rbuf.capacity() - rbuf.len();
+        let wake = conn.next_wake();
+        if wake != armed {
+            sleep.as_mut().reset(wake);
+            armed = wake;
+        }
+        let mut read_at = None;
+        tokio::select! {
+            res = rd.read_buf(&mut rbuf) => match res {
+                Ok(0) | Err(_) => ok = false,
+                Ok(n) => {
+                    if n >= spare && read_chunk < MAX_READ {
+                        read_chunk *= 2;
+                    }
+                    let now = Instant::now();
+                    loop {
+                        match codec.decode(&mut rbuf) {
+                            Ok(Some(p)) => {
+                                if conn.on_packet(p, now, &mut wbuf).is_err() {
+                                    ok = false;
+                                    break;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(_) => {
+                                ok = false;
+                                break;
+                            }
+                        }
+                    }
+                    conn.after_batch();
+                    read_at = Some(now);
+                }
+            },
+            res = wr.write(&wbuf), if !wbuf.is_empty() => match res {
+                Ok(n) => wbuf.advance(n),
+                Err(_) => ok = false,
+            },
+            _ = &mut sleep => {}
+            res = start.changed(), if conn.waiting() => match res {
+                Ok(()) => {
+                    let s = *start.borrow_and_update();
+                    if let Some(s) = s {
+                        conn.begin(s, Instant::now(), &mut wbuf);
+                    }
+                }
+                // The coordinator is gone.
+                Err(_) => ok = false,
+            },
+        }
+        if !ok {
+            break;
+        }
+        conn.poll_timers(read_at.unwrap_or_else(Instant::now), &mut wbuf);
+        if conn.done() {
+            break;
+        }
+        if !wbuf.is_empty() {
+            match wr.try_write(&wbuf) {
+                Ok(n) => wbuf.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+        }
+    }
+    conn.lost();
+    let _ = timeout(Duration::from_millis(500), wr.shutdown()).await;
+    conn.finish()
+}
+
+type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+
+/// Sends the packets in `wbuf` as one binary message each, then flushes.
+async fn ws_flush(tx: &mut WsSink, wbuf: &mut BytesMut) -> Result<(), tungstenite::Error> {
+    while wbuf.len() >= HEADER_LEN {
+        let len = HEADER_LEN + u32::from_be_bytes([0, wbuf[1], wbuf[2], wbuf[3]]) as usize;
+        let pkt = wbuf.split_to(len.min(wbuf.len())).freeze();
+        tx.feed(WsMessage::Binary(pkt)).await?;
+    }
+    tx.flush().await
+}
+
+/// Handles one WebSocket read result; false when the connection must end.
+fn on_ws(
+    conn: &mut Conn,
+    m: Option<Result<WsMessage, tungstenite::Error>>,
+    now: Instant,
+    wbuf: &mut BytesMut,
+    codec: &PacketCodec,
+) -> bool {
+    match m {
+        Some(Ok(WsMessage::Binary(b))) => match codec.decode_frame(b) {
+            Ok(p) => conn.on_packet(p, now, wbuf).is_ok(),
+            Err(_) => false,
+        },
+        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => false,
+        Some(Ok(_)) => true,
+    }
+}
+
+async fn drive_ws(
+    mut conn: Conn,
+    ws: WebSocketStream<TcpStream>,
+    mut start: watch::Receiver<Option<Start>>,
+    codec: PacketCodec,
+) -> TaskStats {
+    let (mut tx, mut rx) = ws.split();
+    let mut wbuf = BytesMut::new();
+    let mut armed = conn.next_wake();
+    let sleep = tokio::time::sleep_until(armed);
+    tokio::pin!(sleep);
+    let mut ok = true;
+    loop {
+        let wake = conn.next_wake();
+        if wake != armed {
+            sleep.as_mut().reset(wake);
+            armed = wake;
+        }
+        let mut read_at = None;
+        tokio::select! {
+            m = rx.next() => {
+                let now = Instant::now();
+                ok = on_ws(&mut conn, m, now, &mut wbuf, &codec);
+                // Take every message already buffered before writing.
+                while ok {
+                    match rx.next().now_or_never() {
+                        Some(m) => ok = on_ws(&mut conn, m, now, &mut wbuf, &codec),
+                        None => break,
+                    }
+                }
+                conn.after_batch();
+                read_at = Some(now);
+            }
+            _ = &mut sleep => {}
+            res = start.changed(), if conn.waiting() => match res {
+                Ok(()) => {
+                    let s = *start.borrow_and_update();
+                    if let Some(s) = s {
+                        conn.begin(s, Instant::now(), &mut wbuf);
+                    }
+                }
+                Err(_) => ok = false,
+            },
+        }
+        if !ok {
+            break;
+        }
+        conn.poll_timers(read_at.unwrap_or_else(Instant::now), &mut wbuf);
+        if conn.done() {
+            break;
+        }
+        if !wbuf.is_empty() {
+            match timeout(conn.plan.timeout, ws_flush(&mut tx, &mut wbuf)).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    }
+    conn.lost();
+    let _ = timeout(Duration::from_millis(500), tx.close()).await;
+    conn.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::find_ts_us;
+
+    #[test]
+    fn finds_ts_us() {
+        assert_eq!(find_ts_us(br#"{"ts_us":123}"#), Some(123));
+        assert_eq!(
+            find_ts_us(br#"{"a":1, "ts_us" : 1700000000000000, "b":2}"#),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(find_ts_us(br#"{"ts_us":1.5e3}"#), Some(1500));
+        assert_eq!(find_ts_us(br#"{"ts_us":"x"}"#), None);
+        assert_eq!(find_ts_us(br#"{"ts":1}"#), None);
+        assert_eq!(find_ts_us(b""), None);
+    }
+}

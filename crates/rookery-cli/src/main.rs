@@ -20,6 +20,8 @@ enum Cmd {
     Serve(serve::ServeArgs),
     /// Interactive client (pitaya-cli style); reads commands from stdin, also from a pipe.
     Client(repl::ClientArgs),
+    /// Load generator: many connections sending requests, with latency histograms.
+    Bench(rookery_bench::BenchArgs),
 }
 
 fn init_logs(default: &str) {
@@ -28,6 +30,17 @@ fn init_logs(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn bench(args: rookery_bench::BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let json = args.json;
+    let report = rookery_bench::run(args).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        rookery_bench::print_table(&report);
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -41,6 +54,10 @@ async fn main() {
         Cmd::Client(args) => {
             init_logs("warn");
             repl::run(args).await
+        }
+        Cmd::Bench(args) => {
+            init_logs("warn");
+            bench(args).await
         }
     };
     if let Err(e) = result {

@@ -32,6 +32,7 @@ pub(crate) struct AppInner {
     pub tasks: TaskTracker,
     pub validator: Option<HandshakeValidator>,
     pub cluster: crate::cluster::runtime::ClusterState,
+    pub errors: crate::telemetry::RecentErrors,
 }
 
 impl App {
@@ -69,27 +70,57 @@ impl App {
     }
 
     /// Runs a route's handler for a session: login check, panic capture, deadline.
+    /// Records the request in the route's figures and runs it under its trace id, inside a
+    /// `request` span (so the handler's logs carry the route and trace id).
     pub(crate) async fn invoke(
         &self,
         entry: &crate::RouteEntry,
         session: Session,
         payload: bytes::Bytes,
         timeout: std::time::Duration,
+        trace: u64,
     ) -> Result<bytes::Bytes, Error> {
         use futures_util::FutureExt;
-        if entry.login_required && session.uid().is_none() {
-            return Err(Error::not_logged_in());
+        use tracing::Instrument;
+        let started = std::time::Instant::now();
+        let result = if entry.login_required && session.uid().is_none() {
+            Err(Error::not_logged_in())
+        } else {
+            let span = tracing::info_span!(
+                "request",
+                route = %entry.route,
+                trace_id = %crate::telemetry::format_trace_id(trace),
+                session = session.id(),
+            );
+            let ctx = Context::new(self.clone(), session, entry.route.clone());
+            let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
+            let run = crate::telemetry::with_trace_id(trace, tokio::time::timeout(timeout, fut))
+                .instrument(span);
+            match run.await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_panic)) => {
+                    Err(Error::internal(format!("handler {} panicked", entry.route)))
+                }
+                Err(_) => Err(Error::new(
+                    crate::Code::Timeout,
+                    format!("{} did not answer in time", entry.route),
+                )),
+            }
+        };
+        entry.stats.record(
+            &entry.route,
+            started.elapsed().as_secs_f64(),
+            result.as_ref().err().map(|e| e.code()),
+        );
+        if let Err(e) = &result {
+            self.inner.errors.record(&entry.route, e, trace);
         }
-        let ctx = Context::new(self.clone(), session, entry.route.clone());
-        let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
-        match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_panic)) => Err(Error::internal(format!("handler {} panicked", entry.route))),
-            Err(_) => Err(Error::new(
-                crate::Code::Timeout,
-                format!("{} did not answer in time", entry.route),
-            )),
-        }
+        result
+    }
+
+    /// The most recent request errors on this node, newest last.
+    pub fn recent_errors(&self) -> Vec<crate::telemetry::RecentError> {
+        self.inner.errors.snapshot()
     }
 
     /// The node's configuration.

@@ -44,6 +44,7 @@ mod router;
 mod rpc;
 mod server;
 mod session;
+pub mod telemetry;
 
 pub use app::{App, Context, HandshakeValidator};
 pub use async_trait::async_trait;

@@ -75,8 +75,10 @@ impl<'a> ModuleInit<'a> {
     /// Registers a handler under `handler.method`; its route is `module.handler.method`.
     pub fn handler<A, H: Handler<A>>(&mut self, name: &str, handler: H) -> RouteBuilder<'_> {
         let lock = (self.dispatch == Dispatch::Serial).then(|| self.module_lock.clone());
+        let route = format!("{}.{}", self.module, name);
         self.routes.push(RouteEntry {
-            route: Arc::from(format!("{}.{}", self.module, name)),
+            stats: crate::telemetry::RouteStats::new(&route),
+            route: Arc::from(route),
             code: 0,
             module: self.index,
             dispatch: self.dispatch,

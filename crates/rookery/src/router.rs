@@ -75,6 +75,8 @@ pub struct RouteEntry {
     pub internal: bool,
     pub(crate) handler: BoxHandler,
     pub(crate) module_lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Counters and metric handles of this route.
+    pub stats: crate::telemetry::RouteStats,
 }
 
 /// The route table of a node.

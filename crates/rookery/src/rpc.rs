@@ -54,6 +54,30 @@ impl Target {
     }
 }
 
+impl Target {
+    /// A low-cardinality label for metrics: the type or module, or the node id.
+    pub fn label(&self) -> String {
+        match self {
+            Target::Type(t) | Target::Module(t) => t.clone(),
+            Target::Node(id) => id.clone(),
+            Target::Logical(a) => a.to_string(),
+        }
+    }
+}
+
+impl RpcError {
+    /// A short name of the failure kind (`timeout`, `no_node`, `remote`, `closed`, `transport`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RpcError::Timeout => "timeout",
+            RpcError::NoNode(_) => "no_node",
+            RpcError::Remote(_) => "remote",
+            RpcError::Closed(_) => "closed",
+            RpcError::Transport(_) => "transport",
+        }
+    }
+}
+
 impl From<&str> for Target {
     fn from(s: &str) -> Self {
         Self::parse(s)
@@ -285,6 +309,36 @@ impl<'a> Rpc<'a> {
         let deadline = Instant::now() + timeout;
         let ser = opts.serializer.unwrap_or(Serializer::Json);
         let session_id = opts.session.as_ref().map(Session::id);
+        let started = std::time::Instant::now();
+        let result = self
+            .call_picked(target, route, payload, opts, from_client, deadline, timeout, ser, session_id)
+            .await;
+        let label = target.label();
+        let outcome = match &result {
+            Ok(_) => "ok".to_string(),
+            Err(RpcError::Remote(e)) => e.code().to_string(),
+            Err(e) => e.kind().to_string(),
+        };
+        metrics::counter!(crate::telemetry::RPC_CALLS_TOTAL, "target" => label.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!(crate::telemetry::RPC_DURATION_SECONDS, "target" => label)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_picked(
+        &self,
+        target: &Target,
+        route: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+        from_client: bool,
+        deadline: Instant,
+        timeout: Duration,
+        ser: Serializer,
+        session_id: Option<u64>,
+    ) -> Result<Bytes, RpcError> {
         let node = self.pick(target, route, opts.key.as_deref(), session_id)?;
         if node.id == self.app.node_id() {
             let session = opts
@@ -506,6 +560,7 @@ impl<'a> Rpc<'a> {
             session,
             timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
             source: self.app.node_id().to_string(),
+            trace_id: current_trace(),
             ..Envelope::default()
         }
     }
@@ -548,6 +603,13 @@ impl<'a> Rpc<'a> {
     }
 }
 
+/// The current trace id in envelope form (empty when there is none).
+fn current_trace() -> String {
+    crate::telemetry::current_trace_id()
+        .map(crate::telemetry::format_trace_id)
+        .unwrap_or_default()
+}
+
 fn apply_session_data(session: &Session, data: &[u8]) {
     if let Ok(map) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(data) {
         session.replace_data(map);
@@ -574,6 +636,7 @@ impl RemoteSession {
             route: route.to_string(),
             payload: Bytes::from(body),
             source: self.source.to_string(),
+            trace_id: current_trace(),
             ..Envelope::default()
         };
         self.ops.try_send(env.to_bytes()).map_err(|_| {
@@ -626,7 +689,8 @@ impl App {
             .cloned()
             .ok_or_else(|| Error::not_found(route))?;
         let timeout = timeout.unwrap_or_else(|| self.config().gateway.request_timeout());
-        self.invoke(&entry, session, payload, timeout).await
+        let trace = crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
+        self.invoke(&entry, session, payload, timeout, trace).await
     }
 
     /// The link to a gateway for remote sessions (created on first use).
@@ -675,6 +739,13 @@ impl RpcServer {
         self.app.upgrade().map(App::from_inner)
     }
 
+    /// Runs an inbound envelope under the trace id it carries (a new one if none).
+    async fn run_traced(&self, env: Envelope) -> Result<(Bytes, Option<Bytes>), Error> {
+        let trace = crate::telemetry::parse_trace_id(&env.trace_id)
+            .unwrap_or_else(crate::telemetry::new_trace_id);
+        crate::telemetry::with_trace_id(trace, self.run(env)).await
+    }
+
     async fn run(&self, env: Envelope) -> Result<(Bytes, Option<Bytes>), Error> {
         let app = self
             .app()
@@ -716,7 +787,7 @@ impl RpcServer {
 impl FrameHandler for RpcServer {
     async fn request(&self, frame: Bytes) -> Bytes {
         let reply = match Envelope::from_bytes(frame) {
-            Ok(env) => match self.run(env).await {
+            Ok(env) => match self.run_traced(env).await {
                 Ok((payload, data)) => Envelope::reply(payload, data),
                 Err(e) => Envelope::error(&e),
             },
@@ -729,7 +800,7 @@ impl FrameHandler for RpcServer {
         match Envelope::from_bytes(frame) {
             Ok(env) => {
                 let route = env.route.clone();
-                if let Err(e) = self.run(env).await {
+                if let Err(e) = self.run_traced(env).await {
                     tracing::debug!(%route, error = %e, "inbound notify failed");
                 }
             }

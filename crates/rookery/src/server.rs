@@ -196,6 +196,7 @@ impl ServerBuilder {
             tasks: TaskTracker::new(),
             validator: self.validator,
             cluster,
+            errors: Default::default(),
         });
         join_cluster(&app).await?;
 

@@ -224,11 +224,13 @@ impl Session {
     /// disconnected as too slow).
     pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
         let body = payload.to_payload(self.serializer())?;
-        match &self.inner.link {
+        let r = match &self.inner.link {
             Link::Local(_) => self.send_packet(self.encode_push(route, body)?),
             Link::Remote(r) => r.push(self.id(), route, body),
             Link::Detached => Err(Error::new(Code::Unavailable, "no client session")),
-        }
+        };
+        count_pushes(if r.is_ok() { 1 } else { 0 }, if r.is_ok() { 0 } else { 1 });
+        r
     }
 
     pub(crate) fn encode_push(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
@@ -247,6 +249,7 @@ impl Session {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::warn!(session = self.id(), "outbound queue full; disconnecting");
+                metrics::counter!(crate::telemetry::SLOW_CLIENT_DISCONNECTS_TOTAL).increment(1);
                 self.close(REASON_SLOW_CLIENT);
                 Err(Error::new(Code::Unavailable, REASON_SLOW_CLIENT))
             }
@@ -608,5 +611,15 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
             delivered += n;
         }
     }
+    count_pushes(delivered as u64, (sessions.len() - delivered) as u64);
     delivered
+}
+
+fn count_pushes(sent: u64, dropped: u64) {
+    if sent > 0 {
+        metrics::counter!(crate::telemetry::PUSHES_SENT_TOTAL).increment(sent);
+    }
+    if dropped > 0 {
+        metrics::counter!(crate::telemetry::PUSHES_DROPPED_TOTAL).increment(dropped);
+    }
 }

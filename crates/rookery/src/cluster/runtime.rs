@@ -149,6 +149,22 @@ pub(crate) async fn watch_discovery(
         let Some(change) = c.registry.apply(ev) else {
             continue;
         };
+        let kind = match &change {
+            NodeEvent::Found(_) => "found",
+            NodeEvent::Updated(_) => "updated",
+            NodeEvent::Lost(_) => "lost",
+        };
+        metrics::counter!(crate::telemetry::DISCOVERY_EVENTS_TOTAL, "kind" => kind).increment(1);
+        let mut by_type: HashMap<String, f64> = HashMap::new();
+        for n in c.registry.all() {
+            *by_type.entry(n.node_type).or_default() += 1.0;
+        }
+        if let NodeEvent::Lost(n) = &change {
+            by_type.entry(n.node_type.clone()).or_default();
+        }
+        for (t, count) in by_type {
+            metrics::gauge!(crate::telemetry::NODES, "type" => t).set(count);
+        }
         match &change {
             NodeEvent::Lost(n) => {
                 tracing::info!(node = %n.id, node_type = %n.node_type, "node lost");

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use super::transport::{ConnError, PacketReader, PacketWriter, Transport};
 use crate::router::{Dispatch, RouteEntry};
 use crate::session::{Acceptor, NewSession};
-use crate::{App, Code, Error, Session};
+use crate::{telemetry, App, Code, Error, Session};
 
 /// How long the writer keeps trying to deliver what was queued before a close (e.g. a Kick).
 const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
@@ -88,11 +88,13 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         Ok(Ok(v)) => v,
         Ok(Err(reason)) => {
             tracing::debug!(%remote, %reason, "handshake failed");
+            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "refused").increment(1);
             kick_raw(writer.as_mut(), &reason).await;
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timeout");
+            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "timeout").increment(1);
             kick_raw(writer.as_mut(), "handshake timeout").await;
             return;
         }
@@ -107,6 +109,8 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         out: out_tx,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
+    let sessions_gauge = metrics::gauge!(telemetry::SESSIONS, "acceptor" => acceptor_label(acceptor));
+    sessions_gauge.increment(1.0);
     for m in app.modules() {
         m.session_opened(&app, &session).await;
     }
@@ -116,7 +120,10 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
 
     let end = read_loop(&app, &session, reader, job_tx).await;
     match &end {
-        End::Violation(reason) => session.kick(reason),
+        End::Violation(reason) => {
+            metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
+            session.kick(reason)
+        }
         End::Idle => session.kick(REASON_IDLE),
         End::ClientGone | End::Drain | End::Closed => {}
     }
@@ -135,6 +142,7 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     app.rpc().session_closed(&session).await;
     app.groups().remove_session(&session);
     app.sessions().remove(&session);
+    sessions_gauge.decrement(1.0);
     tracing::debug!(
         session = session.id(),
         reason = session.close_reason().unwrap_or(""),
@@ -225,6 +233,15 @@ async fn kick_raw(writer: &mut dyn PacketWriter, reason: &str) {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
     }
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
+}
+
+fn acceptor_label(a: Acceptor) -> &'static str {
+    match a {
+        Acceptor::Tcp => "tcp",
+        Acceptor::Ws => "ws",
+        Acceptor::Remote => "remote",
+        Acceptor::Internal => "internal",
+    }
 }
 
 fn heartbeat_packet() -> Bytes {
@@ -410,15 +427,17 @@ async fn work_loop(app: App, session: Session, mut jobs: mpsc::Receiver<Job>) {
 
 async fn run_job(app: &App, session: &Session, job: Job) {
     let timeout = app.config().gateway.request_timeout();
+    // Every client request starts a trace here.
+    let trace = telemetry::new_trace_id();
     let (route, result) = match &job.dest {
         Dest::Local(entry) => (
             entry.route.clone(),
-            app.invoke(entry, session.clone(), job.payload, timeout)
+            app.invoke(entry, session.clone(), job.payload, timeout, trace)
                 .await,
         ),
         Dest::Remote(route) => (
             route.clone(),
-            app.rpc().forward(route, job.payload, session).await,
+            telemetry::with_trace_id(trace, app.rpc().forward(route, job.payload, session)).await,
         ),
     };
     match job.kind {

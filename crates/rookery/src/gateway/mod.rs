@@ -49,6 +49,11 @@ pub(crate) async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
+        metrics::counter!(
+            crate::telemetry::CONNECTIONS_TOTAL,
+            "acceptor" => if acceptor == Acceptor::Ws { "ws" } else { "tcp" }
+        )
+        .increment(1);
         let app2 = app.clone();
         app.inner().tasks.spawn(async move {
             match acceptor {

@@ -1,0 +1,188 @@
+//! Metrics and trace ids.
+//!
+//! Metrics go through the `metrics` facade: they cost nothing until a recorder is installed
+//! (the `rookery` binary installs a Prometheus one). Names follow Prometheus conventions; the
+//! constants below are the public contract.
+//!
+//! A trace id is given to every client request at the gateway and travels with it: in the
+//! envelope of every RPC it causes (and of pushes and kicks sent back to the gateway), in a task
+//! local while handlers run, and in the `request` span that wraps each handler, so every log line
+//! a handler writes carries it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use metrics::{Counter, Histogram};
+
+/// Connections accepted, by acceptor (`tcp`, `ws`).
+pub const CONNECTIONS_TOTAL: &str = "rookery_connections_total";
+/// Sessions open now, by acceptor.
+pub const SESSIONS: &str = "rookery_sessions";
+/// Handshakes that failed, by reason (`timeout`, `refused`, `protocol`).
+pub const HANDSHAKES_FAILED_TOTAL: &str = "rookery_handshakes_failed_total";
+/// Requests handled, by route and outcome (`ok` or the error code).
+pub const REQUESTS_TOTAL: &str = "rookery_requests_total";
+/// Handler latency, by route.
+pub const HANDLER_DURATION_SECONDS: &str = "rookery_handler_duration_seconds";
+/// Pushes queued to clients.
+pub const PUSHES_SENT_TOTAL: &str = "rookery_pushes_sent_total";
+/// Pushes that could not be queued (session closed or too slow).
+pub const PUSHES_DROPPED_TOTAL: &str = "rookery_pushes_dropped_total";
+/// Clients disconnected because their outbound queue overflowed.
+pub const SLOW_CLIENT_DISCONNECTS_TOTAL: &str = "rookery_slow_client_disconnects_total";
+/// Protocol violations that closed a connection.
+pub const PROTOCOL_ERRORS_TOTAL: &str = "rookery_protocol_errors_total";
+/// RPC calls made, by target and outcome.
+pub const RPC_CALLS_TOTAL: &str = "rookery_rpc_calls_total";
+/// RPC latency, by target.
+pub const RPC_DURATION_SECONDS: &str = "rookery_rpc_duration_seconds";
+/// Discovery events, by kind (`found`, `updated`, `lost`).
+pub const DISCOVERY_EVENTS_TOTAL: &str = "rookery_discovery_events_total";
+/// Nodes known, by type.
+pub const NODES: &str = "rookery_nodes";
+
+/// Per-route figures: metric handles registered once, and counters the admin API reads.
+pub struct RouteStats {
+    ok: Counter,
+    duration: Histogram,
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl RouteStats {
+    pub(crate) fn new(route: &str) -> Self {
+        let route = route.to_string();
+        Self {
+            ok: metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "outcome" => "ok"),
+            duration: metrics::histogram!(HANDLER_DURATION_SECONDS, "route" => route),
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one handled request.
+    pub(crate) fn record(&self, route: &str, secs: f64, error: Option<&str>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.duration.record(secs);
+        match error {
+            None => self.ok.increment(1),
+            Some(code) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(REQUESTS_TOTAL, "route" => route.to_string(), "outcome" => code.to_string())
+                    .increment(1);
+            }
+        }
+    }
+
+    /// Requests handled so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests that ended in an error.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+/// One request that ended in an error, as the dashboard lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentError {
+    /// Unix time, milliseconds.
+    pub at_ms: u64,
+    /// Route.
+    pub route: String,
+    /// Error code.
+    pub code: String,
+    /// Error message.
+    pub msg: String,
+    /// Trace id of the request.
+    pub trace_id: String,
+}
+
+/// A bounded ring of the latest errors.
+#[derive(Default)]
+pub struct RecentErrors {
+    ring: std::sync::Mutex<std::collections::VecDeque<RecentError>>,
+}
+
+impl RecentErrors {
+    /// How many errors are kept.
+    pub const CAPACITY: usize = 50;
+
+    pub(crate) fn record(&self, route: &str, e: &crate::Error, trace: u64) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.len() == Self::CAPACITY {
+            ring.pop_front();
+        }
+        ring.push_back(RecentError {
+            at_ms,
+            route: route.to_string(),
+            code: e.code().to_string(),
+            msg: e.msg().to_string(),
+            trace_id: format_trace_id(trace),
+        });
+    }
+
+    /// The kept errors, oldest first.
+    pub fn snapshot(&self) -> Vec<RecentError> {
+        self.ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+tokio::task_local! {
+    static TRACE_ID: u64;
+}
+
+/// A fresh trace id.
+pub fn new_trace_id() -> u64 {
+    fastrand::u64(1..)
+}
+
+/// The trace id of the request being handled by this task, if any.
+pub fn current_trace_id() -> Option<u64> {
+    TRACE_ID.try_with(|t| *t).ok()
+}
+
+/// Runs `fut` with `id` as its trace id.
+pub(crate) async fn with_trace_id<F: std::future::Future>(id: u64, fut: F) -> F::Output {
+    TRACE_ID.scope(id, fut).await
+}
+
+/// Formats a trace id as 16 hex digits (the form in logs and envelopes).
+pub fn format_trace_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Parses a trace id from an envelope; None for empty or malformed ones.
+pub fn parse_trace_id(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok().filter(|v| *v != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_format_roundtrip() {
+        let id = new_trace_id();
+        assert_eq!(parse_trace_id(&format_trace_id(id)), Some(id));
+        assert_eq!(parse_trace_id(""), None);
+        assert_eq!(parse_trace_id("zz"), None);
+    }
+
+    #[tokio::test]
+    async fn trace_id_is_task_local() {
+        assert_eq!(current_trace_id(), None);
+        let seen = with_trace_id(42, async { current_trace_id() }).await;
+        assert_eq!(seen, Some(42));
+    }
+}

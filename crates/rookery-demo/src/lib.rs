@@ -7,6 +7,7 @@
 //! | `room.room.say` | `{"room","text"}` | `{}` | `onMessage {"room","from","text"}` to all |
 //! | `room.room.leave` | `{"room"}` | `{}` | `onLeave {"room","uid"}` to others |
 //! | `room.room.list` | `{}` | `{"rooms":[{"room","members"}]}` | |
+//! | `room.room.echo` | any JSON | the same JSON | (for load tests) |
 
 #![forbid(unsafe_code)]
 

@@ -311,7 +311,17 @@ impl<'a> Rpc<'a> {
         let session_id = opts.session.as_ref().map(Session::id);
         let started = std::time::Instant::now();
         let result = self
-            .call_picked(target, route, payload, opts, from_client, deadline, timeout, ser, session_id)
+            .call_picked(
+                target,
+                route,
+                payload,
+                opts,
+                from_client,
+                deadline,
+                timeout,
+                ser,
+                session_id,
+            )
             .await;
         let label = target.label();
         let outcome = match &result {
@@ -451,6 +461,21 @@ impl<'a> Rpc<'a> {
                 .await;
         }
         Ok(delivered)
+    }
+
+    /// Pushes to every session on every gateway; returns the local deliveries.
+    pub async fn broadcast_all(&self, route: &str, payload: impl ToPayload) -> usize {
+        let delivered = crate::session::fan_out(&self.app.sessions().all(), route, &payload);
+        let mut enc = EncodedOnce::new(&payload);
+        let msg = SysUidPush {
+            uids: Vec::new(),
+            route: route.to_string(),
+            json: enc.get(Serializer::Json).ok(),
+            proto: enc.get(Serializer::Protobuf).ok(),
+        };
+        self.notify_other_frontends("sys.broadcast", prost::Message::encode_to_vec(&msg))
+            .await;
+        delivered
     }
 
     /// Kicks a user wherever it is connected.
@@ -675,6 +700,34 @@ impl RemoteSession {
 }
 
 impl App {
+    /// Runs a client-visible route without a client session (the HTTP gateway's path): a local
+    /// handler, or a node running the route's module. Internal routes and unknown routes are
+    /// `RK-404`; routes that need a login are `RK-401`.
+    pub async fn request(
+        &self,
+        route: &str,
+        payload: Bytes,
+        serializer: Serializer,
+    ) -> Result<Bytes, Error> {
+        let session = Session::detached(serializer);
+        let trace = crate::telemetry::new_trace_id();
+        if let Some(entry) = self.router().get(route).cloned() {
+            if entry.internal {
+                return Err(Error::not_found(route));
+            }
+            let timeout = self.config().gateway.request_timeout();
+            return self.invoke(&entry, session, payload, timeout, trace).await;
+        }
+        let module = route.split('.').next().unwrap_or(route);
+        if route.split('.').count() != 3
+            || module == "sys"
+            || self.cluster().running(module).is_empty()
+        {
+            return Err(Error::not_found(route));
+        }
+        crate::telemetry::with_trace_id(trace, self.rpc().forward(route, payload, &session)).await
+    }
+
     /// Runs a route on this node: the handler of a local module (internal routes included).
     pub(crate) async fn dispatch(
         &self,
@@ -689,7 +742,8 @@ impl App {
             .cloned()
             .ok_or_else(|| Error::not_found(route))?;
         let timeout = timeout.unwrap_or_else(|| self.config().gateway.request_timeout());
-        let trace = crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
+        let trace =
+            crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
         self.invoke(&entry, session, payload, timeout, trace).await
     }
 
@@ -888,6 +942,19 @@ impl App {
                     let Some(s) = sessions.by_uid(uid) else {
                         continue;
                     };
+                    let body = match s.serializer() {
+                        Serializer::Json => m.json.clone(),
+                        Serializer::Protobuf => m.proto.clone(),
+                    };
+                    if let Some(body) = body {
+                        if let Ok(p) = s.encode_push(&m.route, body) {
+                            let _ = s.send_packet(p);
+                        }
+                    }
+                }
+            }),
+            "sys.broadcast" => decode::<SysUidPush>(&env.payload).map(|m| {
+                for s in sessions.all() {
                     let body = match s.serializer() {
                         Serializer::Json => m.json.clone(),
                         Serializer::Protobuf => m.proto.clone(),

@@ -88,13 +88,15 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         Ok(Ok(v)) => v,
         Ok(Err(reason)) => {
             tracing::debug!(%remote, %reason, "handshake failed");
-            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "refused").increment(1);
+            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "refused")
+                .increment(1);
             kick_raw(writer.as_mut(), &reason).await;
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timeout");
-            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "timeout").increment(1);
+            metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "timeout")
+                .increment(1);
             kick_raw(writer.as_mut(), "handshake timeout").await;
             return;
         }
@@ -109,7 +111,8 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         out: out_tx,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
-    let sessions_gauge = metrics::gauge!(telemetry::SESSIONS, "acceptor" => acceptor_label(acceptor));
+    let sessions_gauge =
+        metrics::gauge!(telemetry::SESSIONS, "acceptor" => acceptor_label(acceptor));
     sessions_gauge.increment(1.0);
     for m in app.modules() {
         m.session_opened(&app, &session).await;

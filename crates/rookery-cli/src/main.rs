@@ -32,7 +32,9 @@ fn init_logs(default: &str) {
         .init();
 }
 
-async fn bench(args: rookery_bench::BenchArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn bench(
+    args: rookery_bench::BenchArgs,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let json = args.json;
     let report = rookery_bench::run(args).await?;
     if json {

@@ -43,6 +43,10 @@ pub struct Config {
     pub modules: BTreeMap<String, toml::Value>,
     /// How this node joins a cluster.
     pub cluster: ClusterConfig,
+    /// The operations endpoint: metrics, admin API, dashboard.
+    pub admin: AdminConfig,
+    /// The HTTP gateway: `POST /{module}/{handler}/{method}` runs a route without a session.
+    pub http: HttpConfig,
     /// Per-process overrides (mqant `ProcessID`): `[processes.NAME]` holds any of the sections
     /// above plus `modules = [...]`; applied by [`Config::load_process`].
     pub processes: BTreeMap<String, toml::Value>,
@@ -259,6 +263,45 @@ impl Default for RateLimitConfig {
             burst: 2000,
             max_violations: 100,
         }
+    }
+}
+
+/// The admin address (Prometheus `/metrics`, JSON `/api/*`, the dashboard at `/`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address to listen on; no admin server when absent.
+    pub addr: Option<String>,
+    /// Bearer token that unlocks the POST endpoints (kick, broadcast); read-only without it.
+    pub token: Option<String>,
+}
+
+/// The HTTP gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; no HTTP gateway when absent.
+    pub addr: Option<String>,
+    /// Largest request body accepted, in bytes (larger ones are answered 413).
+    pub max_body: usize,
+    /// Seconds a request may take before it is answered 408.
+    pub timeout: f64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            max_body: 64 * 1024,
+            timeout: 5.0,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Request deadline.
+    pub fn timeout(&self) -> Duration {
+        secs(self.timeout)
     }
 }
 
@@ -499,5 +542,30 @@ mod tests {
         let d = Config::from_toml_with_env("", env(&[])).unwrap();
         assert_eq!(d.gateway.max_packet_size, 64 * 1024);
         assert_eq!(d.gateway.heartbeat, 30);
+    }
+
+    #[test]
+    fn admin_and_http_sections() {
+        let d = Config::from_toml_with_env("", env(&[])).unwrap();
+        assert_eq!(d.admin, AdminConfig::default());
+        assert_eq!(d.http.max_body, 64 * 1024);
+        assert_eq!(d.http.timeout(), Duration::from_secs(5));
+        let toml = r#"
+            [admin]
+            addr = "127.0.0.1:3252"
+            [http]
+            addr = "127.0.0.1:3253"
+            max_body = 1024
+            timeout = 0.5
+        "#;
+        let cfg =
+            Config::from_toml_with_env(toml, env(&[("ROOKERY_ADMIN__TOKEN", "s3cret")])).unwrap();
+        assert_eq!(cfg.admin.addr.as_deref(), Some("127.0.0.1:3252"));
+        assert_eq!(cfg.admin.token.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.http.addr.as_deref(), Some("127.0.0.1:3253"));
+        assert_eq!(cfg.http.max_body, 1024);
+        assert_eq!(cfg.http.timeout(), Duration::from_millis(500));
+        assert!(Config::from_toml_with_env("[admin]\nnope = 1", env(&[])).is_err());
+        assert!(Config::from_toml_with_env("[http]\nnope = 1", env(&[])).is_err());
     }
 }

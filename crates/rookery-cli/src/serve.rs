@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use rookery::{Config, Server};
+use rookery::{CancellationToken, Config, Server};
+use tokio::net::TcpListener;
 
 /// Arguments of `rookery serve`.
 #[derive(Debug, clap::Args)]
@@ -16,6 +17,13 @@ pub struct ServeArgs {
     /// WebSocket acceptor address [default: 127.0.0.1:3251].
     #[arg(long, value_name = "ADDR")]
     pub ws: Option<String>,
+    /// Admin address: Prometheus /metrics, JSON /api/*, the dashboard at /
+    /// [default: 127.0.0.1:3252].
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// HTTP gateway address: POST /{module}/{handler}/{method} [default: 127.0.0.1:3253].
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
     /// Heartbeat interval in seconds [default: 30].
     #[arg(long, value_name = "SECONDS")]
     pub heartbeat: Option<u64>,
@@ -29,6 +37,10 @@ pub struct ServeArgs {
 pub const DEFAULT_TCP: &str = "127.0.0.1:3250";
 /// Default WebSocket address of the demo.
 pub const DEFAULT_WS: &str = "127.0.0.1:3251";
+/// Default admin address of the demo.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:3252";
+/// Default HTTP gateway address of the demo.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:3253";
 
 /// Builds the effective configuration: file (and process section), then environment, then
 /// flags. Without a config file the demo's default acceptors apply; with one, the file decides.
@@ -51,6 +63,18 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
     if demo_defaults && gw.ws.is_none() {
         gw.ws = Some(DEFAULT_WS.into());
     }
+    if let Some(a) = &args.admin {
+        cfg.admin.addr = Some(a.clone());
+    }
+    if let Some(a) = &args.http {
+        cfg.http.addr = Some(a.clone());
+    }
+    if demo_defaults && cfg.admin.addr.is_none() {
+        cfg.admin.addr = Some(DEFAULT_ADMIN.into());
+    }
+    if demo_defaults && cfg.http.addr.is_none() {
+        cfg.http.addr = Some(DEFAULT_HTTP.into());
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -58,12 +82,38 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
 /// Runs the demo until SIGINT/SIGTERM, then shuts down gracefully.
 pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let cfg = config(&args)?;
+    // Bound before the node starts, so a taken port fails fast; the recorder is installed
+    // before the routes are built so their metric handles record into it.
+    let admin = bind(cfg.admin.addr.as_deref(), "admin").await?;
+    let http = bind(cfg.http.addr.as_deref(), "HTTP gateway").await?;
+    let metrics = admin.is_some().then(rookery_ops::install_metrics);
     let server = rookery_demo::modules(Server::builder(cfg)).start().await?;
     if let Some(a) = server.tcp_addr() {
         println!("rookery: TCP on {a}");
     }
     if let Some(a) = server.ws_addr() {
         println!("rookery: WebSocket on ws://{a}/");
+    }
+    let ops_stop = CancellationToken::new();
+    let mut ops = Vec::new();
+    if let Some(l) = admin {
+        println!("rookery: admin on http://{}/", l.local_addr()?);
+        let app = server.app().clone();
+        ops.push(tokio::spawn(rookery_ops::serve_admin(
+            app,
+            l,
+            metrics,
+            ops_stop.clone(),
+        )));
+    }
+    if let Some(l) = http {
+        println!("rookery: HTTP gateway on http://{}/", l.local_addr()?);
+        let app = server.app().clone();
+        ops.push(tokio::spawn(rookery_ops::serve_http_gateway(
+            app,
+            l,
+            ops_stop.clone(),
+        )));
     }
     let node = server.app().node();
     println!(
@@ -72,7 +122,25 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
         node.node_type,
         node.modules.join(", ")
     );
-    let report = server.run_until(rookery::shutdown_signal()).await;
+    let signal = {
+        let stop = ops_stop.clone();
+        async move {
+            rookery::shutdown_signal().await;
+            // The admin server and HTTP gateway stop accepting with the node; their in-flight
+            // requests finish while it drains.
+            stop.cancel();
+        }
+    };
+    let report = server.run_until(signal).await;
+    ops_stop.cancel();
+    for task in ops {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "ops server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "ops server task failed"),
+            Err(_) => tracing::warn!("ops server did not stop in 5 s"),
+        }
+    }
     println!(
         "rookery: stopped ({} sessions drained{})",
         report.sessions,
@@ -83,4 +151,18 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
         }
     );
     Ok(())
+}
+
+/// Binds an ops listener when an address is configured.
+async fn bind(
+    addr: Option<&str>,
+    what: &str,
+) -> Result<Option<TcpListener>, Box<dyn std::error::Error + Send + Sync>> {
+    match addr {
+        None => Ok(None),
+        Some(a) => TcpListener::bind(a)
+            .await
+            .map(Some)
+            .map_err(|e| format!("cannot listen for the {what} on {a}: {e}").into()),
+    }
 }

@@ -258,9 +258,18 @@ async fn stats(State(s): St) -> Response {
     .into_response()
 }
 
+/// Why a POST was refused: a status and a message, sent as `{"code":"RK-<status>","msg"}`.
+struct Refused(StatusCode, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        http_error(self.0, self.1)
+    }
+}
+
 /// Checks `Authorization: Bearer <admin.token>`: 403 when no token is configured, 401 when the
 /// header is missing or wrong.
-fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Refused> {
     let Some(token) = app
         .config()
         .admin
@@ -268,9 +277,9 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Response> {
         .as_deref()
         .filter(|t| !t.is_empty())
     else {
-        return Err(http_error(
+        return Err(Refused(
             StatusCode::FORBIDDEN,
-            "read-only: set admin.token",
+            "read-only: set admin.token".into(),
         ));
     };
     let given = headers
@@ -281,9 +290,9 @@ fn authorize(app: &App, headers: &HeaderMap) -> Result<(), Response> {
     if constant_time_eq(given.trim().as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
-        Err(http_error(
+        Err(Refused(
             StatusCode::UNAUTHORIZED,
-            "missing or wrong admin token",
+            "missing or wrong admin token".into(),
         ))
     }
 }
@@ -301,12 +310,11 @@ fn authorized_body<T: serde::de::DeserializeOwned>(
     app: &App,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, Response> {
+) -> Result<T, Refused> {
     authorize(app, headers)?;
-    let body = body.map_err(|e| http_error(e.status(), e.body_text()))?;
-    serde_json::from_slice(&body).map_err(|e| {
-        crate::error::error_response(&rookery::Error::bad_request(format!("bad JSON body: {e}")))
-    })
+    let body = body.map_err(|e| Refused(e.status(), e.body_text()))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| Refused(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -319,7 +327,7 @@ struct KickReq {
 async fn kick(State(s): St, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let req: KickReq = match authorized_body(&s.app, &headers, body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     let reason = req.reason.unwrap_or_else(|| "kicked by admin".into());
     let here = s.app.sessions().by_uid(&req.uid).is_some();
@@ -344,7 +352,7 @@ async fn broadcast(
 ) -> Response {
     let req: BroadcastReq = match authorized_body(&s.app, &headers, body) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(refused) => return refused.into_response(),
     };
     if req.route.trim().is_empty() {
         return crate::error::error_response(&rookery::Error::bad_request("route is empty"));

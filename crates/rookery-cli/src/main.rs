@@ -25,11 +25,16 @@ enum Cmd {
 }
 
 fn init_logs(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[cfg(feature = "otel")]
+    let logs = logs.with(serve::otel::layer());
+    logs.init();
 }
 
 async fn bench(

@@ -141,6 +141,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
             Err(_) => tracing::warn!("ops server did not stop in 5 s"),
         }
     }
+    #[cfg(feature = "otel")]
+    let _ = tokio::task::spawn_blocking(otel::shutdown).await;
     println!(
         "rookery: stopped ({} sessions drained{})",
         report.sessions,
@@ -164,5 +166,71 @@ async fn bind(
             .await
             .map(Some)
             .map_err(|e| format!("cannot listen for the {what} on {a}: {e}").into()),
+    }
+}
+
+/// OpenTelemetry export of tracing spans (feature `otel`).
+#[cfg(feature = "otel")]
+pub mod otel {
+    use std::sync::OnceLock;
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+    use tracing_subscriber::registry::LookupSpan;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    fn set(var: &str) -> bool {
+        std::env::var(var).is_ok_and(|v| !v.is_empty())
+    }
+
+    /// A layer exporting spans over OTLP/HTTP (protobuf) in batches, when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `None`
+    /// otherwise. The service name is `OTEL_SERVICE_NAME`, else `rookery`.
+    pub fn layer<S>() -> Option<tracing_opentelemetry::OpenTelemetryLayer<S, Tracer>>
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    {
+        if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            return None;
+        }
+        // The blocking HTTP client runs its own runtime: build it off the async runtime.
+        let built = std::thread::spawn(|| {
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .build()
+        })
+        .join();
+        let exporter = match built {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                eprintln!("rookery: OpenTelemetry export disabled: {e}");
+                return None;
+            }
+            Err(_) => {
+                eprintln!("rookery: OpenTelemetry export disabled: exporter setup panicked");
+                return None;
+            }
+        };
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !set("OTEL_SERVICE_NAME") {
+            resource = resource.with_service_name("rookery");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("rookery");
+        let _ = PROVIDER.set(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    /// Flushes and stops the exporter (blocking).
+    pub fn shutdown() {
+        if let Some(p) = PROVIDER.get() {
+            if let Err(e) = p.shutdown() {
+                eprintln!("rookery: OpenTelemetry shutdown: {e}");
+            }
+        }
     }
 }

@@ -84,8 +84,20 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
     let cfg = config(&args)?;
     // Bound before the node starts, so a taken port fails fast; the recorder is installed
     // before the routes are built so their metric handles record into it.
-    let admin = bind(cfg.admin.addr.as_deref(), "admin").await?;
-    let http = bind(cfg.http.addr.as_deref(), "HTTP gateway").await?;
+    // An address the user asked for must be free; the demo's default ones are skipped (with a
+    // note) when taken, e.g. by another demo running.
+    let admin = bind(
+        cfg.admin.addr.as_deref(),
+        "admin",
+        explicit(&args, &args.admin),
+    )
+    .await?;
+    let http = bind(
+        cfg.http.addr.as_deref(),
+        "HTTP gateway",
+        explicit(&args, &args.http),
+    )
+    .await?;
     let metrics = admin.is_some().then(rookery_ops::install_metrics);
     let server = rookery_demo::modules(Server::builder(cfg)).start().await?;
     if let Some(a) = server.tcp_addr() {
@@ -155,17 +167,28 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send
     Ok(())
 }
 
-/// Binds an ops listener when an address is configured.
+/// True if an ops address comes from a flag or the config file rather than the demo defaults.
+fn explicit(args: &ServeArgs, flag: &Option<String>) -> bool {
+    flag.is_some() || args.config.is_some()
+}
+
+/// Binds an ops listener when an address is configured. Failing to bind is an error when the
+/// address was asked for (`required`), a note on stderr otherwise.
 async fn bind(
     addr: Option<&str>,
     what: &str,
+    required: bool,
 ) -> Result<Option<TcpListener>, Box<dyn std::error::Error + Send + Sync>> {
-    match addr {
-        None => Ok(None),
-        Some(a) => TcpListener::bind(a)
-            .await
-            .map(Some)
-            .map_err(|e| format!("cannot listen for the {what} on {a}: {e}").into()),
+    let Some(a) = addr else {
+        return Ok(None);
+    };
+    match TcpListener::bind(a).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) if required => Err(format!("cannot listen for the {what} on {a}: {e}").into()),
+        Err(e) => {
+            eprintln!("rookery: {what} not started: cannot listen on {a}: {e}");
+            Ok(None)
+        }
     }
 }
 

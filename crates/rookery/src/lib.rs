@@ -39,6 +39,7 @@ mod error;
 mod gateway;
 mod group;
 mod module;
+mod outbound;
 mod payload;
 mod router;
 mod rpc;

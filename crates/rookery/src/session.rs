@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
+use crate::outbound::PushError;
 use bytes::Bytes;
 use rookery_protocol::handshake::HandshakeSys;
 use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName, Serializer};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Code, Error, ToPayload};
@@ -46,7 +46,7 @@ pub enum Acceptor {
 /// Where a session's pushes and kicks go.
 enum Link {
     /// A connection on this node: packets go to its writer queue.
-    Local(mpsc::Sender<Bytes>),
+    Local(crate::outbound::Outbound),
     /// A connection on another node's gateway: operations go there in order.
     Remote(crate::rpc::RemoteSession),
     /// No connection at all.
@@ -245,17 +245,15 @@ impl Session {
         let Link::Local(out) = &self.inner.link else {
             return Err(Error::new(Code::Unavailable, "not a local session"));
         };
-        match out.try_send(packet) {
+        match out.push(packet) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 tracing::warn!(session = self.id(), "outbound queue full; disconnecting");
                 metrics::counter!(crate::telemetry::SLOW_CLIENT_DISCONNECTS_TOTAL).increment(1);
                 self.close(REASON_SLOW_CLIENT);
                 Err(Error::new(Code::Unavailable, REASON_SLOW_CLIENT))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(Error::new(Code::Unavailable, "session closed"))
-            }
+            Err(PushError::Closed) => Err(Error::new(Code::Unavailable, "session closed")),
         }
     }
 
@@ -267,7 +265,7 @@ impl Session {
                     let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))
                         .unwrap_or_default();
                     if let Ok(p) = Packet::new(PacketType::Kick, body).to_bytes() {
-                        let _ = out.try_send(p);
+                        let _ = out.push(p);
                     }
                 }
                 Link::Remote(r) => {
@@ -300,6 +298,14 @@ impl Session {
         self.inner.closing.cancelled().await
     }
 
+    /// The outbound queue of a local session (its writer drains it).
+    pub(crate) fn outbound(&self) -> Option<&crate::outbound::Outbound> {
+        match &self.inner.link {
+            Link::Local(q) => Some(q),
+            _ => None,
+        }
+    }
+
     pub(crate) fn closing_token(&self) -> CancellationToken {
         self.inner.closing.clone()
     }
@@ -328,7 +334,8 @@ pub(crate) struct NewSession {
     pub acceptor: Acceptor,
     pub serializer: Serializer,
     pub client: HandshakeSys,
-    pub out: mpsc::Sender<Bytes>,
+    /// Capacity of the outbound queue.
+    pub outbound: usize,
 }
 
 impl Session {
@@ -443,7 +450,7 @@ impl SessionPool {
             new.acceptor,
             new.serializer,
             new.client,
-            Link::Local(new.out),
+            Link::Local(crate::outbound::Outbound::new(new.outbound)),
             self.inner.dict.get().cloned().unwrap_or_default(),
         );
         self.write().by_id.insert(id, session.clone());

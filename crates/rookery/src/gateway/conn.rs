@@ -25,7 +25,6 @@ use rookery_protocol::{
 };
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::transport::{ConnError, PacketReader, PacketWriter, Transport};
@@ -81,7 +80,8 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     } = transport;
     let cfg = &app.config().gateway;
     let hs = tokio::select! {
-        r = timeout(cfg.handshake_timeout(), handshake(&app, &mut reader, writer.as_mut())) => r,
+        // Boxed so that the handshake's state is not kept for the connection's whole life.
+        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &mut reader, writer.as_mut()))) => r,
         _ = app.inner().draining.cancelled() => Ok(Err("server shutting down".into())),
     };
     let (serializer, client) = match hs {
@@ -102,13 +102,12 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         }
     };
 
-    let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue);
     let session = app.sessions().create(NewSession {
         remote,
         acceptor,
         serializer,
         client,
-        out: out_tx,
+        outbound: cfg.outbound_queue,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
     let sessions_gauge =
@@ -117,11 +116,13 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     for m in app.modules() {
         m.session_opened(&app, &session).await;
     }
-    let writer_task = tokio::spawn(write_loop(writer, out_rx, session.closing_token()));
-    let (job_tx, job_rx) = mpsc::channel(cfg.inbound_queue);
-    let worker = tokio::spawn(work_loop(app.clone(), session.clone(), job_rx));
+    // Pomelo clients start their heartbeats when the server's first one arrives.
+    let _ = session.send_packet(heartbeat_packet());
+    let writer_task = tokio::spawn(write_loop(writer, session.clone()));
+    // The worker (and its queue) is started by the first request: idle connections stay small.
+    let mut worker: Option<Worker> = None;
 
-    let end = read_loop(&app, &session, reader, job_tx).await;
+    let end = read_loop(&app, &session, reader, &mut worker).await;
     match &end {
         End::Violation(reason) => {
             metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
@@ -131,7 +132,10 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         End::ClientGone | End::Drain | End::Closed => {}
     }
     // Requests already accepted finish (a closed session's queued requests are skipped).
-    let _ = worker.await;
+    if let Some(w) = worker {
+        drop(w.jobs);
+        let _ = w.handle.await;
+    }
     match end {
         End::Drain => session.kick(REASON_SHUTDOWN),
         End::ClientGone => session.close("client closed"),
@@ -260,11 +264,17 @@ fn rate_limiter(app: &App) -> Option<DefaultDirectRateLimiter> {
     ))
 }
 
+/// A session's worker task and the queue feeding it.
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
 async fn read_loop(
     app: &App,
     session: &Session,
     mut reader: PacketReader,
-    jobs: mpsc::Sender<Job>,
+    worker: &mut Option<Worker>,
 ) -> End {
     let idle = app.config().gateway.heartbeat_interval() * 2;
     let limiter = rate_limiter(app);
@@ -353,6 +363,15 @@ async fn read_loop(
                     id: msg.id,
                     payload: msg.payload,
                 };
+                let jobs = &worker
+                    .get_or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(app.config().gateway.inbound_queue);
+                        Worker {
+                            jobs: tx,
+                            handle: tokio::spawn(work_loop(app.clone(), session.clone(), rx)),
+                        }
+                    })
+                    .jobs;
                 // Waits when the session's queue is full: reading pauses (backpressure).
                 tokio::select! {
                     r = jobs.send(job) => if r.is_err() { return End::Closed },
@@ -464,16 +483,17 @@ async fn run_job(app: &App, session: &Session, job: Job) {
     }
 }
 
-async fn write_loop(
-    mut writer: Box<dyn PacketWriter>,
-    mut rx: mpsc::Receiver<Bytes>,
-    closing: CancellationToken,
-) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
+async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
+    let closing = session.closing_token();
+    let Some(queue) = session.outbound() else {
+        return;
+    };
+    // Grows on demand, so idle connections hold no batch buffer.
+    let mut batch = Vec::new();
     loop {
         let n = tokio::select! {
             biased;
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => n,
+            n = queue.pop_batch(&mut batch, WRITE_BATCH) => n,
             _ = closing.cancelled() => break,
         };
         if n == 0 {
@@ -492,17 +512,15 @@ async fn write_loop(
         batch.clear();
         if !ok {
             closing.cancel();
+            queue.close();
             writer_shutdown(writer.as_mut()).await;
             return;
         }
     }
     // Deliver what was queued before the close (typically a Kick), within a deadline.
-    rx.close();
-    while let Ok(p) = rx.try_recv() {
-        batch.push(p);
-    }
-    if !batch.is_empty() {
-        let _ = timeout(FLUSH_DEADLINE, writer.write(&batch)).await;
+    let rest = queue.close();
+    if !rest.is_empty() {
+        let _ = timeout(FLUSH_DEADLINE, writer.write(&rest)).await;
     }
     writer_shutdown(writer.as_mut()).await;
 }

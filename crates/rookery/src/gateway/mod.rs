@@ -84,11 +84,13 @@ async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr) {
             Err(err)
         }
     };
-    let upgrade = tokio_tungstenite::accept_hdr_async_with_config(
+    // Boxed: the upgrade's state lives on the heap only while it runs, not for the connection's
+    // whole life inside the connection task.
+    let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         check_path,
         Some(transport::ws_config(cfg.max_packet_size)),
-    );
+    ));
     let ws = match timeout(cfg.handshake_timeout(), upgrade).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {

@@ -82,7 +82,8 @@ impl PacketWriter for TcpWriter {
 /// A TCP transport with the given packet-size limit.
 pub(crate) fn tcp(stream: TcpStream, max_packet: usize) -> Transport {
     let (read, write) = stream.into_split();
-    let reader = FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), 4096);
+    // A small initial buffer keeps idle connections cheap; it grows for larger packets.
+    let reader = FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), 1024);
     Transport {
         reader: Box::pin(reader),
         writer: Box::new(TcpWriter {
@@ -96,6 +97,8 @@ pub(crate) fn tcp(stream: TcpStream, max_packet: usize) -> Transport {
 pub(crate) fn ws_config(max_packet: usize) -> WebSocketConfig {
     let max_message = max_packet + rookery_protocol::HEADER_LEN;
     WebSocketConfig::default()
+        // Small read buffer: it grows for larger frames; idle connections stay cheap.
+        .read_buffer_size(1024)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
         .write_buffer_size(0)

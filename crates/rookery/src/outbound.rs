@@ -1,0 +1,132 @@
+//! A session's bounded outbound packet queue: many producers (handlers, pushes, other nodes),
+//! one consumer (the connection's writer). Pushing never waits: a full queue is reported so that
+//! the session can be closed as too slow. It allocates nothing while empty, which keeps idle
+//! connections small.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Why a packet was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushError {
+    /// The queue holds its capacity already.
+    Full,
+    /// The writer is gone.
+    Closed,
+}
+
+pub(crate) struct Outbound {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+}
+
+struct State {
+    queue: VecDeque<Bytes>,
+    closed: bool,
+}
+
+impl Outbound {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a packet without waiting.
+    pub(crate) fn push(&self, packet: Bytes) -> Result<(), PushError> {
+        {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(PushError::Closed);
+            }
+            if st.queue.len() >= self.capacity {
+                return Err(PushError::Full);
+            }
+            st.queue.push_back(packet);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Moves up to `max` queued packets into `out`; waits while the queue is empty. Returns 0
+    /// once the queue is closed and empty.
+    pub(crate) async fn pop_batch(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        loop {
+            {
+                let mut st = self.lock();
+                if !st.queue.is_empty() {
+                    let n = st.queue.len().min(max);
+                    out.extend(st.queue.drain(..n));
+                    if st.queue.is_empty() && st.queue.capacity() > 64 {
+                        st.queue.shrink_to(16);
+                    }
+                    return n;
+                }
+                if st.closed {
+                    return 0;
+                }
+            }
+            // A push between the check and this wait leaves a permit: nothing is missed.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Refuses further packets; returns what is still queued.
+    pub(crate) fn close(&self) -> Vec<Bytes> {
+        let mut st = self.lock();
+        st.closed = true;
+        let rest = st.queue.drain(..).collect();
+        drop(st);
+        self.ready.notify_one();
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_batches_and_close() {
+        let q = Outbound::new(3);
+        for i in 0..3u8 {
+            q.push(Bytes::from(vec![i])).unwrap();
+        }
+        assert_eq!(q.push(Bytes::new()), Err(PushError::Full));
+        let mut out = Vec::new();
+        assert_eq!(q.pop_batch(&mut out, 2).await, 2);
+        assert_eq!(q.pop_batch(&mut out, 10).await, 1);
+        assert_eq!(out.len(), 3);
+        q.push(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(q.close(), vec![Bytes::from_static(b"x")]);
+        assert_eq!(q.push(Bytes::new()), Err(PushError::Closed));
+        assert_eq!(q.pop_batch(&mut out, 10).await, 0);
+    }
+
+    #[tokio::test]
+    async fn wakes_the_waiting_consumer() {
+        let q = std::sync::Arc::new(Outbound::new(8));
+        let q2 = q.clone();
+        let consumer = tokio::spawn(async move {
+            let mut out = Vec::new();
+            q2.pop_batch(&mut out, 8).await;
+            out
+        });
+        tokio::task::yield_now().await;
+        q.push(Bytes::from_static(b"hi")).unwrap();
+        assert_eq!(consumer.await.unwrap(), vec![Bytes::from_static(b"hi")]);
+    }
+}

@@ -1146,10 +1146,13 @@ async fn fanout(a: FanoutArgs) -> Result<FanoutReport, BoxError> {
         .unwrap_or_else(|p| p.into_inner())
         .reset();
     let w0 = Instant::now();
+    // Markers for the suite, which samples the server's CPU time over the window.
+    eprintln!("rpcbench: window start");
     tokio::time::sleep(duration).await;
     let d1 = shared.deliveries.load(Ordering::Relaxed);
     let m1 = shared.answered.load(Ordering::Relaxed);
     let elapsed = w0.elapsed().as_secs_f64();
+    eprintln!("rpcbench: window end");
     shared.sending.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     for h in handles {

@@ -6,14 +6,28 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rookery");
 
-/// Starts `rookery serve` on free ports; returns the child and its TCP and WS addresses.
-fn serve() -> (Child, String, String) {
+/// Addresses a `rookery serve` printed.
+struct Served {
+    child: Child,
+    tcp: String,
+    ws: String,
+    admin: String,
+    http: String,
+}
+
+/// Starts `rookery serve` with every listener on a port the OS picks, and reads the addresses
+/// it prints.
+fn serve() -> Served {
     let mut child = Command::new(BIN)
         .args([
             "serve",
             "--tcp",
             "127.0.0.1:0",
             "--ws",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--http",
             "127.0.0.1:0",
             "--heartbeat",
             "5",
@@ -24,19 +38,51 @@ fn serve() -> (Child, String, String) {
         .spawn()
         .expect("rookery serve starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let tcp = lines.next().unwrap().unwrap();
-    let ws = lines.next().unwrap().unwrap();
-    let tcp = tcp
-        .strip_prefix("rookery: TCP on ")
-        .expect(&tcp)
-        .to_string();
-    let ws = ws
-        .strip_prefix("rookery: WebSocket on ")
-        .expect(&ws)
-        .to_string();
+    let (mut tcp, mut ws, mut admin, mut http) = Default::default();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("rookery: TCP on ") {
+            tcp = a.to_string();
+        } else if let Some(a) = line.strip_prefix("rookery: WebSocket on ") {
+            ws = a.to_string();
+        } else if let Some(a) = line.strip_prefix("rookery: admin on http://") {
+            admin = a.trim_end_matches('/').to_string();
+        } else if let Some(a) = line.strip_prefix("rookery: HTTP gateway on http://") {
+            http = a.trim_end_matches('/').to_string();
+        } else if line.starts_with("rookery: node ") {
+            break;
+        }
+    }
     // Keep draining stdout so the server never blocks on it.
     std::thread::spawn(move || for _ in lines {});
-    (child, tcp, ws)
+    Served {
+        child,
+        tcp,
+        ws,
+        admin,
+        http,
+    }
+}
+
+/// One HTTP/1.1 request over a plain socket; returns the status and the body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
 
 fn client(addr: &str, script: &str) -> (String, bool) {
@@ -80,7 +126,13 @@ fn wait_exit(mut child: Child, deadline: Duration) -> Option<std::process::ExitS
 
 #[test]
 fn serve_client_pipe_and_sigterm() {
-    let (server, tcp, ws) = serve();
+    let Served {
+        child: server,
+        tcp,
+        ws,
+        admin,
+        http: gateway,
+    } = serve();
     let (out, ok) = client(
         &tcp,
         "request connector.entry.login {\"uid\":\"alice\"}\n\
@@ -107,6 +159,19 @@ fn serve_client_pipe_and_sigterm() {
     let (out, ok) = client(&ws, "request room.room.list {}\n");
     assert!(ok, "{out}");
     assert!(out.contains(r#"< room.room.list {"rooms":[]}"#), "{out}");
+
+    // The HTTP gateway and the admin address of the same process.
+    let (status, body) = http(&gateway, "POST", "/room/room/list", "{}");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""rooms""#), "{body}");
+    let (status, body) = http(&gateway, "POST", "/room/room/join", r#"{"room":"x"}"#);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http(&admin, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    assert!(body.contains("rookery_requests_total"), "{body}");
+    let (status, body) = http(&admin, "GET", "/api/node", "");
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""frontend":true"#), "{body}");
 
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])

@@ -91,6 +91,13 @@ impl Module for Game {
             Ok(Json(json!({ "echo": v, "node": c.app().node_id() })))
         })
         .internal();
+        init.handler("trace.id", |_c: Context, _: ()| async move {
+            let id =
+                rookery::telemetry::current_trace_id().map(rookery::telemetry::format_trace_id);
+            tracing::info!("backend handler ran");
+            Ok(Json(json!({ "trace": id })))
+        })
+        .internal();
         init.handler("rpc.fail", |_c: Context, _: ()| async move {
             Err::<(), _>(Error::custom("GAME-7", "refused"))
         })
@@ -146,6 +153,13 @@ impl Module for Front {
     fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
         init.handler("ping.ping", |_c: Context, _: ()| async move {
             Ok(Json(json!({"pong": true})))
+        });
+        // Returns its own trace id and the one the backend saw for the RPC it makes.
+        init.handler("trace.chain", |c: Context, _: ()| async move {
+            let mine =
+                rookery::telemetry::current_trace_id().map(rookery::telemetry::format_trace_id);
+            let Json(theirs): Json<Value> = c.app().rpc().call("game", "game.trace.id", ()).await?;
+            Ok(Json(json!({ "gateway": mine, "backend": theirs["trace"] })))
         });
         Ok(())
     }

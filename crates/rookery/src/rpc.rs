@@ -628,6 +628,19 @@ impl<'a> Rpc<'a> {
     }
 }
 
+/// Pushes a body sent in both serializer forms to each session in the form it uses.
+fn push_both_forms(sessions: &[Session], m: &SysUidPush) {
+    for s in sessions {
+        let body = match s.serializer() {
+            Serializer::Json => m.json.clone(),
+            Serializer::Protobuf => m.proto.clone(),
+        };
+        if let Some(p) = body.and_then(|b| s.encode_push(&m.route, b).ok()) {
+            let _ = s.send_packet(p);
+        }
+    }
+}
+
 /// The current trace id in envelope form (empty when there is none).
 fn current_trace() -> String {
     crate::telemetry::current_trace_id()
@@ -938,33 +951,12 @@ impl App {
                 Err(e) => Err(e),
             },
             "sys.uid.push" => decode::<SysUidPush>(&env.payload).map(|m| {
-                for uid in &m.uids {
-                    let Some(s) = sessions.by_uid(uid) else {
-                        continue;
-                    };
-                    let body = match s.serializer() {
-                        Serializer::Json => m.json.clone(),
-                        Serializer::Protobuf => m.proto.clone(),
-                    };
-                    if let Some(body) = body {
-                        if let Ok(p) = s.encode_push(&m.route, body) {
-                            let _ = s.send_packet(p);
-                        }
-                    }
-                }
+                let targets: Vec<Session> =
+                    m.uids.iter().filter_map(|u| sessions.by_uid(u)).collect();
+                push_both_forms(&targets, &m);
             }),
             "sys.broadcast" => decode::<SysUidPush>(&env.payload).map(|m| {
-                for s in sessions.all() {
-                    let body = match s.serializer() {
-                        Serializer::Json => m.json.clone(),
-                        Serializer::Protobuf => m.proto.clone(),
-                    };
-                    if let Some(body) = body {
-                        if let Ok(p) = s.encode_push(&m.route, body) {
-                            let _ = s.send_packet(p);
-                        }
-                    }
-                }
+                push_both_forms(&sessions.all(), &m);
             }),
             "sys.uid.kick" => decode::<SysUidKick>(&env.payload).map(|m| {
                 sessions.kick_uid(&m.uid, &m.reason);

@@ -200,7 +200,8 @@ pub struct GatewayConfig {
     pub max_packet_size: usize,
     /// Packets queued towards one client before it is disconnected as too slow.
     pub outbound_queue: usize,
-    /// Requests queued from one client before reading from it pauses.
+    /// Requests of one client running at once on concurrent routes; reading from it pauses
+    /// beyond. (Ordered requests run one at a time.)
     pub inbound_queue: usize,
     /// Connections accepted at once; further ones wait in the OS backlog.
     pub max_connections: usize,

@@ -1,14 +1,16 @@
 //! The connection driver: handshake, then a reader loop (heartbeats, idle timeout, rate limit,
-//! route resolution), a per-session worker (handlers in order), and a writer (batched writes).
+//! route resolution) that runs each request's handler in order, and a writer (batched writes).
 //!
 //! Task tree for one connection, all owned by the connection task:
 //! ```text
-//! connection task ── reader loop (inline)
-//!                 ├─ worker task ── concurrent handler tasks (own tracker)
+//! connection task ── reader loop, running ordered handlers inline
+//!                 ├─ concurrent handler tasks (routes with Dispatch::Concurrent; bounded)
 //!                 └─ writer task
 //! ```
-//! The connection task returns only after the worker and writer have ended and the session has
-//! been removed from the pool and its groups.
+//! Running ordered handlers inline keeps a request's path to one task hop (reader to writer);
+//! the next packet is read when the handler is done, so the socket buffer is the inbound queue.
+//! The connection task returns only after its handler tasks and writer have ended and the
+//! session has been removed from the pool and its groups.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -23,7 +25,7 @@ use rookery_protocol::{
     HandshakeRequest, HandshakeResponse, HandshakeSys, Message, MessageType, Packet, PacketType,
     Serializer,
 };
-use tokio::sync::mpsc;
+use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -119,10 +121,11 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     // Pomelo clients start their heartbeats when the server's first one arrives.
     let _ = session.send_packet(heartbeat_packet());
     let writer_task = tokio::spawn(write_loop(writer, session.clone()));
-    // The worker (and its queue) is started by the first request: idle connections stay small.
-    let mut worker: Option<Worker> = None;
+    // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by
+    // the first one; everything else runs inline, in order.
+    let mut concurrent: Option<Concurrent> = None;
 
-    let end = read_loop(&app, &session, reader, &mut worker).await;
+    let end = read_loop(&app, &session, reader, &mut concurrent).await;
     match &end {
         End::Violation(reason) => {
             metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
@@ -131,10 +134,10 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         End::Idle => session.kick(REASON_IDLE),
         End::ClientGone | End::Drain | End::Closed => {}
     }
-    // Requests already accepted finish (a closed session's queued requests are skipped).
-    if let Some(w) = worker {
-        drop(w.jobs);
-        let _ = w.handle.await;
+    // Concurrent requests already accepted finish.
+    if let Some(c) = concurrent {
+        c.tasks.close();
+        c.tasks.wait().await;
     }
     match end {
         End::Drain => session.kick(REASON_SHUTDOWN),
@@ -264,17 +267,11 @@ fn rate_limiter(app: &App) -> Option<DefaultDirectRateLimiter> {
     ))
 }
 
-/// A session's worker task and the queue feeding it.
-struct Worker {
-    jobs: mpsc::Sender<Job>,
-    handle: tokio::task::JoinHandle<()>,
-}
-
 async fn read_loop(
     app: &App,
     session: &Session,
     mut reader: PacketReader,
-    worker: &mut Option<Worker>,
+    concurrent: &mut Option<Concurrent>,
 ) -> End {
     let idle = app.config().gateway.heartbeat_interval() * 2;
     let limiter = rate_limiter(app);
@@ -363,20 +360,7 @@ async fn read_loop(
                     id: msg.id,
                     payload: msg.payload,
                 };
-                let jobs = &worker
-                    .get_or_insert_with(|| {
-                        let (tx, rx) = mpsc::channel(app.config().gateway.inbound_queue);
-                        Worker {
-                            jobs: tx,
-                            handle: tokio::spawn(work_loop(app.clone(), session.clone(), rx)),
-                        }
-                    })
-                    .jobs;
-                // Waits when the session's queue is full: reading pauses (backpressure).
-                tokio::select! {
-                    r = jobs.send(job) => if r.is_err() { return End::Closed },
-                    _ = session.closed() => return End::Closed,
-                }
+                dispatch(app, session, job, concurrent).await;
             }
             PacketType::Handshake | PacketType::HandshakeAck => {
                 return End::Violation("handshake after handshake".into())
@@ -414,37 +398,49 @@ fn reply_error(session: &Session, msg: &Message, err: Error) {
     }
 }
 
-async fn work_loop(app: App, session: Session, mut jobs: mpsc::Receiver<Job>) {
-    let concurrent = TaskTracker::new();
-    while let Some(job) = jobs.recv().await {
-        if session.is_closed() {
-            continue;
+/// A session's concurrent requests: their tasks and the slots that bound them.
+struct Concurrent {
+    tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+}
+
+/// Runs one request: in order, inline (the next packet is read when it is done), or as a task
+/// for concurrent routes. Inline runs are boxed so that a connection's task stays small while it
+/// is idle.
+async fn dispatch(app: &App, session: &Session, job: Job, concurrent: &mut Option<Concurrent>) {
+    let dispatch = match &job.dest {
+        Dest::Local(e) => e.dispatch,
+        Dest::Remote(_) => Dispatch::Ordered,
+    };
+    match dispatch {
+        Dispatch::Ordered => Box::pin(run_job(app, session, job)).await,
+        Dispatch::Serial => {
+            let lock = match &job.dest {
+                Dest::Local(e) => e.module_lock.clone(),
+                Dest::Remote(_) => None,
+            };
+            let _guard = match &lock {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            Box::pin(run_job(app, session, job)).await
         }
-        let dispatch = match &job.dest {
-            Dest::Local(e) => e.dispatch,
-            Dest::Remote(_) => Dispatch::Ordered,
-        };
-        match dispatch {
-            Dispatch::Ordered => run_job(&app, &session, job).await,
-            Dispatch::Serial => {
-                let lock = match &job.dest {
-                    Dest::Local(e) => e.module_lock.clone(),
-                    Dest::Remote(_) => None,
-                };
-                let _guard = match &lock {
-                    Some(l) => Some(l.lock().await),
-                    None => None,
-                };
-                run_job(&app, &session, job).await
-            }
-            Dispatch::Concurrent => {
-                let (app, session) = (app.clone(), session.clone());
-                concurrent.spawn(async move { run_job(&app, &session, job).await });
-            }
+        Dispatch::Concurrent => {
+            let c = concurrent.get_or_insert_with(|| Concurrent {
+                tasks: TaskTracker::new(),
+                slots: Arc::new(Semaphore::new(app.config().gateway.inbound_queue)),
+            });
+            // At most `inbound_queue` at once: beyond that, reading waits for a slot.
+            let Ok(slot) = c.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (app, session) = (app.clone(), session.clone());
+            c.tasks.spawn(async move {
+                run_job(&app, &session, job).await;
+                drop(slot);
+            });
         }
     }
-    concurrent.close();
-    concurrent.wait().await;
 }
 
 async fn run_job(app: &App, session: &Session, job: Job) {

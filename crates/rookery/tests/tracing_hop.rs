@@ -1,0 +1,58 @@
+//! Tracing across hops: one test per process, because it installs the global log subscriber.
+
+mod cluster;
+mod common;
+
+use rookery::cluster::{InProcTransport, Transport};
+
+/// A client request's trace id reaches the backend through the RPC it causes, and appears in the
+/// backend handler's log lines.
+#[tokio::test]
+async fn trace_id_crosses_the_hop_and_reaches_the_logs() {
+    use rookery_client::{Client, ClientOptions};
+    use serde_json::json;
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    // The only test in this process: the subscriber can be global (no other test changes it).
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+
+    let hub = InProcTransport::new();
+    let c = cluster::start(move || Arc::new(hub.clone()) as Arc<dyn Transport>).await;
+    let cl = Client::connect(
+        &c.gate.tcp_addr().unwrap().to_string(),
+        ClientOptions::default(),
+    )
+    .await
+    .unwrap();
+    let v = cl
+        .request_json("front.trace.chain", json!({}))
+        .await
+        .unwrap();
+    let gateway = v["gateway"].as_str().expect("gateway trace id").to_string();
+    assert_eq!(v["backend"], gateway.as_str(), "{v}");
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("backend handler ran"))
+        .expect("the backend logged");
+    assert!(line.contains(&format!("trace_id={gateway}")), "{line}");
+}

@@ -323,16 +323,14 @@ impl<'a> Rpc<'a> {
                 session_id,
             )
             .await;
-        let label = target.label();
         let outcome = match &result {
-            Ok(_) => "ok".to_string(),
-            Err(RpcError::Remote(e)) => e.code().to_string(),
-            Err(e) => e.kind().to_string(),
+            Ok(_) => None,
+            Err(RpcError::Remote(e)) => Some(e.code().to_string()),
+            Err(e) => Some(e.kind().to_string()),
         };
-        metrics::counter!(crate::telemetry::RPC_CALLS_TOTAL, "target" => label.clone(), "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!(crate::telemetry::RPC_DURATION_SECONDS, "target" => label)
-            .record(started.elapsed().as_secs_f64());
+        self.cluster()
+            .rpc_metrics
+            .record(target, outcome, started.elapsed().as_secs_f64());
         result
     }
 

@@ -138,6 +138,59 @@ impl RecentErrors {
     }
 }
 
+/// RPC metric handles by target, registered on first use (the hot path then does no registry
+/// lookup for successful calls).
+#[derive(Default)]
+pub(crate) struct RpcMetrics {
+    by_target: std::sync::RwLock<std::collections::HashMap<String, (Counter, Histogram)>>,
+}
+
+impl RpcMetrics {
+    pub(crate) fn record(&self, target: &crate::Target, error: Option<String>, secs: f64) {
+        let label = target_label(target);
+        let cached = self
+            .by_target
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(label.as_ref())
+            .cloned();
+        let (ok, duration) = match cached {
+            Some(h) => h,
+            None => {
+                let h = (
+                    metrics::counter!(RPC_CALLS_TOTAL, "target" => label.to_string(), "outcome" => "ok"),
+                    metrics::histogram!(RPC_DURATION_SECONDS, "target" => label.to_string()),
+                );
+                let mut map = self.by_target.write().unwrap_or_else(|e| e.into_inner());
+                // Targets are node types, modules or node ids: bounded by the cluster's size.
+                if map.len() < 10_000 {
+                    map.insert(label.to_string(), h.clone());
+                }
+                h
+            }
+        };
+        duration.record(secs);
+        match error {
+            None => ok.increment(1),
+            Some(outcome) => metrics::counter!(
+                RPC_CALLS_TOTAL,
+                "target" => label.to_string(),
+                "outcome" => outcome
+            )
+            .increment(1),
+        }
+    }
+}
+
+fn target_label(t: &crate::Target) -> std::borrow::Cow<'_, str> {
+    match t {
+        crate::Target::Type(s) | crate::Target::Module(s) | crate::Target::Node(s) => {
+            std::borrow::Cow::Borrowed(s)
+        }
+        crate::Target::Logical(a) => std::borrow::Cow::Owned(a.to_string()),
+    }
+}
+
 tokio::task_local! {
     static TRACE_ID: u64;
 }

@@ -32,6 +32,8 @@ pub(crate) struct ClusterState {
     pub tasks: TaskTracker,
     /// Inbound calls being handled (waited for at shutdown).
     pub inbound: TaskTracker,
+    /// RPC metric handles.
+    pub rpc_metrics: crate::telemetry::RpcMetrics,
 }
 
 impl ClusterState {
@@ -72,6 +74,7 @@ impl ClusterState {
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             inbound: TaskTracker::new(),
+            rpc_metrics: Default::default(),
         })
     }
 

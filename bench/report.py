@@ -121,6 +121,26 @@ def load_rows(rows):
     return out
 
 
+def cmd_keep_quietest(rows, rid):
+    """Of several attempts of one row, keep the one with the least outside load (moved last,
+    so that it wins when the rows are loaded)."""
+    with open(rows) as f:
+        entries = [json.loads(l) for l in f if l.strip()]
+    tries = [e for e in entries if e["id"] == rid]
+    if len(tries) < 2:
+        return
+    def noise(e):
+        return e.get("other_cpu_cores", 0.0) if "result" in e else float("inf")
+    best = min(tries, key=noise)
+    best["attempts"] = len(tries)
+    rest = [e for e in entries if e["id"] != rid]
+    with open(rows, "w") as f:
+        for e in rest + [best]:
+            f.write(json.dumps(e) + "\n")
+    print(f"  {rid}: kept the attempt with {noise(best):.2f} cores of outside load "
+          f"({best.get('rps', 0):,.0f}/s)", file=sys.stderr)
+
+
 def cmd_get(rows, rid, field):
     r = load_rows(rows).get(rid, {})
     print(r.get(field, 0) or 0)
@@ -312,11 +332,16 @@ def build_table(rows, meta):
              f"p99 <= {target / 1000:g} ms", v)
     line("P6", f"(control) ceiling, open loop at the one-process P6 rate, {mc} conn", "p6-ceiling",
          "load generator + machine alone", "")
+    p99 = res("p6-single-c100", "p99_us")
+    line("P6", "open loop at 50% of max, one process, 100 conn", "p6-single-c100", "p99 <= 1 ms",
+         verdict("P6", "p99 at 50% of max, one process, 100 connections", p99, 1000, higher=False))
+    line("P6", "(control) ceiling, open loop at the rate above, 100 conn", "p6-ceiling-c100",
+         "load generator + machine alone", "")
     # P7
     for rid in sorted((k for k in R if k.startswith("p7-")), key=lambda k: int(k[3:])):
         r = R[rid]
         res7 = r.get("result") or {}
-        n = res7.get("connections", 0)
+        n = res7.get("connections", 0) or r.get("target_connections", 0)
         held, base = r.get("held_rss_kib", 0), r.get("base_rss_kib", 0)
         per = (held - base) / n if n and held else None
         want = r.get("target_connections", n)
@@ -535,6 +560,7 @@ def main(argv):
         return 2
     cmd, args = argv[1], argv[2:]
     fn = {"add": cmd_add, "unavailable": cmd_unavailable, "get": cmd_get, "meta": cmd_meta,
+          "keep-quietest": cmd_keep_quietest,
           "finish": cmd_finish, "table": cmd_table}.get(cmd)
     if fn is None:
         print(__doc__)

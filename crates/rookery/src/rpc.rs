@@ -561,7 +561,7 @@ impl<'a> Rpc<'a> {
                 .gateway()
                 .map(str::to_string)
                 .unwrap_or_else(|| self.app.node_id().to_string()),
-            data: Bytes::from(serde_json::to_vec(&s.data()).unwrap_or_default()),
+            data: s.data_json(),
             serializer: ser_to_u32(s.serializer()),
         }
     }
@@ -662,6 +662,18 @@ pub(crate) struct RemoteSession {
 }
 
 impl RemoteSession {
+    pub(crate) fn new(gateway: &str, source: &str, ops: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            gateway: Arc::from(gateway),
+            source: Arc::from(source),
+            ops,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ops.is_closed()
+    }
+
     pub(crate) fn gateway(&self) -> &str {
         &self.gateway
     }
@@ -760,13 +772,7 @@ impl App {
 
     /// The link to a gateway for remote sessions (created on first use).
     pub(crate) fn gateway_link(&self, gateway: &str) -> RemoteSession {
-        let c = &self.inner().cluster;
-        let tx = c.gateway_link(gateway, self);
-        RemoteSession {
-            gateway: Arc::from(gateway),
-            source: Arc::from(self.node_id()),
-            ops: tx,
-        }
+        self.inner().cluster.gateway_link(gateway, self)
     }
 
     /// Binds a uid to a session wherever its connection is.
@@ -822,7 +828,12 @@ impl RpcServer {
         let ser = ser_from_u32(env.serializer);
         let session = match &env.session {
             Some(s) => {
-                let data = serde_json::from_slice(&s.data).unwrap_or_default();
+                // Most sessions carry no data: skip the JSON parse then.
+                let data = if s.data.is_empty() {
+                    HashMap::new()
+                } else {
+                    serde_json::from_slice(&s.data).unwrap_or_default()
+                };
                 Session::remote(
                     s.id,
                     Some(&s.uid),
@@ -841,9 +852,10 @@ impl RpcServer {
         let out = app
             .dispatch(&env.route, env.payload, session.clone(), timeout)
             .await?;
-        let data = session
-            .data_dirty()
-            .then(|| Bytes::from(serde_json::to_vec(&session.data()).unwrap_or_default()));
+        let data = session.data_dirty().then(|| match session.data_json() {
+            b if b.is_empty() => Bytes::from_static(b"{}"),
+            b => b,
+        });
         Ok((out, data))
     }
 }

@@ -215,6 +215,15 @@ impl Session {
         self.lock_data().clone()
     }
 
+    /// The values as a JSON object; empty bytes when there are none (the common case).
+    pub(crate) fn data_json(&self) -> Bytes {
+        let data = self.lock_data();
+        if data.is_empty() {
+            return Bytes::new();
+        }
+        Bytes::from(serde_json::to_vec(&*data).unwrap_or_default())
+    }
+
     fn lock_data(&self) -> std::sync::MutexGuard<'_, HashMap<String, serde_json::Value>> {
         self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -25,7 +25,7 @@ pub(crate) struct ClusterState {
     pub transport: Arc<dyn Transport>,
     selectors: HashMap<String, Arc<dyn Selector>>,
     default_selector: Arc<dyn Selector>,
-    links: Mutex<HashMap<String, mpsc::Sender<Bytes>>>,
+    links: Mutex<HashMap<String, crate::rpc::RemoteSession>>,
     /// Stops the transport's serving, the discovery watch and the gateway links.
     pub stop: CancellationToken,
     /// Background tasks (watch, links).
@@ -98,13 +98,14 @@ impl ClusterState {
     }
 
     /// The ordered operation queue to a gateway, created (with its sender task) on first use.
-    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> mpsc::Sender<Bytes> {
+    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> crate::rpc::RemoteSession {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = links.get(gateway).filter(|tx| !tx.is_closed()) {
-            return tx.clone();
+        if let Some(link) = links.get(gateway).filter(|l| !l.is_closed()) {
+            return link.clone();
         }
         let (tx, mut rx) = mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
-        links.insert(gateway.to_string(), tx.clone());
+        let link = crate::rpc::RemoteSession::new(gateway, app.node_id(), tx);
+        links.insert(gateway.to_string(), link.clone());
         let app = app.clone();
         let gateway = gateway.to_string();
         let stop = self.stop.clone();
@@ -124,7 +125,7 @@ impl ClusterState {
                 }
             }
         });
-        tx
+        link
     }
 
     /// Forgets the link to a node that left.

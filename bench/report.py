@@ -82,12 +82,15 @@ def cmd_add(rows, rid, group, outfile, *kv):
     cpu = extra.pop("cpu", "").split()
     if len(cpu) >= 3 and row.get("rps"):
         server_s, gen_s, interval = (float(x) for x in cpu[:3])
+        # A negative generator figure: it had ended before the sample did (unknown then).
+        gen_known = gen_s >= 0
         if interval > 0:
             row["server_cpu_cores"] = server_s / interval
-            row["gen_cpu_cores"] = gen_s / interval
             row["server_cpu_us_per_op"] = server_s / interval / row["rps"] * 1e6
-            row["gen_cpu_us_per_op"] = gen_s / interval / row["rps"] * 1e6
-            if len(cpu) >= 4:
+            if gen_known:
+                row["gen_cpu_cores"] = gen_s / interval
+                row["gen_cpu_us_per_op"] = gen_s / interval / row["rps"] * 1e6
+            if len(cpu) >= 4 and gen_known:
                 # Busy CPU of the machine not charged to the server or the load generator:
                 # loopback softirq work charged to no process, kernel threads, other users.
                 row["other_cpu_cores"] = max(0.0, (float(cpu[3]) - server_s - gen_s) / interval)
@@ -248,7 +251,9 @@ def build_table(rows, meta):
         if "server_cpu_cores" not in r:
             return "-"
         o = r.get("other_cpu_cores")
-        return (f"{r['server_cpu_cores']:.2f} / {r['gen_cpu_cores']:.2f}"
+        g = r.get("gen_cpu_cores")
+        g = "?" if g is None else f"{g:.2f}"
+        return (f"{r['server_cpu_cores']:.2f} / {g}"
                 + (f" / {o:.2f}" if o is not None else ""))
 
     def why(rid):

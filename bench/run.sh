@@ -2,14 +2,16 @@
 # Rookery benchmark suite: the one command.
 #
 #   bench/run.sh            full run (~12-15 min): every P-row of targets.md
-#   bench/run.sh --quick    smoke run (~3 min): short durations, smaller P7/P8 sizes
+#   bench/run.sh --quick    smoke run (~3 min): short durations, smaller P7/P8 sizes; its
+#                           results stay in bench/.work/run-*/results/
 #   bench/run.sh --profile  also profile the one-process server (perf cpu-clock sampling and
 #                           valgrind --tool=callgrind on a short run); adds ~2 min
 #
 # Builds release binaries, starts every server it needs on loopback (servers pinned to core 0,
 # load generators to core 1 with taskset), runs each scenario for a bounded time, stops
-# everything (also on Ctrl-C or error), and prints one table. Results: bench/results/latest.json
-# and bench/results/plot.svg (the working files and logs of a run are in bench/.work/run-*/).
+# everything (also on Ctrl-C or error), and prints one table. Results: bench/results/latest.json,
+# table.md, plot.svg (and profile-*.txt with --profile); the working files and logs of a run are
+# in bench/.work/run-*/.
 # See BENCHMARKS.md.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ for a in "$@"; do
   case "$a" in
     --quick) QUICK=1 ;;
     --profile) PROFILE=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +52,10 @@ SOURCE_IPS=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8
 
 WORK=bench/.work
 RUN_DIR=$WORK/run-$(date +%Y%m%d-%H%M%S)
+# A full run replaces the committed results; a quick (smoke) run keeps its own in the run's
+# directory.
 RESULTS=bench/results
+[[ $QUICK == 1 ]] && RESULTS=$RUN_DIR/results
 mkdir -p "$RUN_DIR" "$RESULTS"
 ROWS=$RUN_DIR/rows.jsonl
 : > "$ROWS"
@@ -225,7 +230,7 @@ rpc_row_once() {
   CLIENT_PIDS+=("$bpid")
   local cpu
   # shellcheck disable=SC2086
-  cpu=$(sample_cpu "$(python3 -c "print(0.5+$WARMUP*0.5+$DUR*0.1)")" "$(python3 -c "print($DUR*0.8)")" "$bpid" $pgids)
+  cpu=$(sample_cpu "$(python3 -c "print(0.3+$WARMUP*0.5)")" "$(python3 -c "print($DUR*0.7)")" "$bpid" $pgids)
   wait "$bpid" || log "  $id: rpcbench exited with an error (see $RUN_DIR/$id.err)"
   "${REPORT[@]}" add "$ROWS" "$id" "$group" "$out" cpu="$cpu"
 }
@@ -664,6 +669,44 @@ if [[ $PROFILE == 1 ]]; then
       > "$RESULTS/profile-callgrind.txt" || true
     callgrind_annotate --inclusive=yes "$PROF/callgrind.out" 2>/dev/null | head -n 80 \
       > "$RESULTS/profile-callgrind-inclusive.txt" || true
+    # The ceiling under the same load, for instructions per request (it has no signal
+    # handler: dump with callgrind_control before stopping it).
+    log "profile: valgrind --tool=callgrind on the ceiling"
+    start_server callgrind-ceiling valgrind --tool=callgrind \
+      --callgrind-out-file="$PROF/callgrind-ceiling.out" "$CEILING" --addr 127.0.0.1:3400
+    CC=$LAST_PID
+    if wait_port 3400 120 "$CC"; then
+      "${GEN[@]}" "$ROOKERY" bench --json --no-progress --connections 50 \
+        --duration 10 --connect-rate 1000 --timeout 20 --payload "$PAYLOAD" --route "$ROUTE" \
+        --addr 127.0.0.1:3400 > "$PROF/callgrind-ceiling-bench.json" 2>/dev/null || true
+      callgrind_control -d "$CC" > /dev/null 2>&1 || true
+      sleep 2
+    fi
+    stop_server "$CC"
+    python3 - "$PROF" "$RESULTS/profile-callgrind-per-request.txt" <<'PY' || true
+import glob, json, re, subprocess, sys
+prof, out = sys.argv[1], sys.argv[2]
+def total(pattern):
+    n = 0
+    for f in glob.glob(pattern):
+        txt = subprocess.run(["callgrind_annotate", f], capture_output=True, text=True).stdout
+        m = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", txt)
+        if m:
+            n = max(n, int(m.group(1).replace(",", "")))
+    return n
+def reqs(path):
+    try:
+        return json.load(open(path))["requests"]
+    except Exception:
+        return 0
+with open(out, "w") as f:
+    for name, pat, bench in (("rookery serve (one process)", "callgrind.out", "callgrind-bench.json"),
+                             ("rookery-ceiling", "callgrind-ceiling.out*", "callgrind-ceiling-bench.json")):
+        ir, n = total(f"{prof}/{pat}"), reqs(f"{prof}/{bench}")
+        per = f"{ir / n:,.0f}" if n else "?"
+        f.write(f"{name}: {ir:,} user-space instructions, {n:,} requests measured: "
+                f"~{per} per request (connection setup included)\n")
+PY
   fi
 fi
 

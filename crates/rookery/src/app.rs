@@ -94,8 +94,9 @@ impl App {
             );
             let ctx = Context::new(self.clone(), session, entry.route.clone());
             let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
-            let run = crate::telemetry::with_trace_id(trace, tokio::time::timeout(timeout, fut))
-                .instrument(span);
+            let run =
+                crate::telemetry::with_trace_id(trace, first_poll_then_deadline(timeout, fut))
+                    .instrument(span);
             match run.await {
                 Ok(Ok(r)) => r,
                 Ok(Err(_panic)) => {
@@ -176,6 +177,20 @@ impl App {
     /// Pushes to every session of this node; returns how many accepted it.
     pub fn broadcast(&self, route: &str, payload: impl ToPayload) -> usize {
         self.sessions().broadcast(route, payload)
+    }
+}
+
+/// Runs `fut` with a deadline, arming the timer only if the first poll does not finish it: most
+/// handlers answer at once, and a timer per request costs more than the handler.
+async fn first_poll_then_deadline<F: std::future::Future>(
+    timeout: std::time::Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(out) => Ok(out),
+        std::task::Poll::Pending => tokio::time::timeout(timeout, fut).await,
     }
 }
 

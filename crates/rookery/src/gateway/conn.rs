@@ -282,11 +282,15 @@ async fn read_loop(
     let idle_timer = sleep_until(last_seen + idle);
     tokio::pin!(idle_timer);
     let draining = app.inner().draining.clone();
+    // Made once and polled by reference: registering with a token on every packet costs locks.
+    let closed = session.closed();
+    let drain = draining.cancelled();
+    tokio::pin!(closed, drain);
     loop {
         let next = tokio::select! {
             biased;
-            _ = session.closed() => return End::Closed,
-            _ = draining.cancelled() => return End::Drain,
+            _ = &mut closed => return End::Closed,
+            _ = &mut drain => return End::Drain,
             p = reader.next() => p,
             _ = &mut idle_timer => {
                 if last_seen.elapsed() >= idle {

@@ -418,6 +418,11 @@ async fn next_frame(frames: &mut Frames) -> Result<Option<(Kind, u64, Bytes)>, S
 async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<OutFrame>) -> io::Result<()> {
     let mut buf = BytesMut::with_capacity(BATCH_BYTES);
     while let Some(mut frame) = rx.recv().await {
+        // Let the tasks that are about to queue frames (replies being computed, other calls)
+        // run first, so that one write carries many frames instead of one syscall per frame.
+        if rx.is_empty() {
+            tokio::task::yield_now().await;
+        }
         loop {
             put_header(&mut buf, frame.kind, frame.id, frame.payload.len());
             if frame.payload.len() > BATCH_BYTES / 2 {

@@ -272,6 +272,8 @@ async fn join_cluster(app: &App) -> Result<(), StartError> {
         .map_err(|e| StartError::Setup(format!("transport: {e}")))?;
     let me = c.set_me(|n| n.address = address);
     c.registry.apply(DiscoveryEvent::Added(me.clone()));
+    // A lone node knows itself before any discovery event arrives.
+    metrics::gauge!(crate::telemetry::NODES, "type" => me.node_type.clone()).set(1.0);
     c.discovery
         .register(&me)
         .await

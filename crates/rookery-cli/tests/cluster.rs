@@ -74,7 +74,12 @@ fn spawn(config: &Path, process: &str) -> (Child, Option<String>) {
             std::env::var("CHILD_LOG").unwrap_or("warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // Set CHILD_LOG (e.g. CHILD_LOG=info) to see the processes' logs.
+        .stderr(if std::env::var_os("CHILD_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -410,10 +410,11 @@ impl Transport for NatsTransport {
         let call = self
             .client
             .send_request(self.node_subject(&target.id), request);
+        // The deadline is enforced by async-nats' own request timeout (`remaining`): one timer
+        // per call, not two.
         tokio::select! {
             biased;
             _ = lost.cancelled() => Err(TransportError::Closed(target.id.clone())),
-            _ = tokio::time::sleep_until(deadline) => Err(TransportError::Timeout),
             r = call => match r {
                 Ok(msg) => Ok(msg.payload),
                 Err(e) => Err(match e.kind() {

@@ -595,19 +595,21 @@ impl<'a> Rpc<'a> {
         route: &str,
         key: Option<&str>,
         session_id: Option<u64>,
-    ) -> Result<NodeInfo, RpcError> {
+    ) -> Result<Picked, RpcError> {
         let c = self.cluster();
         let (candidates, selector_key) = match target {
             Target::Node(id) => {
                 return c
                     .registry
                     .get(id)
+                    .map(Picked::Owned)
                     .ok_or_else(|| RpcError::NoNode(format!("node {id}")))
             }
             Target::Logical(a) => {
                 return c
                     .registry
                     .by_logical(*a)
+                    .map(Picked::Owned)
                     .ok_or_else(|| RpcError::NoNode(format!("logical address {a}")))
             }
             Target::Type(t) => (c.registry.of_type(t), t),
@@ -619,10 +621,34 @@ impl<'a> Rpc<'a> {
             session_id,
             tags: &[],
         };
-        c.selector(selector_key)
+        let index = c
+            .selector(selector_key)
             .select(&candidates, &ctx)
-            .cloned()
-            .ok_or_else(|| RpcError::NoNode(selector_key.clone()))
+            .map(|chosen| {
+                // The selector returns a reference into `candidates`: find its position.
+                candidates
+                    .iter()
+                    .position(|n| std::ptr::eq(n, chosen))
+                    .unwrap_or(0)
+            })
+            .ok_or_else(|| RpcError::NoNode(selector_key.clone()))?;
+        Ok(Picked::Shared(candidates, index))
+    }
+}
+
+/// The node chosen for a call: an entry of a shared registry snapshot (no copy), or a copy.
+enum Picked {
+    Shared(Arc<[NodeInfo]>, usize),
+    Owned(NodeInfo),
+}
+
+impl std::ops::Deref for Picked {
+    type Target = NodeInfo;
+    fn deref(&self) -> &NodeInfo {
+        match self {
+            Picked::Shared(set, i) => &set[*i],
+            Picked::Owned(n) => n,
+        }
     }
 }
 

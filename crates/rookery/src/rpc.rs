@@ -621,18 +621,18 @@ impl<'a> Rpc<'a> {
             session_id,
             tags: &[],
         };
-        let index = c
+        let chosen = c
             .selector(selector_key)
             .select(&candidates, &ctx)
-            .map(|chosen| {
-                // The selector returns a reference into `candidates`: find its position.
-                candidates
-                    .iter()
-                    .position(|n| std::ptr::eq(n, chosen))
-                    .unwrap_or(0)
-            })
             .ok_or_else(|| RpcError::NoNode(selector_key.clone()))?;
-        Ok(Picked::Shared(candidates, index))
+        // Selectors return a reference into `candidates`: keep the shared snapshot and the
+        // position (a selector returning some other node gets a copy of it).
+        Ok(
+            match candidates.iter().position(|n| std::ptr::eq(n, chosen)) {
+                Some(i) => Picked::Shared(candidates.clone(), i),
+                None => Picked::Owned(chosen.clone()),
+            },
+        )
     }
 }
 

@@ -331,6 +331,8 @@ async fn demo_over(example: &str, with_nats: bool) {
                     "a request hung {:?}",
                     t.elapsed()
                 );
+                // Paced well under the per-connection rate limit (errors come back at once).
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             (ok, failed)
         }));

@@ -4,13 +4,14 @@
 //! Task tree for one connection, all owned by the connection task:
 //! ```text
 //! connection task ── reader loop, running ordered handlers inline
-//!                 ├─ concurrent handler tasks (routes with Dispatch::Concurrent; bounded)
-//!                 └─ writer task
+//!                 │  + writer (a future polled by the same task, after the reader)
+//!                 └─ concurrent handler tasks (routes with Dispatch::Concurrent; bounded)
 //! ```
-//! Running ordered handlers inline keeps a request's path to one task hop (reader to writer);
-//! the next packet is read when the handler is done, so the socket buffer is the inbound queue.
-//! The connection task returns only after its handler tasks and writer have ended and the
-//! session has been removed from the pool and its groups.
+//! Running ordered handlers inline, and the writer in the same task, keeps a request's whole
+//! path in one task: no hop between read, handler and write. The next packet is read when the
+//! handler is done, so the socket buffer is the inbound queue; the writer keeps writing while an
+//! inline handler waits. The connection task returns only after its handler tasks and writer
+//! have ended and the session has been removed from the pool and its groups.
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -120,31 +121,34 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     }
     // Pomelo clients start their heartbeats when the server's first one arrives.
     let _ = session.send_packet(heartbeat_packet());
-    let writer_task = tokio::spawn(write_loop(writer, session.clone()));
-    // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by
-    // the first one; everything else runs inline, in order.
-    let mut concurrent: Option<Concurrent> = None;
-
-    let end = read_loop(&app, &session, reader, &mut concurrent).await;
-    match &end {
-        End::Violation(reason) => {
-            metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
-            session.kick(reason)
+    let reading = async {
+        // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by
+        // the first one; everything else runs inline, in order.
+        let mut concurrent: Option<Concurrent> = None;
+        let end = read_loop(&app, &session, reader, &mut concurrent).await;
+        match &end {
+            End::Violation(reason) => {
+                metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
+                session.kick(reason)
+            }
+            End::Idle => session.kick(REASON_IDLE),
+            End::ClientGone | End::Drain | End::Closed => {}
         }
-        End::Idle => session.kick(REASON_IDLE),
-        End::ClientGone | End::Drain | End::Closed => {}
-    }
-    // Concurrent requests already accepted finish.
-    if let Some(c) = concurrent {
-        c.tasks.close();
-        c.tasks.wait().await;
-    }
-    match end {
-        End::Drain => session.kick(REASON_SHUTDOWN),
-        End::ClientGone => session.close("client closed"),
-        _ => {}
-    }
-    let _ = writer_task.await;
+        // Concurrent requests already accepted finish.
+        if let Some(c) = concurrent {
+            c.tasks.close();
+            c.tasks.wait().await;
+        }
+        match end {
+            End::Drain => session.kick(REASON_SHUTDOWN),
+            End::ClientGone => session.close("client closed"),
+            _ => {}
+        }
+    };
+    // The writer runs in this task beside the reader, polled right after it: a response that an
+    // inline handler queued is written in the same poll, without a hop to another task. It ends
+    // once the session closes and what was queued is flushed (within FLUSH_DEADLINE).
+    futures_util::future::join(reading, write_loop(writer, session.clone())).await;
 
     for m in app.modules() {
         m.session_closed(&app, &session).await;

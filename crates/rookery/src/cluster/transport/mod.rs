@@ -8,7 +8,11 @@ pub mod inproc;
 pub mod nats;
 pub mod tcp;
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -89,4 +93,22 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The node left the cluster: fail its in-flight requests at once and drop its link.
     fn node_lost(&self, node_id: &str);
+}
+
+/// A boxed inbound-frame future (a handler call and whatever follows it).
+pub(crate) type BoxedCall<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// Polls an inbound call once, right here, and returns its output if that poll finished it:
+/// most handlers answer on their first poll, and then need no task of their own. `Err` holds a
+/// panic's payload. `None`: the call waits for something; the caller spawns it, and the spawned
+/// task's first poll registers its own waker (the one used here wakes nothing).
+pub(crate) fn poll_inline<T>(
+    call: &mut BoxedCall<T>,
+) -> Option<Result<T, Box<dyn std::any::Any + Send>>> {
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(v)) => Some(Ok(v)),
+        Ok(Poll::Pending) => None,
+        Err(panic) => Some(Err(panic)),
+    }
 }

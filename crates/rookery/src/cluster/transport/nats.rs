@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{FrameHandler, Transport, TransportError};
+use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
 use crate::cluster::NodeInfo;
 
 /// Inbound frames handled at the same time by one [`NatsTransport::serve`] call.
@@ -89,10 +89,12 @@ pub fn subject_token(s: &str) -> String {
         .collect()
 }
 
-/// Per target node: a token cancelled when the node is lost, and the requests in flight to it.
+/// Per target node: a token cancelled when the node is lost, the requests in flight to it, and
+/// its subject (built once).
 struct NodeSlot {
     lost: CancellationToken,
     pending: Arc<AtomicUsize>,
+    subject: async_nats::Subject,
 }
 
 /// Gives back a pending-request slot when the request ends.
@@ -230,21 +232,28 @@ impl NatsTransport {
         self.client.connection_state() == State::Connected
     }
 
-    /// Reserves a pending-request slot for `node_id`; returns the node's lost-token with it.
-    fn acquire(&self, node_id: &str) -> Result<(CancellationToken, PendingGuard), TransportError> {
+    /// Reserves a pending-request slot for `node_id`; returns the node's lost-token and subject
+    /// with it.
+    fn acquire(
+        &self,
+        node_id: &str,
+    ) -> Result<(CancellationToken, PendingGuard, async_nats::Subject), TransportError> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = nodes
-            .entry(node_id.to_string())
-            .or_insert_with(|| NodeSlot {
+        if !nodes.contains_key(node_id) {
+            let slot = NodeSlot {
                 lost: CancellationToken::new(),
                 pending: Arc::new(AtomicUsize::new(0)),
-            });
+                subject: self.node_subject(node_id).into(),
+            };
+            nodes.insert(node_id.to_string(), slot);
+        }
+        let slot = &nodes[node_id];
         let before = slot.pending.fetch_add(1, Ordering::AcqRel);
         let guard = PendingGuard(slot.pending.clone());
         if before >= self.max_pending {
             return Err(TransportError::Overloaded(node_id.to_string()));
         }
-        Ok((slot.lost.clone(), guard))
+        Ok((slot.lost.clone(), guard, slot.subject.clone()))
     }
 
     /// Fails fast when the connection is known to be down.
@@ -372,13 +381,23 @@ impl Transport for NatsTransport {
                         Err(_) => break,
                     },
                 };
-                let (client, handler, shutdown) =
-                    (client.clone(), handler.clone(), shutdown.clone());
+                let mut call: BoxedCall<()> =
+                    Box::pin(handle_message(client.clone(), handler.clone(), msg));
+                // A handler that answers on its first poll needs no task (the usual case).
+                match poll_inline(&mut call) {
+                    Some(Ok(())) => continue,
+                    Some(Err(_)) => {
+                        tracing::warn!(node = %node_id, "inbound handler panicked");
+                        continue;
+                    }
+                    None => {}
+                }
+                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     let _permit = permit;
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        _ = handle_message(client, handler, msg) => {}
+                        _ = call => {}
                     }
                 });
             }
@@ -402,14 +421,12 @@ impl Transport for NatsTransport {
         if remaining.is_zero() {
             return Err(TransportError::Timeout);
         }
-        let (lost, _pending) = self.acquire(&target.id)?;
+        let (lost, _pending, subject) = self.acquire(&target.id)?;
         self.ensure_connected(&target.id)?;
         let request = async_nats::Request::new()
             .payload(frame)
             .timeout(Some(remaining));
-        let call = self
-            .client
-            .send_request(self.node_subject(&target.id), request);
+        let call = self.client.send_request(subject, request);
         // The deadline is enforced by async-nats' own request timeout (`remaining`): one timer
         // per call, not two.
         tokio::select! {

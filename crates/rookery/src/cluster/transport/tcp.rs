@@ -48,9 +48,10 @@
 //!
 //! The acceptor side ([`Transport::serve`]) runs, per connection, a reader and a writer; requests
 //! are handled concurrently (at most 1024 at a time per connection, the reader waits beyond that)
-//! and their replies go back through the connection's bounded writer queue. Notifies are handled
-//! one after another, in arrival order, by the reader. Closing a connection (peer gone, shutdown)
-//! cancels the handler calls still running for it.
+//! and their replies go back through the connection's bounded writer queue. A request whose
+//! handler answers on its first poll is answered by the reader itself; only the others get a
+//! task. Notifies are handled one after another, in arrival order, by the reader. Closing a
+//! connection (peer gone, shutdown) cancels the handler calls still running for it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -75,7 +76,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use super::{FrameHandler, Transport, TransportError};
+use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
 use crate::cluster::NodeInfo;
 
 /// Bytes of kind + id in front of every payload.
@@ -947,48 +948,29 @@ impl Conn {
                     .await
                     .map_err(|_| "connection closing".to_string())?;
                 let handler = self.handler.clone();
+                let mut call: BoxedCall<Bytes> =
+                    Box::pin(async move { handler.request(payload).await });
+                let max_payload = self.max_frame - HEADER_LEN;
+                // A handler that answers on its first poll needs no task (the usual case).
+                if let Some(answered) = poll_inline(&mut call) {
+                    drop(permit);
+                    return self
+                        .tx
+                        .send(reply_frame(id, answered, max_payload))
+                        .await
+                        .map_err(|_| "connection closing".to_string());
+                }
                 let tx = self.tx.clone();
                 let token = self.token.clone();
-                let max_payload = self.max_frame - HEADER_LEN;
                 self.tasks.spawn(async move {
                     let _permit = permit;
                     let answered = tokio::select! {
                         _ = token.cancelled() => return,
-                        r = AssertUnwindSafe(handler.request(payload)).catch_unwind() => r,
-                    };
-                    let out = match answered {
-                        Ok(reply) if reply.len() <= max_payload => OutFrame {
-                            kind: Kind::Reply,
-                            id,
-                            payload: reply,
-                        },
-                        Ok(reply) => {
-                            warn!(
-                                id,
-                                len = reply.len(),
-                                "reply exceeds max_frame: sending a failure"
-                            );
-                            OutFrame {
-                                kind: Kind::Fail,
-                                id,
-                                payload: Bytes::from(format!(
-                                    "reply of {} bytes exceeds max_frame",
-                                    reply.len()
-                                )),
-                            }
-                        }
-                        Err(_) => {
-                            warn!(id, "request handler panicked");
-                            OutFrame {
-                                kind: Kind::Fail,
-                                id,
-                                payload: Bytes::from_static(b"request handler panicked"),
-                            }
-                        }
+                        r = AssertUnwindSafe(call).catch_unwind() => r,
                     };
                     tokio::select! {
                         _ = token.cancelled() => {}
-                        _ = tx.send(out) => {}
+                        _ = tx.send(reply_frame(id, answered, max_payload)) => {}
                     }
                 });
                 Ok(())
@@ -1005,6 +987,42 @@ impl Conn {
             }
             Kind::Hello => Ok(()),
             other => Err(format!("unexpected {other:?} frame from a dialler")),
+        }
+    }
+}
+
+/// The frame answering request `id`: its reply, or a Fail when the reply is too large or the
+/// handler panicked.
+fn reply_frame(
+    id: u64,
+    answered: Result<Bytes, Box<dyn std::any::Any + Send>>,
+    max_payload: usize,
+) -> OutFrame {
+    match answered {
+        Ok(reply) if reply.len() <= max_payload => OutFrame {
+            kind: Kind::Reply,
+            id,
+            payload: reply,
+        },
+        Ok(reply) => {
+            warn!(
+                id,
+                len = reply.len(),
+                "reply exceeds max_frame: sending a failure"
+            );
+            OutFrame {
+                kind: Kind::Fail,
+                id,
+                payload: Bytes::from(format!("reply of {} bytes exceeds max_frame", reply.len())),
+            }
+        }
+        Err(_) => {
+            warn!(id, "request handler panicked");
+            OutFrame {
+                kind: Kind::Fail,
+                id,
+                payload: Bytes::from_static(b"request handler panicked"),
+            }
         }
     }
 }

@@ -6,6 +6,11 @@ mod serve;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc: the request path makes many small, short-lived allocations across tasks; glibc's
+// malloc spent ~12% of the server's time on them (BENCHMARKS.md, profiles).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Rookery game server.
 #[derive(Debug, Parser)]
 #[command(name = "rookery", version, about)]

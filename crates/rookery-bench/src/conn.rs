@@ -4,6 +4,11 @@
 //! timer events and appends outgoing packets to a write buffer. Two drivers own the socket, one
 //! for TCP (read and write halves in one `select!`, writes batched) and one for WebSocket (one
 //! binary message per packet).
+//!
+//! In an open loop the connection's requests are due on a [`Schedule`] shared with the pacer
+//! thread, which wakes the connection (through its [`Notify`]) when the next one is due; the
+//! driver then sends everything due at that instant. tokio's 1 ms timer only serves
+//! housekeeping (heartbeats, timeouts, phase changes), and pacing when there is no pacer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -23,11 +28,12 @@ use rookery_protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::pacer::Schedule;
 use crate::{put_varint, varint_len, Shared};
 
 /// What a run asks of every connection (validated and resolved once).
@@ -51,7 +57,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     /// True when connections send requests at all.
-    fn sends(&self) -> bool {
+    pub(crate) fn sends(&self) -> bool {
         !self.hold
             && match self.rate {
                 Some(r) => r > 0.0,
@@ -60,11 +66,13 @@ impl Plan {
     }
 }
 
-/// The start signal: when the run started and how many connections are live.
+/// The start signal: when the run started, how many connections are live, and whether the
+/// pacer thread wakes the connections in an open loop.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Start {
     pub at: Instant,
     pub live: usize,
+    pub paced: bool,
 }
 
 /// Counters of one connection, summed at the end.
@@ -291,11 +299,13 @@ async fn setup(plan: &Plan, idx: usize, codec: &PacketCodec) -> Result<(Link, Se
 
 /// The task of one connection. Reports the setup outcome on `ready`, waits for the start
 /// signal, runs until the end of the window plus the drain, and returns its counters (`None`
-/// when the setup failed).
+/// when the setup failed). In an open loop, `wake` is raised by the pacer when a request is
+/// due.
 pub(crate) async fn connection(
     idx: usize,
     plan: Arc<Plan>,
     shared: Arc<Shared>,
+    wake: Option<Arc<Notify>>,
     ready: mpsc::UnboundedSender<Result<(), String>>,
     start: watch::Receiver<Option<Start>>,
     pb: ProgressBar,
@@ -313,9 +323,11 @@ pub(crate) async fn connection(
     let _ = ready.send(Ok(()));
     drop(ready);
     let conn = Conn::new(idx, plan, shared, session);
+    // Without a pacer the signal is never raised (and its branch stays disabled).
+    let wake = wake.unwrap_or_default();
     Some(match link {
-        Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, codec).await,
-        Link::Ws(ws) => drive_ws(conn, *ws, start, codec).await,
+        Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, &wake, codec).await,
+        Link::Ws(ws) => drive_ws(conn, *ws, start, &wake, codec).await,
     })
 }
 
@@ -339,9 +351,14 @@ struct Pending {
     live: bool,
 }
 
+/// Open-loop progress of one connection: its `k`-th request is due at `next`.
 struct OpenLoop {
-    interval: Duration,
+    schedule: Schedule,
+    k: u64,
     next: Instant,
+    /// The last wake-up hit [`MAX_BURST`] with requests still due: the connection wakes itself
+    /// again at once rather than waiting for the pacer's next signal.
+    behind: bool,
 }
 
 /// Protocol state of one connection during measurement.
@@ -358,6 +375,8 @@ struct Conn {
     live: usize,
     closed_loop: bool,
     open: Option<OpenLoop>,
+    /// The pacer thread wakes this connection when a request is due (open loop).
+    paced: bool,
     heartbeat: Option<Duration>,
     next_heartbeat: Instant,
     tick: Duration,
@@ -410,6 +429,7 @@ impl Conn {
             live: 0,
             closed_loop: false,
             open: None,
+            paced: false,
             heartbeat: session.heartbeat,
             next_heartbeat: now + session.heartbeat.unwrap_or_default(),
             tick,
@@ -434,6 +454,11 @@ impl Conn {
         self.state == State::Done
     }
 
+    /// True while the pacer's signal is what wakes this connection for its next request.
+    fn paced(&self) -> bool {
+        self.paced && self.state == State::Running && self.open.is_some()
+    }
+
     /// The next instant at which [`Conn::poll_timers`] has something to do.
     fn next_wake(&self) -> Instant {
         let mut t = self.next_tick;
@@ -441,7 +466,9 @@ impl Conn {
             State::Running => {
                 t = t.min(self.measure_end);
                 if let Some(o) = &self.open {
-                    t = t.min(o.next);
+                    if !self.paced || o.behind {
+                        t = t.min(o.next);
+                    }
                 }
             }
             State::Draining => t = t.min(self.drain_end),
@@ -464,12 +491,17 @@ impl Conn {
         }
         match self.plan.rate {
             Some(rate) => {
-                let per_conn = rate / start.live.max(1) as f64;
-                if let Ok(interval) = Duration::try_from_secs_f64(1.0 / per_conn) {
-                    // Stagger the connections' schedules over one interval.
-                    let frac = self.idx as f64 / self.plan.connections as f64;
-                    if let Some(next) = start.at.checked_add(interval.mul_f64(frac)) {
-                        self.open = Some(OpenLoop { interval, next });
+                // The connections' schedules are staggered evenly over one interval.
+                let schedule = Schedule::new(start.at, rate, start.live, self.plan.connections);
+                if let Some(schedule) = schedule {
+                    if let Some(next) = schedule.at(self.idx, 0) {
+                        self.open = Some(OpenLoop {
+                            schedule,
+                            k: 0,
+                            next,
+                            behind: false,
+                        });
+                        self.paced = start.paced;
                     }
                 }
             }
@@ -648,15 +680,28 @@ impl Conn {
         }
         match self.state {
             State::Running => {
-                if let Some(OpenLoop { interval, mut next }) = self.open.take() {
+                if let Some(mut o) = self.open.take() {
+                    if self.paced && o.next <= now {
+                        // How late the oldest request due leaves: the pacer's cue.
+                        let lag = now.saturating_duration_since(o.next).as_micros() as u64;
+                        self.shared.send_lag_us.fetch_max(lag, Ordering::Relaxed);
+                    }
                     let mut n = 0;
-                    while next <= now && next < self.measure_end && n < MAX_BURST {
-                        self.send_request(next, wbuf);
-                        next += interval;
+                    let mut next = Some(o.next);
+                    while let Some(at) = next.filter(|&at| at <= now && at < self.measure_end) {
+                        if n == MAX_BURST {
+                            break;
+                        }
+                        // Latency counts from the scheduled time, not from now.
+                        self.send_request(at, wbuf);
+                        o.k += 1;
+                        next = o.schedule.at(self.idx, o.k);
                         n += 1;
                     }
-                    if next < self.measure_end {
-                        self.open = Some(OpenLoop { interval, next });
+                    if let Some(at) = next.filter(|&at| at < self.measure_end) {
+                        o.next = at;
+                        o.behind = at <= now;
+                        self.open = Some(o);
                     }
                 }
                 if now >= self.measure_end {
@@ -733,6 +778,7 @@ async fn drive_tcp(
     mut stream: TcpStream,
     mut rbuf: BytesMut,
     mut start: watch::Receiver<Option<Start>>,
+    signal: &Notify,
     codec: PacketCodec,
 ) -> TaskStats {
     let (mut rd, mut wr) = stream.split();
@@ -741,6 +787,8 @@ async fn drive_tcp(
     let mut armed = conn.next_wake();
     let sleep = tokio::time::sleep_until(armed);
     tokio::pin!(sleep);
+    let woken = signal.notified();
+    tokio::pin!(woken);
     let mut ok = true;
     loop {
         if rbuf.capacity() - rbuf.len() < read_chunk / 2 {
@@ -785,6 +833,8 @@ async fn drive_tcp(
                 Err(_) => ok = false,
             },
             _ = &mut sleep => {}
+            // A request is due: poll_timers below sends it.
+            _ = &mut woken, if conn.paced() => woken.set(signal.notified()),
             res = start.changed(), if conn.waiting() => match res {
                 Ok(()) => {
                     let s = *start.borrow_and_update();
@@ -850,6 +900,7 @@ async fn drive_ws(
     mut conn: Conn,
     ws: WebSocketStream<TcpStream>,
     mut start: watch::Receiver<Option<Start>>,
+    signal: &Notify,
     codec: PacketCodec,
 ) -> TaskStats {
     let (mut tx, mut rx) = ws.split();
@@ -857,6 +908,8 @@ async fn drive_ws(
     let mut armed = conn.next_wake();
     let sleep = tokio::time::sleep_until(armed);
     tokio::pin!(sleep);
+    let woken = signal.notified();
+    tokio::pin!(woken);
     let mut ok = true;
     loop {
         let wake = conn.next_wake();
@@ -880,6 +933,8 @@ async fn drive_ws(
                 read_at = Some(now);
             }
             _ = &mut sleep => {}
+            // A request is due: poll_timers below sends it.
+            _ = &mut woken, if conn.paced() => woken.set(signal.notified()),
             res = start.changed(), if conn.waiting() => match res {
                 Ok(()) => {
                     let s = *start.borrow_and_update();

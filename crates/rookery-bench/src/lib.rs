@@ -4,9 +4,10 @@
 //! pomelo/pitaya client protocol (handshake, heartbeats, Data packets), then drives requests
 //! for `--duration` seconds, either closed loop (`--inflight` requests outstanding per
 //! connection) or open loop (`--rate` requests/s in total, latency measured from the scheduled
-//! send time so that a stalled server cannot hide its stalls). It returns a [`Report`] with
-//! throughput and latency percentiles; [`print_table`] renders it for humans, and the caller
-//! prints it as JSON for `--json`.
+//! send time so that a stalled server cannot hide its stalls; a dedicated pacer thread wakes
+//! each connection when its next request is due, with sub-millisecond precision, see
+//! `pacer.rs`). It returns a [`Report`] with throughput and latency percentiles;
+//! [`print_table`] renders it for humans, and the caller prints it as JSON for `--json`.
 //!
 //! [`serve_ceiling`] is a minimal server speaking the same framing: the yardstick (target P1)
 //! that Rookery's request path is measured against with the same load generator.
@@ -18,6 +19,7 @@
 
 mod ceiling;
 mod conn;
+mod pacer;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,12 +30,13 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rookery_protocol::{Message, Route, RouteName};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 pub use ceiling::serve_ceiling;
 
 use conn::{Plan, Start, TaskStats};
+use pacer::{Pacer, Schedule};
 
 /// Command-line options of `rookery bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -150,6 +153,9 @@ pub(crate) struct Shared {
     pub(crate) completed: AtomicU64,
     /// Pushes counted so far (progress display), flushed in batches.
     pub(crate) pushes: AtomicU64,
+    /// Open loop: the largest delay (microseconds) between a request's scheduled time and its
+    /// sending since the pacer last took it (the pacer adapts its cadence to it).
+    pub(crate) send_lag_us: Arc<AtomicU64>,
 }
 
 /// Highest latency a histogram records (larger values are clamped): 60 s in microseconds.
@@ -171,6 +177,7 @@ impl Shared {
             },
             completed: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
+            send_lag_us: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -319,13 +326,20 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
         pb
     };
 
+    // Open loop: one wake-up signal per connection, raised by the pacer thread when the
+    // connection's next request is due.
+    let paced = plan.sends() && plan.rate.is_some();
+    let wakers: Vec<Option<Arc<Notify>>> = (0..n)
+        .map(|_| paced.then(|| Arc::new(Notify::new())))
+        .collect();
+
     // Connect phase: spawn the connection tasks at most `connect_rate` per second.
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
     let (start_tx, start_rx) = watch::channel::<Option<Start>>(None);
     let mut handles = Vec::with_capacity(n);
     let pace = Duration::try_from_secs_f64(1.0 / args.connect_rate).unwrap_or(Duration::ZERO);
     let t0 = Instant::now();
-    for i in 0..n {
+    for (i, wake) in wakers.iter().enumerate() {
         if let Some(at) = pace.checked_mul(i as u32).and_then(|d| t0.checked_add(d)) {
             if at > Instant::now() {
                 tokio::time::sleep_until(at).await;
@@ -335,6 +349,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
             i,
             plan.clone(),
             shared.clone(),
+            wake.clone(),
             ready_tx.clone(),
             start_rx.clone(),
             pb.clone(),
@@ -383,8 +398,34 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
 
     // Measurement phase.
     let start = Instant::now();
-    let _ = start_tx.send(Some(Start { at: start, live }));
     let measure_end = start + plan.warmup + plan.duration;
+    // The pacer wakes the connections on the shared schedule until the end of the window (the
+    // slots of connections that failed stay empty: their signals have no listener); it is
+    // stopped and joined when dropped (at the end of this function, or on cancellation).
+    // Should the thread not start, connections pace themselves on tokio's timers.
+    let pacer = match plan
+        .rate
+        .and_then(|rate| Schedule::new(start, rate, live, n))
+    {
+        Some(schedule) if paced => {
+            let wakers = wakers.into_iter().flatten().collect();
+            match Pacer::spawn(schedule, measure_end, wakers, shared.send_lag_us.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    if !args.no_progress {
+                        eprintln!("rookery-bench: no pacer thread ({e}); pacing on tokio timers");
+                    }
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let _ = start_tx.send(Some(Start {
+        at: start,
+        live,
+        paced: pacer.is_some(),
+    }));
     if plan.hold && !args.no_progress {
         eprintln!(
             "rookery-bench: holding {live} connections ({connect_errors} failed) for {:.1} s",
@@ -442,6 +483,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
         }
     }
     drop(start_tx);
+    drop(pacer);
     Ok(report(
         &plan,
         &shared,

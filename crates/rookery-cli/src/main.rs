@@ -33,9 +33,14 @@ fn init_logs(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let logs = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    use std::io::IsTerminal;
+    // Colours only on a terminal: log files and pipes get plain text.
+    let ansi = std::io::stderr().is_terminal();
+    let logs = tracing_subscriber::registry().with(filter).with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi),
+    );
     // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     #[cfg(feature = "otel")]
     let logs = logs.with(serve::otel::layer());

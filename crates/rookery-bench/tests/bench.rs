@@ -4,9 +4,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use rookery_bench::{run, serve_ceiling, BenchArgs, Report};
+use rookery_bench::{run, Report};
 use rookery_protocol::handshake::{HandshakeResponse, HandshakeResponseSys};
 use rookery_protocol::packet::encode_parts;
 use rookery_protocol::{Message, MessageType, PacketCodec, PacketType, Route, RouteName};
@@ -14,26 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: BenchArgs,
-}
-
-/// Bench arguments as on the command line, with progress off.
-fn args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
-    let addr = addr.to_string();
-    let mut argv = vec!["bench", "--no-progress", "--addr", addr.as_str()];
-    argv.extend_from_slice(extra);
-    Cli::parse_from(argv).args
-}
-
-async fn ceiling() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_ceiling(listener));
-    addr
-}
+mod common;
+use common::{args, ceiling};
 
 fn assert_ordered(r: &Report) {
     assert!(

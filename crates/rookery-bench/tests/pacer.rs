@@ -3,26 +3,13 @@
 //! A test binary of its own: it counts the process's threads by name, so no other run may be in
 //! flight at the same time.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
-use rookery_bench::{run, serve_ceiling, BenchArgs};
-use tokio::net::TcpListener;
+use rookery_bench::run;
 use tokio::time::Instant;
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    args: BenchArgs,
-}
-
-fn args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
-    let addr = addr.to_string();
-    let mut argv = vec!["bench", "--no-progress", "--addr", addr.as_str()];
-    argv.extend_from_slice(extra);
-    Cli::parse_from(argv).args
-}
+mod common;
+use common::{args, ceiling};
 
 /// Threads of this process named like the pacer (`rookery-bench-pacer`, truncated by Linux to
 /// 15 bytes).
@@ -53,9 +40,7 @@ async fn until(within: Duration, want: impl Fn(usize) -> bool) -> bool {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pacer_thread_ends_with_its_run() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve_ceiling(listener));
+    let addr = ceiling().await;
     assert_eq!(pacer_threads(), 0);
 
     // A run that completes: the pacer existed while it ran, and is gone once it returns (a

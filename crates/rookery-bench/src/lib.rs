@@ -69,7 +69,7 @@ pub struct BenchArgs {
     /// none).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Before measuring, each connection sends connector.entry.login {"uid":"bench-<n>"}.
+    /// Before measuring, each connection sends `connector.entry.login {"uid":"bench-<n>"}`.
     #[arg(long)]
     pub login: bool,
     /// New connections per second, at most.

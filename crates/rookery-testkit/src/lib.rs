@@ -4,9 +4,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a server may take to accept connections after being started.
@@ -49,26 +51,83 @@ fn find_binary(name: &str, package: &str) -> Result<PathBuf, HarnessError> {
     )))
 }
 
-fn wait_until_listening(
-    addr: SocketAddr,
+/// A name no other server started by this or another test process has.
+fn unique_name(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "rookery-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Waits until `probe` confirms that the server listening on the port is the `child` just started.
+///
+/// A bare "something accepts connections" is not enough: a port picked as free can be bound by a
+/// concurrently running test in the meantime, and then our server exits while the other one answers.
+/// The probe asks the server for the unique name it was started with. On failure the child is
+/// killed.
+fn wait_until_ready(
     child: &mut Child,
     what: &str,
+    addr: SocketAddr,
+    probe: impl Fn() -> bool,
 ) -> Result<(), HarnessError> {
     let start = Instant::now();
-    loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
+    let result = loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(HarnessError(format!("{what} exited early: {status}")));
+            break Err(HarnessError(format!("{what} exited early: {status}")));
+        }
+        if probe() {
+            break Ok(());
         }
         if start.elapsed() > READY_TIMEOUT {
-            return Err(HarnessError(format!(
-                "{what} did not listen on {addr} in time"
+            break Err(HarnessError(format!(
+                "{what} did not answer on {addr} in time"
             )));
         }
         std::thread::sleep(Duration::from_millis(25));
+    };
+    if result.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
+    result
+}
+
+/// Connects with short deadlines for a readiness probe.
+fn probe_connect(addr: SocketAddr) -> Option<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    Some(s)
+}
+
+/// Whether the etcd on `addr` is up, serving, and named `name` (its JSON gateway's member list).
+fn etcd_is(addr: SocketAddr, name: &str) -> bool {
+    let Some(mut s) = probe_connect(addr) else {
+        return false;
+    };
+    let request = format!(
+        "POST /v3/cluster/member/list HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+    );
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = Vec::new();
+    let _ = s.take(64 * 1024).read_to_end(&mut body);
+    String::from_utf8_lossy(&body).contains(&format!("\"name\":\"{name}\""))
+}
+
+/// Whether the nats-server on `addr` is up and named `name` (the INFO line it greets with).
+fn nats_is(addr: SocketAddr, name: &str) -> bool {
+    let Some(s) = probe_connect(addr) else {
+        return false;
+    };
+    let mut info = String::new();
+    let _ = BufReader::new(s.take(64 * 1024)).read_line(&mut info);
+    info.starts_with("INFO ") && info.contains(&format!("\"server_name\":\"{name}\""))
 }
 
 /// A running server process; killed on drop.
@@ -98,6 +157,7 @@ pub struct Etcd {
     client_port: u16,
     peer_port: u16,
     bin: PathBuf,
+    name: String,
 }
 
 impl Etcd {
@@ -111,6 +171,7 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             bin,
+            name: unique_name("etcd"),
         };
         // A port picked as free may be taken by someone else before etcd binds it: try others.
         let mut attempt = 0;
@@ -132,13 +193,13 @@ impl Etcd {
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let data = self.dir.path().join("data");
         let mut child = Command::new(&self.bin)
-            .arg("--name=test")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", data.display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!("--initial-cluster={}={peer}", self.name))
             .arg("--log-level=error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -146,7 +207,7 @@ impl Etcd {
             .spawn()
             .map_err(|e| HarnessError(format!("cannot start etcd: {e}")))?;
         let addr: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
-        wait_until_listening(addr, &mut child, "etcd")?;
+        wait_until_ready(&mut child, "etcd", addr, || etcd_is(addr, &self.name))?;
         self.proc.child = Some(child);
         Ok(())
     }
@@ -179,6 +240,7 @@ pub struct Nats {
     port: u16,
     bin: PathBuf,
     extra: Vec<String>,
+    name: String,
 }
 
 impl Nats {
@@ -195,6 +257,7 @@ impl Nats {
             port: free_port(),
             bin,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            name: unique_name("nats"),
         };
         let mut attempt = 0;
         loop {
@@ -212,6 +275,7 @@ impl Nats {
     fn spawn(&mut self) -> Result<(), HarnessError> {
         let mut child = Command::new(&self.bin)
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["--name", &self.name])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -219,7 +283,9 @@ impl Nats {
             .spawn()
             .map_err(|e| HarnessError(format!("cannot start nats-server: {e}")))?;
         let addr: SocketAddr = ([127, 0, 0, 1], self.port).into();
-        wait_until_listening(addr, &mut child, "nats-server")?;
+        wait_until_ready(&mut child, "nats-server", addr, || {
+            nats_is(addr, &self.name)
+        })?;
         self.proc.child = Some(child);
         Ok(())
     }
@@ -265,6 +331,38 @@ mod tests {
         assert!(TcpStream::connect(addr).is_err());
         nats.restart().unwrap();
         assert!(TcpStream::connect(addr).is_ok());
+    }
+
+    #[test]
+    fn probes_tell_our_server_from_another_on_the_port() {
+        let etcd = Etcd::start().expect("etcd starts");
+        let addr: SocketAddr = ([127, 0, 0, 1], etcd.client_port).into();
+        assert!(etcd_is(addr, &etcd.name));
+        assert!(!etcd_is(addr, "someone-else"));
+        let nats = Nats::start().expect("nats-server starts");
+        let addr: SocketAddr = ([127, 0, 0, 1], nats.port).into();
+        assert!(nats_is(addr, &nats.name));
+        assert!(!nats_is(addr, "someone-else"));
+        // A server of the other kind on the port is not taken for ours either.
+        assert!(!etcd_is(addr, &nats.name));
+    }
+
+    #[test]
+    fn a_server_that_cannot_bind_its_port_is_not_ready() {
+        // Someone else holds the port: nats-server exits, and the probe does not mistake the
+        // other listener for it.
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let mut nats = Nats {
+            proc: Proc { child: None },
+            port,
+            bin: find_binary("nats-server", "nats-server").unwrap(),
+            extra: Vec::new(),
+            name: unique_name("nats"),
+        };
+        let e = nats.spawn().unwrap_err();
+        assert!(e.0.contains("nats-server"), "{e}");
+        assert!(nats.proc.child.is_none());
     }
 
     #[test]

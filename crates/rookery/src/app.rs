@@ -28,6 +28,9 @@ pub(crate) struct AppInner {
     pub modules: Vec<Arc<dyn Module>>,
     /// Cancelled when the node starts draining (graceful shutdown).
     pub draining: CancellationToken,
+    /// Set (before `draining` is cancelled) when the node starts draining; read lock-free by
+    /// connections on every wake-up.
+    pub drain_started: std::sync::atomic::AtomicBool,
     /// Owns every connection task.
     pub tasks: TaskTracker,
     pub validator: Option<HandshakeValidator>,
@@ -156,7 +159,9 @@ impl App {
 
     /// True once graceful shutdown has begun.
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.is_cancelled()
+        self.inner
+            .drain_started
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Pushes to a user's session.

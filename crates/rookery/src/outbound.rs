@@ -2,12 +2,18 @@
 //! one consumer (the connection's writer). Pushing never waits: a full queue is reported so that
 //! the session can be closed as too slow. It allocates nothing while empty, which keeps idle
 //! connections small.
+//!
+//! The queue also holds the connection task's waker: a push, a close of the queue or a close of
+//! the session ([`Outbound::wake`]) wakes that one task. Registering and waking are a few atomic
+//! operations (no lock, no waiter list), which matters because the connection polls this on every
+//! wake-up.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 /// Why a packet was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +26,8 @@ pub(crate) enum PushError {
 
 pub(crate) struct Outbound {
     state: Mutex<State>,
-    ready: Notify,
+    /// The connection task (its writer and reader).
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -36,7 +43,7 @@ impl Outbound {
                 queue: VecDeque::new(),
                 closed: false,
             }),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -57,31 +64,50 @@ impl Outbound {
             }
             st.queue.push_back(packet);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
+    }
+
+    /// Makes `waker` the one that pushes and closes wake (the connection task's).
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
+    /// Wakes the registered task (e.g. because its session is closing).
+    pub(crate) fn wake(&self) {
+        self.waker.wake();
+    }
+
+    /// Moves up to `max` queued packets into `out`, or registers the task to be woken by the next
+    /// push or close. Ready with 0 once the queue is closed and empty.
+    pub(crate) fn poll_pop_batch(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Poll<usize> {
+        // Registered before looking: a push after the look wakes this task.
+        self.waker.register(cx.waker());
+        let mut st = self.lock();
+        if !st.queue.is_empty() {
+            let n = st.queue.len().min(max);
+            out.extend(st.queue.drain(..n));
+            if st.queue.is_empty() && st.queue.capacity() > 64 {
+                st.queue.shrink_to(16);
+            }
+            return Poll::Ready(n);
+        }
+        if st.closed {
+            return Poll::Ready(0);
+        }
+        Poll::Pending
     }
 
     /// Moves up to `max` queued packets into `out`; waits while the queue is empty. Returns 0
     /// once the queue is closed and empty.
-    pub(crate) async fn pop_batch(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
-        loop {
-            {
-                let mut st = self.lock();
-                if !st.queue.is_empty() {
-                    let n = st.queue.len().min(max);
-                    out.extend(st.queue.drain(..n));
-                    if st.queue.is_empty() && st.queue.capacity() > 64 {
-                        st.queue.shrink_to(16);
-                    }
-                    return n;
-                }
-                if st.closed {
-                    return 0;
-                }
-            }
-            // A push between the check and this wait leaves a permit: nothing is missed.
-            self.ready.notified().await;
-        }
+    #[cfg(test)]
+    async fn pop_batch(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+        std::future::poll_fn(|cx| self.poll_pop_batch(cx, out, max)).await
     }
 
     /// Refuses further packets; returns what is still queued.
@@ -90,7 +116,7 @@ impl Outbound {
         st.closed = true;
         let rest = st.queue.drain(..).collect();
         drop(st);
-        self.ready.notify_one();
+        self.waker.wake();
         rest
     }
 }

@@ -193,6 +193,7 @@ impl ServerBuilder {
             groups: Groups::default(),
             modules: self.modules,
             draining: CancellationToken::new(),
+            drain_started: Default::default(),
             tasks: TaskTracker::new(),
             validator: self.validator,
             cluster,
@@ -354,7 +355,15 @@ impl RunningServer {
         self.stop_accept.cancel();
         while self.acceptors.join_next().await.is_some() {}
         let inner = self.app.inner();
+        inner
+            .drain_started
+            .store(true, std::sync::atomic::Ordering::Release);
         inner.draining.cancel();
+        // Connections look at the flag when woken; a session created after this snapshot sees
+        // the flag on its first look.
+        for s in self.app.sessions().all() {
+            s.wake_connection();
+        }
         inner.tasks.close();
         let drain = secs(self.app.config().node.drain_timeout);
         let drained = tokio::time::timeout(drain, inner.tasks.wait())

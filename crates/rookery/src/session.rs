@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -68,12 +68,15 @@ struct Inner {
     created: Instant,
     uid: RwLock<Option<Arc<str>>>,
     data: Mutex<HashMap<String, serde_json::Value>>,
-    data_dirty: std::sync::atomic::AtomicBool,
+    data_dirty: AtomicBool,
     link: Link,
     /// Nodes this session's requests were forwarded to (told when it closes).
     touched: Mutex<Vec<Arc<str>>>,
     /// When the uid was bound (unix nanoseconds): the newer binding wins across gateways.
     bound_at: AtomicU64,
+    /// Set once the session closes; read lock-free on every send and connection wake-up.
+    closed: AtomicBool,
+    /// Cancelled once the session closes, for [`Session::closed`] waiters.
     closing: CancellationToken,
     close_reason: OnceLock<String>,
     dict: Arc<RouteDict>,
@@ -289,12 +292,38 @@ impl Session {
     /// Closes the session without a Kick packet. The first reason given is kept.
     pub fn close(&self, reason: &str) {
         let _ = self.inner.close_reason.set(reason.to_string());
-        self.inner.closing.cancel();
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            self.inner.closing.cancel();
+            // The connection task does not wait on the token: it is woken through its queue.
+            self.wake_connection();
+        }
     }
 
     /// True once the session is closing or closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closing.is_cancelled()
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Ready once the session is closing. For the connection task of a local session, which
+    /// is woken through its outbound queue ([`Session::close`] and [`Session::wake_connection`]
+    /// wake it); other sessions are never woken by this.
+    pub(crate) fn poll_closed(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if let Link::Local(out) = &self.inner.link {
+            out.register(cx.waker());
+        }
+        if self.is_closed() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    /// Wakes the task serving a local session's connection, so that it looks at the session's
+    /// and the node's state (closing, draining).
+    pub(crate) fn wake_connection(&self) {
+        if let Link::Local(out) = &self.inner.link {
+            out.wake();
+        }
     }
 
     /// Why the session was closed, once it is.
@@ -313,10 +342,6 @@ impl Session {
             Link::Local(q) => Some(q),
             _ => None,
         }
-    }
-
-    pub(crate) fn closing_token(&self) -> CancellationToken {
-        self.inner.closing.clone()
     }
 
     pub(crate) fn set_uid(&self, uid: Option<Arc<str>>) {
@@ -367,10 +392,11 @@ impl Session {
                 created: Instant::now(),
                 uid: RwLock::new(None),
                 data: Mutex::new(HashMap::new()),
-                data_dirty: std::sync::atomic::AtomicBool::new(false),
+                data_dirty: AtomicBool::new(false),
                 link,
                 touched: Mutex::new(Vec::new()),
                 bound_at: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
                 closing: CancellationToken::new(),
                 close_reason: OnceLock::new(),
                 dict,

@@ -16,6 +16,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -280,21 +281,27 @@ async fn read_loop(
     let idle = app.config().gateway.heartbeat_interval() * 2;
     let limiter = rate_limiter(app);
     let max_violations = app.config().gateway.rate_limit.max_violations;
+    let request_timeout = app.config().gateway.request_timeout();
     let mut violations = 0u32;
     let mut last_seen = Instant::now();
     // One timer for the connection, re-armed only when it fires (not on every packet).
     let idle_timer = sleep_until(last_seen + idle);
     tokio::pin!(idle_timer);
-    let draining = app.inner().draining.clone();
-    // Made once and polled by reference: registering with a token on every packet costs locks.
-    let closed = session.closed();
-    let drain = draining.cancelled();
-    tokio::pin!(closed, drain);
+    // Closing and draining are flags, looked at on every wake-up of the connection task; whoever
+    // sets one wakes the task through the session's outbound queue (no lock, no waiter list).
+    let mut stop = std::future::poll_fn(|cx| {
+        if session.poll_closed(cx).is_ready() {
+            Poll::Ready(End::Closed)
+        } else if app.is_draining() {
+            Poll::Ready(End::Drain)
+        } else {
+            Poll::Pending
+        }
+    });
     loop {
         let next = tokio::select! {
             biased;
-            _ = &mut closed => return End::Closed,
-            _ = &mut drain => return End::Drain,
+            end = &mut stop => return end,
             p = reader.next() => p,
             _ = &mut idle_timer => {
                 if last_seen.elapsed() >= idle {
@@ -368,7 +375,7 @@ async fn read_loop(
                     id: msg.id,
                     payload: msg.payload,
                 };
-                dispatch(app, session, job, concurrent).await;
+                dispatch(app, session, job, request_timeout, concurrent).await;
             }
             PacketType::Handshake | PacketType::HandshakeAck => {
                 return End::Violation("handshake after handshake".into())
@@ -415,13 +422,19 @@ struct Concurrent {
 /// Runs one request: in order, inline (the next packet is read when it is done), or as a task
 /// for concurrent routes. Inline runs are boxed so that a connection's task stays small while it
 /// is idle.
-async fn dispatch(app: &App, session: &Session, job: Job, concurrent: &mut Option<Concurrent>) {
+async fn dispatch(
+    app: &App,
+    session: &Session,
+    job: Job,
+    timeout: Duration,
+    concurrent: &mut Option<Concurrent>,
+) {
     let dispatch = match &job.dest {
         Dest::Local(e) => e.dispatch,
         Dest::Remote(_) => Dispatch::Ordered,
     };
     match dispatch {
-        Dispatch::Ordered => Box::pin(run_job(app, session, job)).await,
+        Dispatch::Ordered => Box::pin(run_job(app, session, job, timeout)).await,
         Dispatch::Serial => {
             let lock = match &job.dest {
                 Dest::Local(e) => e.module_lock.clone(),
@@ -431,7 +444,7 @@ async fn dispatch(app: &App, session: &Session, job: Job, concurrent: &mut Optio
                 Some(l) => Some(l.lock().await),
                 None => None,
             };
-            Box::pin(run_job(app, session, job)).await
+            Box::pin(run_job(app, session, job, timeout)).await
         }
         Dispatch::Concurrent => {
             let c = concurrent.get_or_insert_with(|| Concurrent {
@@ -444,15 +457,14 @@ async fn dispatch(app: &App, session: &Session, job: Job, concurrent: &mut Optio
             };
             let (app, session) = (app.clone(), session.clone());
             c.tasks.spawn(async move {
-                run_job(&app, &session, job).await;
+                run_job(&app, &session, job, timeout).await;
                 drop(slot);
             });
         }
     }
 }
 
-async fn run_job(app: &App, session: &Session, job: Job) {
-    let timeout = app.config().gateway.request_timeout();
+async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
     // Every client request starts a trace here.
     let trace = telemetry::new_trace_id();
     let (route, result) = match &job.dest {
@@ -488,18 +500,23 @@ async fn run_job(app: &App, session: &Session, job: Job) {
 }
 
 async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
-    let closing = session.closing_token();
     let Some(queue) = session.outbound() else {
         return;
     };
     // Grows on demand, so idle connections hold no batch buffer.
     let mut batch = Vec::new();
     loop {
-        let n = tokio::select! {
-            biased;
-            n = queue.pop_batch(&mut batch, WRITE_BATCH) => n,
-            _ = closing.cancelled() => break,
-        };
+        // What is queued is written first; once the queue is empty, a closing session ends the
+        // loop. Both wake this task through the queue's waker.
+        let n =
+            std::future::poll_fn(
+                |cx| match queue.poll_pop_batch(cx, &mut batch, WRITE_BATCH) {
+                    Poll::Ready(n) => Poll::Ready(n),
+                    Poll::Pending if session.is_closed() => Poll::Ready(0),
+                    Poll::Pending => Poll::Pending,
+                },
+            )
+            .await;
         if n == 0 {
             break;
         }
@@ -507,15 +524,17 @@ async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
             let write = writer.write(&batch);
             tokio::pin!(write);
             tokio::select! {
+                biased;
                 r = &mut write => r.is_ok(),
-                _ = closing.cancelled() => {
+                _ = std::future::poll_fn(|cx| session.poll_closed(cx)) => {
                     matches!(timeout(FLUSH_DEADLINE, &mut write).await, Ok(Ok(())))
                 }
             }
         };
         batch.clear();
         if !ok {
-            closing.cancel();
+            // Wakes the reader too: it ends with the session.
+            session.close("write failed");
             queue.close();
             writer_shutdown(writer.as_mut()).await;
             return;

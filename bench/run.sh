@@ -527,30 +527,49 @@ stop_server "$FS"
 # P3, P8 against pinus.
 wait "$PINUS_INSTALL_PID" 2>/dev/null || true
 PSTAT=$(cat "$PINUS_STATUS" 2>/dev/null || echo "install did not finish")
-if [[ $PSTAT == ok ]]; then
-  # pinus' master forks the connector and room servers: all three stay in this process group.
-  start_server pinus env -C "$PINUS_DIR" node app.js env=production
-  PIN=$LAST_PID
-  PIN_ALL="$PIN"
-  if wait_port 3460 60 "$PIN" && wait_port 3467 60 "$PIN"; then
+# start_pinus NAME: starts pinus (master, connector, room) and waits for its ports; sets PIN_ALL to
+# its processes. Each pinus scenario gets fresh servers, as each Rookery one does.
+start_pinus() {
+  # pinus' master forks the connector and room servers.
+  start_server "$1" env -C "$PINUS_DIR" node app.js env=production
+  PIN_ALL="$LAST_PID"
+  if wait_port 3460 60 "$LAST_PID" && wait_port 3467 60 "$LAST_PID"; then
     sleep 2   # the master reports "all servers startup" shortly after the ports open
     # In production mode the master starts the connector and room servers detached (each in
     # its own session): track them by pid, for CPU time and to stop them.
+    local p
     for p in $(pinus_children); do
       SERVER_GROUPS+=("$p")
       PIN_ALL="$PIN_ALL $p"
     done
     log "pinus processes: $PIN_ALL"
+    return 0
+  fi
+  return 1
+}
+
+stop_pinus() {
+  local p
+  for p in $PIN_ALL; do stop_server "$p"; done
+  for p in $(pinus_children); do kill -KILL "$p" 2>/dev/null || true; done
+}
+
+if [[ $PSTAT == ok ]]; then
+  if start_pinus pinus; then
     for c in "${PINUS_CONNS[@]}"; do
       bench_row "p3-c$c" pinus "$PIN_ALL" "$c" --addr 127.0.0.1:3460 --route "$ROUTE"
     done
+  else
+    unavailable p3-c$MAIN_CONNS pinus "pinus did not start (see $RUN_DIR/pinus.log)"
+  fi
+  stop_pinus
+  if start_pinus pinus-fanout; then
     fanout_row p8-pinus pinus-fanout "$PIN_ALL" --addr 127.0.0.1:3460 --users "$P8_USERS" \
       --uid-prefix pin-
   else
-    unavailable p3-c$MAIN_CONNS pinus "pinus did not start (see $RUN_DIR/pinus.log)"
-    unavailable p8-pinus pinus-fanout "pinus did not start"
+    unavailable p8-pinus pinus-fanout "pinus did not start (see $RUN_DIR/pinus-fanout.log)"
   fi
-  for p in $PIN_ALL; do stop_server "$p"; done
+  stop_pinus
 else
   unavailable p3-c$MAIN_CONNS pinus "$PSTAT"
   unavailable p8-pinus pinus-fanout "$PSTAT"

@@ -186,18 +186,51 @@ impl App {
 }
 
 /// Runs `fut` with a deadline, arming the timer only if the first poll does not finish it: most
-/// handlers answer at once, and a timer per request costs more than the handler.
-async fn first_poll_then_deadline<F: std::future::Future>(
+/// handlers answer at once, and a timer per request costs more than the handler. A small
+/// hand-written future: the request's whole state is moved into a box per request, so its size
+/// counts.
+fn first_poll_then_deadline<F: std::future::Future + Unpin>(
     timeout: std::time::Duration,
     fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(out) => Ok(out),
-        std::task::Poll::Pending => tokio::time::timeout(timeout, fut).await,
+) -> FirstPollThenDeadline<F> {
+    FirstPollThenDeadline {
+        fut,
+        timeout,
+        deadline: None,
     }
 }
+
+struct FirstPollThenDeadline<F> {
+    fut: F,
+    timeout: std::time::Duration,
+    /// Armed after the first poll left `fut` pending.
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for FirstPollThenDeadline<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        if let Poll::Ready(out) = std::pin::Pin::new(&mut self.fut).poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let timeout = self.timeout;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(TimedOut)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// A handler did not answer within its deadline.
+struct TimedOut;
 
 /// What a handler gets besides its argument: the node and the calling session.
 #[derive(Clone)]

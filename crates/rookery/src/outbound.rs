@@ -7,8 +7,13 @@
 //! the session ([`Outbound::wake`]) wakes that one task. Registering and waking are a few atomic
 //! operations (no lock, no waiter list), which matters because the connection polls this on every
 //! wake-up.
+//!
+//! While the connection task is being polled ([`Outbound::begin_poll`] .. [`Outbound::end_poll`]),
+//! a push or wake does not wake it: the task looks again before it returns instead. An inline
+//! handler's response, queued while the task runs, so costs no wake-up and no second poll.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
@@ -28,8 +33,15 @@ pub(crate) struct Outbound {
     state: Mutex<State>,
     /// The connection task (its writer and reader).
     waker: AtomicWaker,
+    /// `POLLING` while the connection task is being polled; `PUSHED` / `WOKEN` when a push / a
+    /// wake came in meanwhile.
+    poll_state: AtomicU8,
     capacity: usize,
 }
+
+const POLLING: u8 = 1;
+const PUSHED: u8 = 2;
+const WOKEN: u8 = 4;
 
 struct State {
     queue: VecDeque<Bytes>,
@@ -44,6 +56,7 @@ impl Outbound {
                 closed: false,
             }),
             waker: AtomicWaker::new(),
+            poll_state: AtomicU8::new(0),
             capacity: capacity.max(1),
         }
     }
@@ -64,8 +77,27 @@ impl Outbound {
             }
             st.queue.push_back(packet);
         }
-        self.waker.wake();
+        self.notify(PUSHED);
         Ok(())
+    }
+
+    /// Wakes the connection task, unless it is being polled: then `end_poll` sees `why`.
+    fn notify(&self, why: u8) {
+        if self.poll_state.fetch_or(why, Ordering::AcqRel) & POLLING == 0 {
+            self.waker.wake();
+        }
+    }
+
+    /// The connection task starts a poll of its futures.
+    pub(crate) fn begin_poll(&self) {
+        self.poll_state.store(POLLING, Ordering::Release);
+    }
+
+    /// The connection task ends a poll of its futures: true if it must poll them again, because
+    /// something woke it meanwhile, or a packet pushed meanwhile is still queued.
+    pub(crate) fn end_poll(&self) -> bool {
+        let seen = self.poll_state.swap(0, Ordering::AcqRel);
+        seen & WOKEN != 0 || (seen & PUSHED != 0 && !self.lock().queue.is_empty())
     }
 
     /// Makes `waker` the one that pushes and closes wake (the connection task's).
@@ -75,7 +107,7 @@ impl Outbound {
 
     /// Wakes the registered task (e.g. because its session is closing).
     pub(crate) fn wake(&self) {
-        self.waker.wake();
+        self.notify(WOKEN);
     }
 
     /// Moves up to `max` queued packets into `out`, or registers the task to be woken by the next
@@ -116,7 +148,7 @@ impl Outbound {
         st.closed = true;
         let rest = st.queue.drain(..).collect();
         drop(st);
-        self.waker.wake();
+        self.notify(WOKEN);
         rest
     }
 }
@@ -140,6 +172,52 @@ mod tests {
         assert_eq!(q.close(), vec![Bytes::from_static(b"x")]);
         assert_eq!(q.push(Bytes::new()), Err(PushError::Closed));
         assert_eq!(q.pop_batch(&mut out, 10).await, 0);
+    }
+
+    #[test]
+    fn pushes_during_a_poll_wake_no_one_and_ask_for_another_look() {
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::Arc;
+        use std::task::Wake;
+        struct Count(AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let q = Outbound::new(8);
+        let mut out = Vec::new();
+
+        // Pushed during a poll, and taken by the writer in the same poll: no wake, no second look.
+        q.begin_poll();
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_pending());
+        q.push(Bytes::from_static(b"a")).unwrap();
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_ready());
+        assert!(!q.end_poll());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        // Pushed during a poll after the writer looked: another look, still no wake.
+        q.begin_poll();
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_pending());
+        q.push(Bytes::from_static(b"b")).unwrap();
+        assert!(q.end_poll());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_ready());
+
+        // A wake during a poll (e.g. the session closing) always asks for another look.
+        q.begin_poll();
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_pending());
+        q.wake();
+        assert!(q.end_poll());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        // Outside a poll, a push wakes the registered task.
+        assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_pending());
+        q.push(Bytes::from_static(b"c")).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

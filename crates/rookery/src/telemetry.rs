@@ -205,9 +205,13 @@ pub fn current_trace_id() -> Option<u64> {
     TRACE_ID.try_with(|t| *t).ok()
 }
 
-/// Runs `fut` with `id` as its trace id.
-pub(crate) async fn with_trace_id<F: std::future::Future>(id: u64, fut: F) -> F::Output {
-    TRACE_ID.scope(id, fut).await
+/// Runs `fut` with `id` as its trace id. (A plain function, not an `async fn`: that would store
+/// `fut` twice in its state.)
+pub(crate) fn with_trace_id<F: std::future::Future>(
+    id: u64,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    TRACE_ID.scope(id, fut)
 }
 
 /// Formats a trace id as 16 hex digits (the form in logs and envelopes).

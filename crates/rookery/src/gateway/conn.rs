@@ -13,8 +13,10 @@
 //! inline handler waits. The connection task returns only after its handler tasks and writer
 //! have ended and the session has been removed from the pool and its groups.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -149,7 +151,14 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     // The writer runs in this task beside the reader, polled right after it: a response that an
     // inline handler queued is written in the same poll, without a hop to another task. It ends
     // once the session closes and what was queued is flushed (within FLUSH_DEADLINE).
-    futures_util::future::join(reading, write_loop(writer, session.clone())).await;
+    let both = std::pin::pin!(futures_util::future::join(
+        reading,
+        write_loop(writer, session.clone())
+    ));
+    match session.outbound() {
+        Some(queue) => ConnPoll { both, queue }.await,
+        None => both.await,
+    };
 
     for m in app.modules() {
         m.session_closed(&app, &session).await;
@@ -163,6 +172,37 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
         reason = session.close_reason().unwrap_or(""),
         "session closed"
     );
+}
+
+/// How many times in a row a connection task polls its futures again before it yields.
+const MAX_REPOLLS: usize = 4;
+
+/// Polls a connection's reader and writer inside [`Outbound::begin_poll`] / `end_poll`: what is
+/// queued or woken while they run (an inline handler's response, a close) wakes no one; instead
+/// they are polled again right away if that is still needed.
+///
+/// [`Outbound::begin_poll`]: crate::outbound::Outbound::begin_poll
+struct ConnPoll<'a, F> {
+    both: Pin<&'a mut F>,
+    queue: &'a crate::outbound::Outbound,
+}
+
+impl<F: Future> Future for ConnPoll<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        for _ in 0..MAX_REPOLLS {
+            self.queue.begin_poll();
+            let r = self.both.as_mut().poll(cx);
+            let again = self.queue.end_poll();
+            if r.is_ready() || !again {
+                return r;
+            }
+        }
+        // Still busy: let other tasks run, then come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 async fn next_packet(reader: &mut PacketReader) -> Result<Packet, String> {
@@ -473,9 +513,15 @@ async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
             app.invoke(entry, session.clone(), job.payload, timeout, trace)
                 .await,
         ),
+        // Boxed: a forward's state is several KiB, and every local request would otherwise
+        // allocate (and copy) room for it.
         Dest::Remote(route) => (
             route.clone(),
-            telemetry::with_trace_id(trace, app.rpc().forward(route, job.payload, session)).await,
+            Box::pin(telemetry::with_trace_id(
+                trace,
+                app.rpc().forward(route, job.payload, session),
+            ))
+            .await,
         ),
     };
     match job.kind {

@@ -92,7 +92,7 @@ impl App {
             let span = tracing::info_span!(
                 "request",
                 route = %entry.route,
-                trace_id = %crate::telemetry::format_trace_id(trace),
+                trace_id = %crate::telemetry::TraceId(trace),
                 session = session.id(),
             );
             let ctx = Context::new(self.clone(), session, entry.route.clone());

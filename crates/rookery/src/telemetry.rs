@@ -216,7 +216,17 @@ pub(crate) fn with_trace_id<F: std::future::Future>(
 
 /// Formats a trace id as 16 hex digits (the form in logs and envelopes).
 pub fn format_trace_id(id: u64) -> String {
-    format!("{id:016x}")
+    TraceId(id).to_string()
+}
+
+/// A trace id that formats as 16 hex digits where it is written (log fields), without a
+/// `String` of its own.
+pub(crate) struct TraceId(pub u64);
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
 }
 
 /// Parses a trace id from an envelope; None for empty or malformed ones.

@@ -151,14 +151,11 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     // The writer runs in this task beside the reader, polled right after it: a response that an
     // inline handler queued is written in the same poll, without a hop to another task. It ends
     // once the session closes and what was queued is flushed (within FLUSH_DEADLINE).
-    let both = std::pin::pin!(futures_util::future::join(
-        reading,
-        write_loop(writer, session.clone())
-    ));
-    match session.outbound() {
-        Some(queue) => ConnPoll { both, queue }.await,
-        None => both.await,
-    };
+    ConnPoll {
+        both: futures_util::future::join(reading, write_loop(writer, session.clone())),
+        queue: session.outbound(),
+    }
+    .await;
 
     for m in app.modules() {
         m.session_closed(&app, &session).await;
@@ -177,24 +174,32 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
 /// How many times in a row a connection task polls its futures again before it yields.
 const MAX_REPOLLS: usize = 4;
 
-/// Polls a connection's reader and writer inside [`Outbound::begin_poll`] / `end_poll`: what is
-/// queued or woken while they run (an inline handler's response, a close) wakes no one; instead
-/// they are polled again right away if that is still needed.
-///
-/// [`Outbound::begin_poll`]: crate::outbound::Outbound::begin_poll
-struct ConnPoll<'a, F> {
-    both: Pin<&'a mut F>,
-    queue: &'a crate::outbound::Outbound,
+pin_project_lite::pin_project! {
+    /// Polls a connection's reader and writer inside [`Outbound::begin_poll`] / `end_poll`: what
+    /// is queued or woken while they run (an inline handler's response, a close) wakes no one;
+    /// instead they are polled again right away if that is still needed. It owns the futures (no
+    /// separate pinned local): the connection task's size is what every idle connection costs.
+    ///
+    /// [`Outbound::begin_poll`]: crate::outbound::Outbound::begin_poll
+    struct ConnPoll<'a, F> {
+        #[pin]
+        both: F,
+        queue: Option<&'a crate::outbound::Outbound>,
+    }
 }
 
 impl<F: Future> Future for ConnPoll<'_, F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let Some(queue) = *this.queue else {
+            return this.both.poll(cx);
+        };
         for _ in 0..MAX_REPOLLS {
-            self.queue.begin_poll();
-            let r = self.both.as_mut().poll(cx);
-            let again = self.queue.end_poll();
+            queue.begin_poll();
+            let r = this.both.as_mut().poll(cx);
+            let again = queue.end_poll();
             if r.is_ready() || !again {
                 return r;
             }
@@ -596,4 +601,25 @@ async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
 
 async fn writer_shutdown(writer: &mut dyn PacketWriter) {
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<Args, Fut>(_: impl FnOnce(Args) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// Every idle connection costs its task's size (plus buffers): keep the state of a running
+    /// request, the handshake and the WebSocket upgrade out of it (they are boxed while they run).
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        let size = future_size(|(app, transport, remote, acceptor)| {
+            serve(app, transport, remote, acceptor)
+        });
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 1_600, "connection future is {size} bytes");
+    }
 }

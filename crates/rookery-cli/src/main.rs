@@ -60,22 +60,35 @@ async fn bench(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `serve` builds its runtime from the configuration's `[runtime]` section.
+fn serve_main(args: serve::ServeArgs) -> Result<(), BoxError> {
+    let cfg = serve::config(&args)?;
+    let rt = cfg.runtime.build()?;
+    rt.block_on(async {
+        init_logs("info");
+        serve::run(args, cfg).await
+    })
+}
+
+fn main() {
     let cli = Cli::parse();
-    let result = match cli.cmd {
-        Cmd::Serve(args) => {
-            init_logs("info");
-            serve::run(args).await
-        }
-        Cmd::Client(args) => {
-            init_logs("warn");
-            repl::run(args).await
-        }
-        Cmd::Bench(args) => {
-            init_logs("warn");
-            bench(args).await
-        }
+    let default_runtime = || rookery::config::RuntimeConfig::default().build();
+    let result: Result<(), BoxError> = match cli.cmd {
+        Cmd::Serve(args) => serve_main(args),
+        Cmd::Client(args) => default_runtime().map_err(BoxError::from).and_then(|rt| {
+            rt.block_on(async {
+                init_logs("warn");
+                repl::run(args).await
+            })
+        }),
+        Cmd::Bench(args) => default_runtime().map_err(BoxError::from).and_then(|rt| {
+            rt.block_on(async {
+                init_logs("warn");
+                bench(args).await
+            })
+        }),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -80,8 +80,10 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
 }
 
 /// Runs the demo until SIGINT/SIGTERM, then shuts down gracefully.
-pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let cfg = config(&args)?;
+pub async fn run(
+    args: ServeArgs,
+    cfg: Config,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Bound before the node starts, so a taken port fails fast; the recorder is installed
     // before the routes are built so their metric handles record into it.
     // An address the user asked for must be free; the demo's default ones are skipped (with a

@@ -18,6 +18,11 @@ struct Served {
 /// Starts `rookery serve` with every listener on a port the OS picks, and reads the addresses
 /// it prints.
 fn serve() -> Served {
+    serve_with_env(&[])
+}
+
+/// [`serve`] with extra environment variables (configuration overrides).
+fn serve_with_env(env: &[(&str, &str)]) -> Served {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -33,6 +38,7 @@ fn serve() -> Served {
             "5",
         ])
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -180,6 +186,36 @@ fn serve_client_pipe_and_sigterm() {
     assert!(status.success());
     let exit = wait_exit(server, Duration::from_secs(15)).expect("exits after SIGTERM");
     assert!(exit.success());
+}
+
+/// `[runtime] workers` decides how many scheduler threads `rookery serve` runs (tokio names them
+/// `tokio-rt-worker`).
+#[test]
+#[cfg(target_os = "linux")]
+fn serve_runs_the_configured_number_of_workers() {
+    // Two values: whatever this machine's default is, it cannot equal both.
+    for want in [1, 3] {
+        let served = serve_with_env(&[("ROOKERY_RUNTIME__WORKERS", &want.to_string())]);
+        let pid = served.child.id();
+        let count = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|name| name.trim() == "tokio-rt-worker")
+                .count()
+        };
+        // A worker thread takes its name when it first runs: wait (bounded) until all have.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut workers = count();
+        while workers < want && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            workers = count();
+        }
+        let mut child = served.child;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(workers, want);
+    }
 }
 
 #[test]

@@ -540,7 +540,11 @@ async fn revoked_lease_is_replaced() {
 
 #[tokio::test]
 async fn unreachable_etcd_fails_within_the_timeout() {
-    let port = rookery_testkit::free_port();
+    // A port bound but not listening: connections to it are refused, and no other test can
+    // take it meanwhile (a port merely picked as free could be bound by a concurrent test).
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = held.local_addr().unwrap().port();
     let cfg = EtcdConfig {
         endpoints: vec![format!("http://127.0.0.1:{port}")],
         connect_timeout: 1.0,

@@ -72,23 +72,23 @@ fn serve_main(args: serve::ServeArgs) -> Result<(), BoxError> {
     })
 }
 
+/// `client` and `bench` run on a default runtime, logging warnings only.
+fn run_default(
+    fut: impl std::future::Future<Output = Result<(), BoxError>>,
+) -> Result<(), BoxError> {
+    let rt = rookery::config::RuntimeConfig::default().build()?;
+    rt.block_on(async {
+        init_logs("warn");
+        fut.await
+    })
+}
+
 fn main() {
     let cli = Cli::parse();
-    let default_runtime = || rookery::config::RuntimeConfig::default().build();
-    let result: Result<(), BoxError> = match cli.cmd {
+    let result = match cli.cmd {
         Cmd::Serve(args) => serve_main(args),
-        Cmd::Client(args) => default_runtime().map_err(BoxError::from).and_then(|rt| {
-            rt.block_on(async {
-                init_logs("warn");
-                repl::run(args).await
-            })
-        }),
-        Cmd::Bench(args) => default_runtime().map_err(BoxError::from).and_then(|rt| {
-            rt.block_on(async {
-                init_logs("warn");
-                bench(args).await
-            })
-        }),
+        Cmd::Client(args) => run_default(repl::run(args)),
+        Cmd::Bench(args) => run_default(bench(args)),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

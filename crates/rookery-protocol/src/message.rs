@@ -5,7 +5,7 @@
 //! flag: bit 0 route compressed, bits 1-3 type, bit 4 payload compressed, bit 5 error
 //! ```
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::packet::{PacketType, HEADER_LEN, MAX_WIRE_BODY};
 use crate::{ProtocolError, RouteName};
@@ -183,34 +183,8 @@ impl Message {
 
     /// Appends the encoding of this message to `out`.
     pub fn encode_into(&self, out: &mut BytesMut) -> Result<(), ProtocolError> {
-        let mut flag = (self.kind as u8) << 1;
-        if self.compressed {
-            flag |= FLAG_PAYLOAD_COMPRESSED;
-        }
-        if self.error {
-            flag |= FLAG_ERROR;
-        }
-        if self.kind.has_route() {
-            if let Some(Route::Code(_)) = self.route {
-                flag |= FLAG_ROUTE_COMPRESSED;
-            }
-        }
         out.reserve(self.encoded_len());
-        out.put_u8(flag);
-        if self.kind.has_id() {
-            put_varint(out, self.id);
-        }
-        if self.kind.has_route() {
-            match &self.route {
-                Some(Route::Code(c)) => out.put_u16(*c),
-                Some(Route::Name(r)) => {
-                    out.put_u8(r.as_bytes().len() as u8);
-                    out.put_slice(r.as_bytes());
-                }
-                None => out.put_u8(0),
-            }
-        }
-        out.put_slice(&self.payload);
+        self.put(out, None);
         Ok(())
     }
 
@@ -224,10 +198,59 @@ impl Message {
             });
         }
         let mut out = BytesMut::with_capacity(HEADER_LEN + len);
-        out.put_u8(PacketType::Data as u8);
-        out.put_slice(&(len as u32).to_be_bytes()[1..]);
-        self.encode_into(&mut out)?;
+        self.put(&mut out, Some(len));
         Ok(out.freeze())
+    }
+
+    /// Writes the message (after a `Data` packet header for a body of `packet_len` bytes, if
+    /// given) into `out`, which has room for it. The fixed-size head (packet header, flag, id,
+    /// route length) is assembled on the stack and copied in one go.
+    fn put(&self, out: &mut BytesMut, packet_len: Option<usize>) {
+        let mut flag = (self.kind as u8) << 1;
+        if self.compressed {
+            flag |= FLAG_PAYLOAD_COMPRESSED;
+        }
+        if self.error {
+            flag |= FLAG_ERROR;
+        }
+        if self.kind.has_route() {
+            if let Some(Route::Code(_)) = self.route {
+                flag |= FLAG_ROUTE_COMPRESSED;
+            }
+        }
+        let mut head = [0u8; HEADER_LEN + 1 + MAX_VARINT_LEN + 2];
+        let mut n = 0;
+        if let Some(len) = packet_len {
+            head[0] = PacketType::Data as u8;
+            head[1..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
+            n = HEADER_LEN;
+        }
+        head[n] = flag;
+        n += 1;
+        if self.kind.has_id() {
+            n += put_varint(&mut head[n..], self.id);
+        }
+        let mut name: &[u8] = &[];
+        if self.kind.has_route() {
+            match &self.route {
+                Some(Route::Code(c)) => {
+                    head[n..n + 2].copy_from_slice(&c.to_be_bytes());
+                    n += 2;
+                }
+                Some(Route::Name(r)) => {
+                    name = r.as_bytes();
+                    head[n] = name.len() as u8;
+                    n += 1;
+                }
+                None => {
+                    head[n] = 0;
+                    n += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&head[..n]);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&self.payload);
     }
 }
 
@@ -263,12 +286,17 @@ fn varint_len(mut v: u64) -> usize {
     n
 }
 
-fn put_varint(out: &mut BytesMut, mut v: u64) {
+/// Writes `v` as a varint at the start of `out` (room for [`MAX_VARINT_LEN`] bytes); returns
+/// the bytes written.
+fn put_varint(out: &mut [u8], mut v: u64) -> usize {
+    let mut n = 0;
     while v >= 0x80 {
-        out.put_u8((v as u8 & 0x7F) | 0x80);
+        out[n] = (v as u8 & 0x7F) | 0x80;
         v >>= 7;
+        n += 1;
     }
-    out.put_u8(v as u8);
+    out[n] = v as u8;
+    n + 1
 }
 
 #[cfg(test)]
@@ -329,9 +357,8 @@ mod tests {
     fn varint_edges() {
         assert_eq!(decode_varint(&[0x7F]).unwrap(), (127, 1));
         assert_eq!(decode_varint(&[0x80, 0x01]).unwrap(), (128, 2));
-        let mut max = BytesMut::new();
-        put_varint(&mut max, u64::MAX);
-        assert_eq!(max.len(), 10);
+        let mut max = [0u8; MAX_VARINT_LEN];
+        assert_eq!(put_varint(&mut max, u64::MAX), 10);
         assert_eq!(decode_varint(&max).unwrap(), (u64::MAX, 10));
         assert_eq!(decode_varint(&[0x80; 11]), Err(ProtocolError::BadVarint));
         assert_eq!(
@@ -398,7 +425,12 @@ mod tests {
                                      if kind.has_route() { Some(r) } else { None }, Bytes::from(payload));
             m.error = error;
             m.compressed = compressed;
-            let back = Message::decode(Bytes::from(enc(&m))).unwrap();
+            let body = enc(&m);
+            let packet = m.to_packet_bytes().unwrap();
+            prop_assert_eq!(packet.len(), 4 + body.len());
+            prop_assert_eq!(u32::from_be_bytes([0, packet[1], packet[2], packet[3]]) as usize, body.len());
+            prop_assert_eq!(&packet[4..], &body[..]);
+            let back = Message::decode(Bytes::from(body)).unwrap();
             prop_assert_eq!(back, m);
         }
     }

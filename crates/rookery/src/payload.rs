@@ -50,10 +50,32 @@ fn decode_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Error> {
     serde_json::from_slice(payload).map_err(|e| Error::bad_request(format!("invalid JSON: {e}")))
 }
 
+/// Largest encoding buffer a thread keeps between calls; a larger one is freed after use.
+const SCRATCH_KEEP: usize = 64 * 1024;
+
+thread_local! {
+    /// Reused encoding buffer: values are serialized into it and copied out once, at their exact
+    /// size, instead of growing a fresh `Vec` (and turning it into `Bytes`) every time.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn encode_json<T: Serialize + ?Sized>(v: &T) -> Result<Bytes, Error> {
-    serde_json::to_vec(v)
-        .map(Bytes::from)
-        .map_err(Error::internal)
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = serde_json::to_writer(&mut *buf, v)
+                .map(|()| Bytes::copy_from_slice(&buf))
+                .map_err(Error::internal);
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+            out
+        }
+        // A `Serialize` impl that encodes a payload itself: it gets its own buffer.
+        Err(_) => serde_json::to_vec(v)
+            .map(Bytes::from)
+            .map_err(Error::internal),
+    })
 }
 
 fn decode_proto<T: prost::Message + Default>(payload: Bytes) -> Result<T, Error> {

@@ -164,6 +164,42 @@ async fn pushes_arrive_in_send_order() {
     server.shutdown().await;
 }
 
+/// Writes the socket cannot take at once (8 MiB of pushes through a 4 KiB receive window) are
+/// finished later, from where they stopped: every packet arrives whole, none twice, in order.
+#[tokio::test]
+async fn writes_cut_short_by_a_full_socket_resume_where_they_stopped() {
+    const BLOBS: usize = 256;
+    let mut cfg = config();
+    cfg.gateway.outbound_queue = 2 * BLOBS;
+    let (server, _) = start(cfg).await;
+    let mut raw = Raw2::connect_small_window(&server, 4096).await;
+    raw.handshake().await;
+    raw.request(
+        7,
+        "test.push.blob",
+        format!(r#"{{"n": {BLOBS}}}"#).as_bytes(),
+    )
+    .await;
+    let mut blobs = 0;
+    loop {
+        let p = raw
+            .recv_non_heartbeat()
+            .await
+            .expect("connection stays open");
+        assert_eq!(p.kind, PacketType::Data);
+        let m = rookery::protocol::Message::decode(p.body).unwrap();
+        if m.kind == rookery::protocol::MessageType::Response {
+            assert_eq!(m.id, 7);
+            break;
+        }
+        assert_eq!(m.payload.len(), 32 * 1024);
+        assert!(m.payload.iter().all(|&b| b == b'x'), "blob {blobs} damaged");
+        blobs += 1;
+    }
+    assert_eq!(blobs, BLOBS, "every push before the response");
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn slow_client_is_disconnected_and_others_unaffected() {
     let mut cfg = config();

@@ -87,7 +87,7 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     let cfg = &app.config().gateway;
     let hs = tokio::select! {
         // Boxed so that the handshake's state is not kept for the connection's whole life.
-        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &mut reader, writer.as_mut()))) => r,
+        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &mut reader, &mut writer))) => r,
         _ = app.inner().draining.cancelled() => Ok(Err("server shutting down".into())),
     };
     let (serializer, client) = match hs {
@@ -96,14 +96,14 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
             tracing::debug!(%remote, %reason, "handshake failed");
             metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "refused")
                 .increment(1);
-            kick_raw(writer.as_mut(), &reason).await;
+            kick_raw(&mut writer, &reason).await;
             return;
         }
         Err(_) => {
             tracing::debug!(%remote, "handshake timeout");
             metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "timeout")
                 .increment(1);
-            kick_raw(writer.as_mut(), "handshake timeout").await;
+            kick_raw(&mut writer, "handshake timeout").await;
             return;
         }
     };
@@ -222,7 +222,7 @@ async fn next_packet(reader: &mut PacketReader) -> Result<Packet, String> {
 async fn handshake(
     app: &App,
     reader: &mut PacketReader,
-    writer: &mut dyn PacketWriter,
+    writer: &mut PacketWriter,
 ) -> Result<(Serializer, HandshakeSys), String> {
     let request = loop {
         let p = next_packet(reader).await?;
@@ -275,7 +275,7 @@ async fn handshake(
 
 /// Answers a handshake with a refusal; the caller then closes the connection.
 async fn refuse(
-    writer: &mut dyn PacketWriter,
+    writer: &mut PacketWriter,
     code: u16,
     msg: String,
 ) -> Result<(Serializer, HandshakeSys), String> {
@@ -287,7 +287,7 @@ async fn refuse(
 }
 
 /// Best-effort Kick with a reason on a connection that has no session (yet), then close.
-async fn kick_raw(writer: &mut dyn PacketWriter, reason: &str) {
+async fn kick_raw(writer: &mut PacketWriter, reason: &str) {
     let body = serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
     if let Ok(b) = Packet::new(PacketType::Kick, body).to_bytes() {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
@@ -550,7 +550,7 @@ async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
     }
 }
 
-async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
+async fn write_loop(mut writer: Box<PacketWriter>, session: Session) {
     let Some(queue) = session.outbound() else {
         return;
     };
@@ -571,14 +571,19 @@ async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
         if n == 0 {
             break;
         }
-        let ok = {
-            let write = writer.write(&batch);
-            tokio::pin!(write);
-            tokio::select! {
-                biased;
-                r = &mut write => r.is_ok(),
-                _ = std::future::poll_fn(|cx| session.poll_closed(cx)) => {
-                    matches!(timeout(FLUSH_DEADLINE, &mut write).await, Ok(Ok(())))
+        let ok = match writer.write_now(&batch) {
+            Ok(true) => true,
+            Err(_) => false,
+            // The socket's buffer is full (or a WebSocket): wait for the rest, boxed so that its
+            // state is not part of every connection's task.
+            Ok(false) => {
+                let mut write = Box::pin(writer.finish(&batch));
+                tokio::select! {
+                    biased;
+                    r = &mut write => r.is_ok(),
+                    _ = std::future::poll_fn(|cx| session.poll_closed(cx)) => {
+                        matches!(timeout(FLUSH_DEADLINE, &mut write).await, Ok(Ok(())))
+                    }
                 }
             }
         };
@@ -587,7 +592,7 @@ async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
             // Wakes the reader too: it ends with the session.
             session.close("write failed");
             queue.close();
-            writer_shutdown(writer.as_mut()).await;
+            writer_shutdown(&mut writer).await;
             return;
         }
     }
@@ -596,10 +601,10 @@ async fn write_loop(mut writer: Box<dyn PacketWriter>, session: Session) {
     if !rest.is_empty() {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&rest)).await;
     }
-    writer_shutdown(writer.as_mut()).await;
+    writer_shutdown(&mut writer).await;
 }
 
-async fn writer_shutdown(writer: &mut dyn PacketWriter) {
+async fn writer_shutdown(writer: &mut PacketWriter) {
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
 }
 

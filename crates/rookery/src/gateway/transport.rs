@@ -4,7 +4,6 @@
 use std::io;
 use std::pin::Pin;
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
@@ -30,20 +29,70 @@ pub(crate) enum ConnError {
 
 pub(crate) type PacketReader = Pin<Box<dyn Stream<Item = Result<Packet, ConnError>> + Send>>;
 
-/// Writes already-encoded packets.
-#[async_trait]
-pub(crate) trait PacketWriter: Send {
+/// Writes already-encoded packets: the write half of a TCP or WebSocket connection (a closed
+/// set, dispatched by `match`).
+///
+/// A batch is written in two steps: [`write_now`](Self::write_now) hands it to the socket without
+/// waiting (a TCP socket with room in its buffer, the usual case, takes it all: no future, no
+/// allocation), and only if something is left does [`finish`](Self::finish) wait for the rest.
+pub(crate) enum PacketWriter {
+    Tcp(TcpWriter),
+    Ws(WsWriter),
+}
+
+impl PacketWriter {
+    /// Writes as much of `batch` as the socket takes without waiting; true if that was all of
+    /// it. A WebSocket writes nothing here: its frames go through [`finish`](Self::finish).
+    pub(crate) fn write_now(&mut self, batch: &[Bytes]) -> io::Result<bool> {
+        match self {
+            Self::Tcp(w) => w.write_now(batch),
+            Self::Ws(_) => Ok(false),
+        }
+    }
+
+    /// Writes what [`write_now`](Self::write_now) left of the same `batch`, and flushes.
+    pub(crate) async fn finish(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        match self {
+            Self::Tcp(w) => w.finish(batch).await,
+            Self::Ws(w) => w.write(batch).await,
+        }
+    }
+
     /// Writes a batch of packets and flushes.
-    async fn write(&mut self, batch: &[Bytes]) -> io::Result<()>;
+    pub(crate) async fn write(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        if self.write_now(batch)? {
+            return Ok(());
+        }
+        // Boxed: the rest's state (a WebSocket sink's is large) stays out of the caller's.
+        Box::pin(self.finish(batch)).await
+    }
+
     /// Closes the write side.
-    async fn shutdown(&mut self);
+    pub(crate) async fn shutdown(&mut self) {
+        match self {
+            Self::Tcp(w) => {
+                let _ = w.half.shutdown().await;
+            }
+            Self::Ws(w) => {
+                let _ = w.sink.close().await;
+            }
+        }
+    }
 }
 
 /// A packet reader and writer over one connection.
 pub(crate) struct Transport {
     pub reader: PacketReader,
-    pub writer: Box<dyn PacketWriter>,
+    /// Boxed: kept out of the connection task's own state, whose size every idle connection pays.
+    pub writer: Box<PacketWriter>,
 }
+
+/// A TCP connection's initial read buffer; it grows for larger packets.
+const READ_BUF: usize = 1024;
+/// Room kept free in the read buffer before each read. Every packet taken off the front shrinks
+/// the room behind it; a read into a few bytes' room would cut packets in pieces and cost a
+/// second `recv` for each.
+const MIN_READ_ROOM: usize = READ_BUF / 4;
 
 struct TcpDecoder(PacketCodec);
 
@@ -51,31 +100,52 @@ impl Decoder for TcpDecoder {
     type Item = Packet;
     type Error = ConnError;
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ConnError> {
-        Ok(self.0.decode(src)?)
+        let packet = self.0.decode(src)?;
+        // `None`: the next thing is a read. Once the packets read before are dropped (requests
+        // are handled before the next read), this reuses the same buffer instead of allocating.
+        if packet.is_none() && src.capacity() - src.len() < MIN_READ_ROOM {
+            src.reserve(READ_BUF);
+        }
+        Ok(packet)
     }
 }
 
-struct TcpWriter {
+pub(crate) struct TcpWriter {
     half: OwnedWriteHalf,
+    /// Where a batch of several packets is coalesced: one system call for all of them.
     buf: BytesMut,
+    /// Bytes of the current batch already written by `write_now`.
+    sent: usize,
 }
 
-#[async_trait]
-impl PacketWriter for TcpWriter {
-    async fn write(&mut self, batch: &[Bytes]) -> io::Result<()> {
-        if let [one] = batch {
-            return self.half.write_all(one).await;
+impl TcpWriter {
+    /// The bytes of `batch` as one slice: the packet itself, or the batch coalesced in `buf`.
+    fn coalesced<'a>(buf: &'a BytesMut, batch: &'a [Bytes]) -> &'a [u8] {
+        match batch {
+            [one] => one,
+            _ => buf,
         }
-        // Coalesce the batch into one write: one syscall for many small packets.
-        self.buf.clear();
-        for p in batch {
-            self.buf.extend_from_slice(p);
-        }
-        self.half.write_all(&self.buf).await
     }
 
-    async fn shutdown(&mut self) {
-        let _ = self.half.shutdown().await;
+    fn write_now(&mut self, batch: &[Bytes]) -> io::Result<bool> {
+        if batch.len() > 1 {
+            self.buf.clear();
+            for p in batch {
+                self.buf.extend_from_slice(p);
+            }
+        }
+        let data = Self::coalesced(&self.buf, batch);
+        self.sent = match self.half.try_write(data) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(self.sent == data.len())
+    }
+
+    async fn finish(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        let data = Self::coalesced(&self.buf, batch);
+        self.half.write_all(&data[self.sent..]).await
     }
 }
 
@@ -83,13 +153,15 @@ impl PacketWriter for TcpWriter {
 pub(crate) fn tcp(stream: TcpStream, max_packet: usize) -> Transport {
     let (read, write) = stream.into_split();
     // A small initial buffer keeps idle connections cheap; it grows for larger packets.
-    let reader = FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), 1024);
+    let reader =
+        FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), READ_BUF);
     Transport {
         reader: Box::pin(reader),
-        writer: Box::new(TcpWriter {
+        writer: Box::new(PacketWriter::Tcp(TcpWriter {
             half: write,
             buf: BytesMut::new(),
-        }),
+            sent: 0,
+        })),
     }
 }
 
@@ -105,12 +177,11 @@ pub(crate) fn ws_config(max_packet: usize) -> WebSocketConfig {
         .max_write_buffer_size(max_message.max(64 * 1024) * 4)
 }
 
-struct WsWriter {
+pub(crate) struct WsWriter {
     sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
 }
 
-#[async_trait]
-impl PacketWriter for WsWriter {
+impl WsWriter {
     async fn write(&mut self, batch: &[Bytes]) -> io::Result<()> {
         for p in batch {
             self.sink
@@ -119,10 +190,6 @@ impl PacketWriter for WsWriter {
                 .map_err(io::Error::other)?;
         }
         self.sink.flush().await.map_err(io::Error::other)
-    }
-
-    async fn shutdown(&mut self) {
-        let _ = self.sink.close().await;
     }
 }
 
@@ -146,6 +213,6 @@ pub(crate) fn ws(stream: WebSocketStream<TcpStream>, max_packet: usize) -> Trans
     });
     Transport {
         reader: Box::pin(reader),
-        writer: Box::new(WsWriter { sink }),
+        writer: Box::new(PacketWriter::Ws(WsWriter { sink })),
     }
 }

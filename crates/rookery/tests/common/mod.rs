@@ -248,6 +248,18 @@ impl Raw2 {
         }
     }
 
+    /// A connection whose receive buffer is `bytes` small: the server's writes to it fill its
+    /// socket buffer and are cut short, unless it reads.
+    pub async fn connect_small_window(s: &RunningServer, bytes: u32) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(bytes).unwrap();
+        Self {
+            stream: socket.connect(s.tcp_addr().unwrap()).await.unwrap(),
+            buf: BytesMut::new(),
+            codec: PacketCodec::new(16 * 1024 * 1024 - 1),
+        }
+    }
+
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.unwrap();
     }

@@ -73,8 +73,9 @@ impl App {
     }
 
     /// Runs a route's handler for a session: login check, panic capture, deadline.
-    /// Records the request in the route's figures and runs it under its trace id, inside a
-    /// `request` span (so the handler's logs carry the route and trace id).
+    /// Records the request in the route's figures (its duration counted from `arrived`, or from
+    /// now) and runs it under its trace id, inside a `request` span (so the handler's logs carry
+    /// the route and trace id).
     pub(crate) async fn invoke(
         &self,
         entry: &crate::RouteEntry,
@@ -82,10 +83,11 @@ impl App {
         payload: bytes::Bytes,
         timeout: std::time::Duration,
         trace: u64,
+        arrived: Option<std::time::Instant>,
     ) -> Result<bytes::Bytes, Error> {
+        let started = arrived.unwrap_or_else(std::time::Instant::now);
         use futures_util::FutureExt;
         use tracing::Instrument;
-        let started = std::time::Instant::now();
         let result = if entry.login_required && session.uid().is_none() {
             Err(Error::not_logged_in())
         } else {

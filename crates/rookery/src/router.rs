@@ -79,11 +79,15 @@ pub struct RouteEntry {
     pub stats: crate::telemetry::RouteStats,
 }
 
+/// Route lookups happen on every request. The table is filled once at start, so keys a client
+/// chooses can only be looked up, never inserted: a fast (seeded) hash is enough.
+type RouteMap<K> = HashMap<K, Arc<RouteEntry>, foldhash::fast::RandomState>;
+
 /// The route table of a node.
 #[derive(Default)]
 pub struct Router {
-    by_name: HashMap<Arc<str>, Arc<RouteEntry>>,
-    by_code: HashMap<u16, Arc<RouteEntry>>,
+    by_name: RouteMap<Arc<str>>,
+    by_code: RouteMap<u16>,
     dict: Arc<RouteDict>,
 }
 

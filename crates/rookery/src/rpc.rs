@@ -765,7 +765,9 @@ impl App {
                 return Err(Error::not_found(route));
             }
             let timeout = self.config().gateway.request_timeout();
-            return self.invoke(&entry, session, payload, timeout, trace).await;
+            return self
+                .invoke(&entry, session, payload, timeout, trace, None)
+                .await;
         }
         let module = route.split('.').next().unwrap_or(route);
         if route.split('.').count() != 3
@@ -793,7 +795,8 @@ impl App {
         let timeout = timeout.unwrap_or_else(|| self.config().gateway.request_timeout());
         let trace =
             crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
-        self.invoke(&entry, session, payload, timeout, trace).await
+        self.invoke(&entry, session, payload, timeout, trace, None)
+            .await
     }
 
     /// The link to a gateway for remote sessions (created on first use).

@@ -76,6 +76,8 @@ struct Job {
     kind: MessageType,
     id: u64,
     payload: Bytes,
+    /// When its packet was read (the start of the request's measured duration).
+    received: Instant,
 }
 
 /// Serves one accepted connection until it ends.
@@ -323,11 +325,17 @@ async fn read_loop(
     mut reader: PacketReader,
     concurrent: &mut Option<Concurrent>,
 ) -> End {
+    // The state of the request running inline (about half a KiB), boxed so that the
+    // connection's task stays small while it is idle, and allocated once: each request's state
+    // replaces the last one's.
+    let mut inline = None;
     let idle = app.config().gateway.heartbeat_interval() * 2;
-    let limiter = rate_limiter(app);
-    let max_violations = app.config().gateway.rate_limit.max_violations;
+    let mut rate = RateCheck {
+        limiter: rate_limiter(app),
+        violations: 0,
+        max_violations: app.config().gateway.rate_limit.max_violations,
+    };
     let request_timeout = app.config().gateway.request_timeout();
-    let mut violations = 0u32;
     let mut last_seen = Instant::now();
     // One timer for the connection, re-armed only when it fires (not on every packet).
     let idle_timer = sleep_until(last_seen + idle);
@@ -367,60 +375,33 @@ async fn read_loop(
                 let _ = session.send_packet(heartbeat_packet());
             }
             PacketType::Data => {
-                let msg = match Message::decode(packet.body) {
-                    Ok(m) => m,
-                    Err(e) => return End::Violation(format!("bad message: {e}")),
+                // Decoded and resolved in a plain function: the message itself is not part of
+                // the state kept while the request runs.
+                let job = match resolve(app, session, packet.body, last_seen, &mut rate) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => continue,
+                    Err(end) => return end,
                 };
-                if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
-                    return End::Violation(format!("clients may not send {:?}", msg.kind));
-                }
-                if let Some(l) = &limiter {
-                    if l.check().is_err() {
-                        violations += 1;
-                        if violations > max_violations {
-                            return End::Violation("rate limit exceeded".into());
+                match dispatch_of(&job) {
+                    Dispatch::Concurrent => {
+                        spawn_concurrent(app, session, job, request_timeout, concurrent).await;
+                    }
+                    mode => {
+                        // Serial routes: one request at a time for the whole module.
+                        let lock = match &job.dest {
+                            Dest::Local(e) if mode == Dispatch::Serial => e.module_lock.clone(),
+                            _ => None,
+                        };
+                        let _guard = match &lock {
+                            Some(l) => Some(l.lock().await),
+                            None => None,
+                        };
+                        let run = run_job(app, session, job, request_timeout);
+                        if let Some(run) = reuse_box(&mut inline, run).as_pin_mut() {
+                            run.await;
                         }
-                        reply_error(
-                            session,
-                            &msg,
-                            Error::new(Code::RateLimited, "rate limit exceeded"),
-                        );
-                        continue;
                     }
                 }
-                if msg.compressed {
-                    reply_error(
-                        session,
-                        &msg,
-                        Error::bad_request("compressed payloads are not supported"),
-                    );
-                    continue;
-                }
-                let route = msg
-                    .route
-                    .as_ref()
-                    .expect("requests and notifies carry a route");
-                let dest = match app.router().resolve_client(route) {
-                    Some(entry) => Dest::Local(entry.clone()),
-                    None => match remote_route(app, route) {
-                        Some(name) => Dest::Remote(name),
-                        None => {
-                            let name = match route {
-                                rookery_protocol::Route::Name(n) => n.to_string(),
-                                rookery_protocol::Route::Code(c) => format!("#{c}"),
-                            };
-                            reply_error(session, &msg, Error::not_found(&name));
-                            continue;
-                        }
-                    },
-                };
-                let job = Job {
-                    dest,
-                    kind: msg.kind,
-                    id: msg.id,
-                    payload: msg.payload,
-                };
-                dispatch(app, session, job, request_timeout, concurrent).await;
             }
             PacketType::Handshake | PacketType::HandshakeAck => {
                 return End::Violation("handshake after handshake".into())
@@ -428,6 +409,82 @@ async fn read_loop(
             PacketType::Kick => return End::Violation("clients may not send kick".into()),
         }
     }
+}
+
+/// A connection's rate limit and how often the client broke it.
+struct RateCheck {
+    limiter: Option<DefaultDirectRateLimiter>,
+    violations: u32,
+    max_violations: u32,
+}
+
+/// Turns a `Data` packet's body into a job: `Ok(None)` if it was refused with an error
+/// response (rate limit, compressed payload, unknown route), `Err` if the connection must end.
+fn resolve(
+    app: &App,
+    session: &Session,
+    body: Bytes,
+    received: Instant,
+    rate: &mut RateCheck,
+) -> Result<Option<Job>, End> {
+    let msg = match Message::decode(body) {
+        Ok(m) => m,
+        Err(e) => return Err(End::Violation(format!("bad message: {e}"))),
+    };
+    if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
+        return Err(End::Violation(format!(
+            "clients may not send {:?}",
+            msg.kind
+        )));
+    }
+    if let Some(l) = &rate.limiter {
+        if l.check().is_err() {
+            rate.violations += 1;
+            if rate.violations > rate.max_violations {
+                return Err(End::Violation("rate limit exceeded".into()));
+            }
+            let err = Error::new(Code::RateLimited, "rate limit exceeded");
+            reply_error(session, &msg, err);
+            return Ok(None);
+        }
+    }
+    if msg.compressed {
+        let err = Error::bad_request("compressed payloads are not supported");
+        reply_error(session, &msg, err);
+        return Ok(None);
+    }
+    let route = msg
+        .route
+        .as_ref()
+        .expect("requests and notifies carry a route");
+    let dest = match app.router().resolve_client(route) {
+        Some(entry) => Dest::Local(entry.clone()),
+        None => match remote_route(app, route) {
+            Some(name) => Dest::Remote(name),
+            None => {
+                let name = match route {
+                    rookery_protocol::Route::Name(n) => n.to_string(),
+                    rookery_protocol::Route::Code(c) => format!("#{c}"),
+                };
+                reply_error(session, &msg, Error::not_found(&name));
+                return Ok(None);
+            }
+        },
+    };
+    Ok(Some(Job {
+        dest,
+        kind: msg.kind,
+        id: msg.id,
+        payload: msg.payload,
+        received,
+    }))
+}
+
+/// Puts `value` in `slot`'s box (dropping what was there), allocating the box on first use.
+fn reuse_box<T>(slot: &mut Option<Pin<Box<Option<T>>>>, value: T) -> Pin<&mut Option<T>> {
+    let b = slot.get_or_insert_with(|| Box::pin(None));
+    b.set(Some(value));
+    b.as_mut()
 }
 
 /// A client route served by another node: its module is not local, some node runs it, and it
@@ -464,49 +521,36 @@ struct Concurrent {
     slots: Arc<Semaphore>,
 }
 
-/// Runs one request: in order, inline (the next packet is read when it is done), or as a task
-/// for concurrent routes. Inline runs are boxed so that a connection's task stays small while it
-/// is idle.
-async fn dispatch(
+/// How a job is scheduled: its route's mode; forwarded requests keep the session's order.
+fn dispatch_of(job: &Job) -> Dispatch {
+    match &job.dest {
+        Dest::Local(e) => e.dispatch,
+        Dest::Remote(_) => Dispatch::Ordered,
+    }
+}
+
+/// Runs a request of a concurrent route as a task of the connection's tracker, once one of the
+/// connection's `inbound_queue` slots is free.
+async fn spawn_concurrent(
     app: &App,
     session: &Session,
     job: Job,
     timeout: Duration,
     concurrent: &mut Option<Concurrent>,
 ) {
-    let dispatch = match &job.dest {
-        Dest::Local(e) => e.dispatch,
-        Dest::Remote(_) => Dispatch::Ordered,
+    let c = concurrent.get_or_insert_with(|| Concurrent {
+        tasks: TaskTracker::new(),
+        slots: Arc::new(Semaphore::new(app.config().gateway.inbound_queue)),
+    });
+    // At most `inbound_queue` at once: beyond that, reading waits for a slot.
+    let Ok(slot) = c.slots.clone().acquire_owned().await else {
+        return;
     };
-    match dispatch {
-        Dispatch::Ordered => Box::pin(run_job(app, session, job, timeout)).await,
-        Dispatch::Serial => {
-            let lock = match &job.dest {
-                Dest::Local(e) => e.module_lock.clone(),
-                Dest::Remote(_) => None,
-            };
-            let _guard = match &lock {
-                Some(l) => Some(l.lock().await),
-                None => None,
-            };
-            Box::pin(run_job(app, session, job, timeout)).await
-        }
-        Dispatch::Concurrent => {
-            let c = concurrent.get_or_insert_with(|| Concurrent {
-                tasks: TaskTracker::new(),
-                slots: Arc::new(Semaphore::new(app.config().gateway.inbound_queue)),
-            });
-            // At most `inbound_queue` at once: beyond that, reading waits for a slot.
-            let Ok(slot) = c.slots.clone().acquire_owned().await else {
-                return;
-            };
-            let (app, session) = (app.clone(), session.clone());
-            c.tasks.spawn(async move {
-                run_job(&app, &session, job, timeout).await;
-                drop(slot);
-            });
-        }
-    }
+    let (app, session) = (app.clone(), session.clone());
+    c.tasks.spawn(async move {
+        run_job(&app, &session, job, timeout).await;
+        drop(slot);
+    });
 }
 
 async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
@@ -515,8 +559,15 @@ async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
     let (route, result) = match &job.dest {
         Dest::Local(entry) => (
             entry.route.clone(),
-            app.invoke(entry, session.clone(), job.payload, timeout, trace)
-                .await,
+            app.invoke(
+                entry,
+                session.clone(),
+                job.payload,
+                timeout,
+                trace,
+                Some(job.received.into_std()),
+            )
+            .await,
         ),
         // Boxed: a forward's state is several KiB, and every local request would otherwise
         // allocate (and copy) room for it.

@@ -44,15 +44,57 @@ const PUSHED: u8 = 2;
 const WOKEN: u8 = 4;
 
 struct State {
-    queue: VecDeque<Bytes>,
+    /// The oldest queued packet, kept inline: with one packet in flight (a response) the queue
+    /// touches no memory beyond the session's own.
+    head: Option<Bytes>,
+    /// The packets after `head` (empty while `head` is `None`).
+    rest: VecDeque<Bytes>,
     closed: bool,
+}
+
+impl State {
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.len()
+    }
+
+    fn take_all(&mut self) -> Vec<Bytes> {
+        self.head
+            .take()
+            .into_iter()
+            .chain(self.rest.drain(..))
+            .collect()
+    }
+}
+
+/// Packets taken off a queue for one write. A single packet, the usual case, is held inline.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    one: Option<Bytes>,
+    many: Vec<Bytes>,
+}
+
+impl Batch {
+    /// The packets, oldest first.
+    pub(crate) fn packets(&self) -> &[Bytes] {
+        match &self.one {
+            Some(p) => std::slice::from_ref(p),
+            None => &self.many,
+        }
+    }
+
+    /// Empties the batch (keeping its buffer for the next one).
+    pub(crate) fn clear(&mut self) {
+        self.one = None;
+        self.many.clear();
+    }
 }
 
 impl Outbound {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             state: Mutex::new(State {
-                queue: VecDeque::new(),
+                head: None,
+                rest: VecDeque::new(),
                 closed: false,
             }),
             waker: AtomicWaker::new(),
@@ -72,10 +114,14 @@ impl Outbound {
             if st.closed {
                 return Err(PushError::Closed);
             }
-            if st.queue.len() >= self.capacity {
+            if st.len() >= self.capacity {
                 return Err(PushError::Full);
             }
-            st.queue.push_back(packet);
+            if st.head.is_none() {
+                st.head = Some(packet);
+            } else {
+                st.rest.push_back(packet);
+            }
         }
         self.notify(PUSHED);
         Ok(())
@@ -97,7 +143,7 @@ impl Outbound {
     /// something woke it meanwhile, or a packet pushed meanwhile is still queued.
     pub(crate) fn end_poll(&self) -> bool {
         let seen = self.poll_state.swap(0, Ordering::AcqRel);
-        seen & WOKEN != 0 || (seen & PUSHED != 0 && !self.lock().queue.is_empty())
+        seen & WOKEN != 0 || (seen & PUSHED != 0 && self.lock().head.is_some())
     }
 
     /// Makes `waker` the one that pushes and closes wake (the connection task's).
@@ -110,22 +156,29 @@ impl Outbound {
         self.notify(WOKEN);
     }
 
-    /// Moves up to `max` queued packets into `out`, or registers the task to be woken by the next
+    /// Moves up to `max` queued packets into `out` (which must be empty), or registers the task to be woken by the next
     /// push or close. Ready with 0 once the queue is closed and empty.
     pub(crate) fn poll_pop_batch(
         &self,
         cx: &mut Context<'_>,
-        out: &mut Vec<Bytes>,
+        out: &mut Batch,
         max: usize,
     ) -> Poll<usize> {
         // Registered before looking: a push after the look wakes this task.
         self.waker.register(cx.waker());
         let mut st = self.lock();
-        if !st.queue.is_empty() {
-            let n = st.queue.len().min(max);
-            out.extend(st.queue.drain(..n));
-            if st.queue.is_empty() && st.queue.capacity() > 64 {
-                st.queue.shrink_to(16);
+        if let Some(first) = st.head.take() {
+            let n = st.len().min(max.saturating_sub(1)) + 1;
+            if n == 1 {
+                out.one = Some(first);
+            } else {
+                out.many.push(first);
+                out.many.extend(st.rest.drain(..n - 1));
+            }
+            // What is left moves up: the oldest into `head`.
+            st.head = st.rest.pop_front();
+            if st.rest.is_empty() && st.rest.capacity() > 64 {
+                st.rest.shrink_to(16);
             }
             return Poll::Ready(n);
         }
@@ -138,7 +191,7 @@ impl Outbound {
     /// Moves up to `max` queued packets into `out`; waits while the queue is empty. Returns 0
     /// once the queue is closed and empty.
     #[cfg(test)]
-    async fn pop_batch(&self, out: &mut Vec<Bytes>, max: usize) -> usize {
+    async fn pop_batch(&self, out: &mut Batch, max: usize) -> usize {
         std::future::poll_fn(|cx| self.poll_pop_batch(cx, out, max)).await
     }
 
@@ -146,7 +199,7 @@ impl Outbound {
     pub(crate) fn close(&self) -> Vec<Bytes> {
         let mut st = self.lock();
         st.closed = true;
-        let rest = st.queue.drain(..).collect();
+        let rest = st.take_all();
         drop(st);
         self.notify(WOKEN);
         rest
@@ -164,14 +217,27 @@ mod tests {
             q.push(Bytes::from(vec![i])).unwrap();
         }
         assert_eq!(q.push(Bytes::new()), Err(PushError::Full));
-        let mut out = Vec::new();
+        let b = |v: &[u8]| Bytes::copy_from_slice(v);
+        let mut out = Batch::default();
         assert_eq!(q.pop_batch(&mut out, 2).await, 2);
-        assert_eq!(q.pop_batch(&mut out, 10).await, 1);
-        assert_eq!(out.len(), 3);
-        q.push(Bytes::from_static(b"x")).unwrap();
-        assert_eq!(q.close(), vec![Bytes::from_static(b"x")]);
+        assert_eq!(out.packets(), [b(&[0]), b(&[1])]);
+        out.clear();
+        // Room again: a push after a pop queues behind what is left, in order.
+        q.push(b(&[3])).unwrap();
+        q.push(b(&[4])).unwrap();
+        assert_eq!(q.push(Bytes::new()), Err(PushError::Full));
+        assert_eq!(q.pop_batch(&mut out, 1).await, 1);
+        assert_eq!(out.packets(), [b(&[2])]);
+        out.clear();
+        assert_eq!(q.pop_batch(&mut out, 10).await, 2);
+        assert_eq!(out.packets(), [b(&[3]), b(&[4])]);
+        out.clear();
+        q.push(b(b"x")).unwrap();
+        q.push(b(b"y")).unwrap();
+        assert_eq!(q.close(), vec![b(b"x"), b(b"y")]);
         assert_eq!(q.push(Bytes::new()), Err(PushError::Closed));
         assert_eq!(q.pop_batch(&mut out, 10).await, 0);
+        assert!(out.packets().is_empty());
     }
 
     #[test]
@@ -189,7 +255,7 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         let q = Outbound::new(8);
-        let mut out = Vec::new();
+        let mut out = Batch::default();
 
         // Pushed during a poll, and taken by the writer in the same poll: no wake, no second look.
         q.begin_poll();
@@ -225,9 +291,9 @@ mod tests {
         let q = std::sync::Arc::new(Outbound::new(8));
         let q2 = q.clone();
         let consumer = tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out = Batch::default();
             q2.pop_batch(&mut out, 8).await;
-            out
+            out.packets().to_vec()
         });
         tokio::task::yield_now().await;
         q.push(Bytes::from_static(b"hi")).unwrap();

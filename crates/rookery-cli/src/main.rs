@@ -1,5 +1,6 @@
 //! `rookery`: serve the demo game, or talk to a server interactively.
 
+mod logs;
 mod repl;
 mod serve;
 
@@ -39,7 +40,8 @@ fn init_logs(default: &str) {
     let logs = tracing_subscriber::registry().with(filter).with(
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
-            .with_ansi(ansi),
+            .with_ansi(ansi)
+            .fmt_fields(logs::PlainFields),
     );
     // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     #[cfg(feature = "otel")]

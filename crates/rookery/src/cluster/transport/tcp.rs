@@ -93,6 +93,8 @@ const QUEUE: usize = 1024;
 const MAX_CONCURRENT_PER_CONN: usize = 1024;
 /// The writer gathers up to this many bytes before writing; bigger payloads are written as is.
 const BATCH_BYTES: usize = 64 * 1024;
+/// How long a served connection that is being stopped keeps writing the replies already queued.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -909,21 +911,38 @@ async fn serve_conn(
             }
         }
     };
-    tokio::select! {
+    let mut write = std::pin::pin!(write_loop(wr, rx));
+    let stopped = tokio::select! {
         why = read => {
             if why != "closed by peer" {
                 warn!(node = %node_id, %peer, error = %why, "bad frame: closing connection");
             }
+            false
         }
-        r = write_loop(wr, rx) => {
+        r = &mut write => {
             if let Err(e) = r {
                 debug!(node = %node_id, %peer, error = %e, "write failed: closing connection");
             }
+            false
         }
-        _ = token.cancelled() => {}
-    }
+        _ = token.cancelled() => true,
+    };
     token.cancel();
     tasks.close();
+    // The last sender goes with the handler tasks (cancelled above, they end at once).
+    drop(conn);
+    if stopped {
+        // A stopping node has let the calls it accepted finish: their replies are queued here
+        // and are written before the connection closes (then the peer reads end of stream).
+        let flushed = timeout(STOP_FLUSH, async {
+            tasks.wait().await;
+            (&mut write).await
+        })
+        .await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            debug!(node = %node_id, %peer, "replies not all written before the stop");
+        }
+    }
     tasks.wait().await;
 }
 
@@ -968,9 +987,12 @@ impl Conn {
                         _ = token.cancelled() => return,
                         r = AssertUnwindSafe(call).catch_unwind() => r,
                     };
+                    // Biased: a reply that has room in the queue is queued even when the
+                    // connection is being stopped (it is then flushed before the close).
                     tokio::select! {
-                        _ = token.cancelled() => {}
+                        biased;
                         _ = tx.send(reply_frame(id, answered, max_payload)) => {}
+                        _ = token.cancelled() => {}
                     }
                 });
                 Ok(())

@@ -395,9 +395,12 @@ impl Transport for NatsTransport {
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     let _permit = permit;
+                    // Biased: a call that can finish (its handler done, its reply being
+                    // published) finishes even when the node is stopping.
                     tokio::select! {
-                        _ = shutdown.cancelled() => {}
+                        biased;
                         _ = call => {}
+                        _ = shutdown.cancelled() => {}
                     }
                 });
             }

@@ -122,6 +122,7 @@ impl TcpWriter {
     /// The bytes of `batch` as one slice: the packet itself, or the batch coalesced in `buf`.
     fn coalesced<'a>(buf: &'a BytesMut, batch: &'a [Bytes]) -> &'a [u8] {
         match batch {
+            [] => &[],
             [one] => one,
             _ => buf,
         }

@@ -156,8 +156,8 @@ impl Outbound {
         self.notify(WOKEN);
     }
 
-    /// Moves up to `max` queued packets into `out` (which must be empty), or registers the task to be woken by the next
-    /// push or close. Ready with 0 once the queue is closed and empty.
+    /// Moves up to `max` queued packets into `out` (which must be empty), or registers the task
+    /// to be woken by the next push or close. Ready with 0 once the queue is closed and empty.
     pub(crate) fn poll_pop_batch(
         &self,
         cx: &mut Context<'_>,

@@ -18,19 +18,18 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3300")]
     addr: String,
-    /// Runtime worker threads (default: one per core).
+    /// Runtime worker threads (default, or 0: one per core).
     #[arg(long)]
     threads: Option<usize>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = cli.threads {
-        builder.worker_threads(n.max(1));
+    let rt = rookery::config::RuntimeConfig {
+        workers: cli.threads.unwrap_or(0),
+        ..Default::default()
     }
-    let rt = builder.build()?;
+    .build()?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
         println!("ceiling listening on {}", listener.local_addr()?);

@@ -109,7 +109,7 @@ struct ServeArgs {
     /// NATS server URL (rpc-nats, nats-raw).
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    /// Runtime worker threads (default: one per available core).
+    /// Runtime worker threads (default, or 0: one per available core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -139,7 +139,7 @@ struct RunArgs {
     /// Per-call deadline, seconds (a call past it counts as an error).
     #[arg(long, default_value_t = 5.0)]
     timeout: f64,
-    /// Runtime worker threads (default: one per available core).
+    /// Runtime worker threads (default, or 0: one per available core).
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -192,18 +192,17 @@ struct FanoutArgs {
     /// Seconds allowed for each setup step (connect, handshake, login, join).
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
-    /// Runtime worker threads (default: one per available core).
+    /// Runtime worker threads (default, or 0: one per available core).
     #[arg(long)]
     threads: Option<usize>,
 }
 
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all();
-    if let Some(n) = threads {
-        b.worker_threads(n.max(1));
+    rookery::config::RuntimeConfig {
+        workers: threads.unwrap_or(0),
+        ..Default::default()
     }
-    b.build()
+    .build()
 }
 
 fn main() -> Result<(), BoxError> {

@@ -16,7 +16,7 @@ use crate::cluster::runtime::{self, ClusterState};
 use crate::cluster::selector::Selector;
 use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
-use crate::gateway::{accept_loop, REASON_SHUTDOWN};
+use crate::gateway::{accept_loop, close_idle, REASON_SHUTDOWN};
 use crate::module::ModuleInit;
 use crate::router::Router;
 use crate::rpc::RpcServer;
@@ -213,6 +213,9 @@ impl ServerBuilder {
                     stop_accept.clone(),
                 ));
             }
+        }
+        if !acceptors.is_empty() {
+            acceptors.spawn(close_idle(app.clone(), stop_accept.clone()));
         }
         let stop_modules = CancellationToken::new();
         let mut module_tasks = JoinSet::new();

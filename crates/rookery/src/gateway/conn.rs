@@ -1,5 +1,5 @@
-//! The connection driver: handshake, then a reader loop (heartbeats, idle timeout, rate limit,
-//! route resolution) that runs each request's handler in order, and a writer (batched writes).
+//! The connection driver: handshake, then a reader loop (heartbeats, rate limit, route
+//! resolution) that runs each request's handler in order, and a writer (batched writes).
 //!
 //! Task tree for one connection, all owned by the connection task:
 //! ```text
@@ -30,7 +30,7 @@ use rookery_protocol::{
     Serializer,
 };
 use tokio::sync::Semaphore;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::transport::{ConnError, PacketReader, PacketWriter, Transport};
@@ -54,8 +54,6 @@ enum End {
     ClientGone,
     /// The client broke the protocol: kick with this reason.
     Violation(String),
-    /// Nothing received for two heartbeats.
-    Idle,
     /// The node is draining.
     Drain,
     /// The session was closed from elsewhere (kick, duplicate login, slow client).
@@ -136,7 +134,6 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
                 metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
                 session.kick(reason)
             }
-            End::Idle => session.kick(REASON_IDLE),
             End::ClientGone | End::Drain | End::Closed => {}
         }
         // Concurrent requests already accepted finish.
@@ -325,17 +322,12 @@ async fn read_loop(
     mut reader: PacketReader,
     concurrent: &mut Option<Concurrent>,
 ) -> End {
-    let idle = app.config().gateway.heartbeat_interval() * 2;
     let mut rate = RateCheck {
         limiter: rate_limiter(app),
         violations: 0,
         max_violations: app.config().gateway.rate_limit.max_violations,
     };
     let request_timeout = app.config().gateway.request_timeout();
-    let mut last_seen = Instant::now();
-    // One timer for the connection, re-armed only when it fires (not on every packet).
-    let idle_timer = sleep_until(last_seen + idle);
-    tokio::pin!(idle_timer);
     // Closing and draining are flags, looked at on every wake-up of the connection task; whoever
     // sets one wakes the task through the session's outbound queue (no lock, no waiter list).
     let mut stop = std::future::poll_fn(|cx| {
@@ -352,15 +344,11 @@ async fn read_loop(
             biased;
             end = &mut stop => return end,
             p = reader.next() => p,
-            _ = &mut idle_timer => {
-                if last_seen.elapsed() >= idle {
-                    return End::Idle;
-                }
-                idle_timer.as_mut().reset(last_seen + idle);
-                continue;
-            }
         };
-        last_seen = Instant::now();
+        // Idle connections are found by the gateway's sweep (`super::close_idle`), not by a
+        // timer in every connection: no timer to poll and re-register on every request.
+        let now = Instant::now();
+        session.mark_seen(now.into_std());
         let packet = match next {
             None | Some(Err(ConnError::Io(_))) => return End::ClientGone,
             Some(Err(e)) => return End::Violation(e.to_string()),
@@ -373,7 +361,7 @@ async fn read_loop(
             PacketType::Data => {
                 // Decoded and resolved in a plain function: the message itself is not part of
                 // the state kept while the request runs.
-                let job = match resolve(app, session, packet.body, last_seen, &mut rate) {
+                let job = match resolve(app, session, packet.body, now, &mut rate) {
                     Ok(Some(job)) => job,
                     Ok(None) => continue,
                     Err(end) => return end,
@@ -662,6 +650,6 @@ mod tests {
             serve(app, transport, remote, acceptor)
         });
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1_600, "connection future is {size} bytes");
+        assert!(size <= 1_400, "connection future is {size} bytes");
     }
 }

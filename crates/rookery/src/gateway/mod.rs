@@ -65,6 +65,35 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Closes the sessions whose clients sent nothing for two heartbeat intervals, with reason
+/// [`REASON_IDLE`], until `stop` fires. One sweep over the node's sessions every
+/// [`sweep_period`] instead of a timer in every connection, which each request would poll: a
+/// silent client is closed between two intervals and two intervals plus a period after its last
+/// packet.
+pub(crate) async fn close_idle(app: App, stop: CancellationToken) {
+    let idle = app.config().gateway.heartbeat_interval() * 2;
+    let mut ticks = tokio::time::interval(sweep_period(idle));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        for s in app
+            .sessions()
+            .idle(tokio::time::Instant::now().into_std(), idle)
+        {
+            tracing::debug!(session = s.id(), "heartbeat timeout");
+            s.kick(REASON_IDLE);
+        }
+    }
+}
+
+/// How often [`close_idle`] looks: an eighth of the idle timeout, within 100 ms and 5 s.
+fn sweep_period(idle: Duration) -> Duration {
+    (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
 async fn serve_tcp(app: App, stream: TcpStream, remote: SocketAddr) {
     let max = app.config().gateway.max_packet_size;
     conn::serve(app, transport::tcp(stream, max), remote, Acceptor::Tcp).await

@@ -29,7 +29,7 @@ use rookery_protocol::{
     HandshakeRequest, HandshakeResponse, HandshakeSys, Message, MessageType, Packet, PacketType,
     Serializer,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
@@ -79,7 +79,15 @@ struct Job {
 }
 
 /// Serves one accepted connection until it ends.
-pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, acceptor: Acceptor) {
+/// `permit` (of the gateway's connection limit) is held until the connection ends.
+pub(crate) async fn serve(
+    app: App,
+    transport: Transport,
+    remote: SocketAddr,
+    acceptor: Acceptor,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
     let Transport {
         mut reader,
         mut writer,
@@ -124,34 +132,14 @@ pub(crate) async fn serve(app: App, transport: Transport, remote: SocketAddr, ac
     }
     // Pomelo clients start their heartbeats when the server's first one arrives.
     let _ = session.send_packet(heartbeat_packet());
-    let reading = async {
-        // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by
-        // the first one; everything else runs inline, in order.
-        let mut concurrent: Option<Concurrent> = None;
-        let end = read_loop(&app, &session, reader, &mut concurrent).await;
-        match &end {
-            End::Violation(reason) => {
-                metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
-                session.kick(reason)
-            }
-            End::ClientGone | End::Drain | End::Closed => {}
-        }
-        // Concurrent requests already accepted finish.
-        if let Some(c) = concurrent {
-            c.tasks.close();
-            c.tasks.wait().await;
-        }
-        match end {
-            End::Drain => session.kick(REASON_SHUTDOWN),
-            End::ClientGone => session.close("client closed"),
-            _ => {}
-        }
-    };
     // The writer runs in this task beside the reader, polled right after it: a response that an
     // inline handler queued is written in the same poll, without a hop to another task. It ends
     // once the session closes and what was queued is flushed (within FLUSH_DEADLINE).
     ConnPoll {
-        both: futures_util::future::join(reading, write_loop(writer, session.clone())),
+        both: futures_util::future::join(
+            read_side(&app, &session, reader),
+            write_loop(writer, session.clone()),
+        ),
         queue: session.outbound(),
     }
     .await;
@@ -316,12 +304,14 @@ fn rate_limiter(app: &App) -> Option<DefaultDirectRateLimiter> {
     ))
 }
 
-async fn read_loop(
-    app: &App,
-    session: &Session,
-    mut reader: PacketReader,
-    concurrent: &mut Option<Concurrent>,
-) -> End {
+/// The reader's side of a connection: reads packets and runs their requests until the
+/// connection ends, then closes the session (with a Kick and a reason where there is one) once
+/// the concurrent requests already accepted have finished. One function, not a loop nested in a
+/// wrapper: every level of `async` nesting is a tag the connection task reads on each wake-up.
+async fn read_side(app: &App, session: &Session, mut reader: PacketReader) {
+    // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by the
+    // first one; everything else runs inline, in order.
+    let mut concurrent: Option<Concurrent> = None;
     let mut rate = RateCheck {
         limiter: rate_limiter(app),
         violations: 0,
@@ -339,10 +329,10 @@ async fn read_loop(
             Poll::Pending
         }
     });
-    loop {
+    let end = loop {
         let next = tokio::select! {
             biased;
-            end = &mut stop => return end,
+            end = &mut stop => break end,
             p = reader.next() => p,
         };
         // Idle connections are found by the gateway's sweep (`super::close_idle`), not by a
@@ -350,8 +340,8 @@ async fn read_loop(
         let now = Instant::now();
         session.mark_seen(now.into_std());
         let packet = match next {
-            None | Some(Err(ConnError::Io(_))) => return End::ClientGone,
-            Some(Err(e)) => return End::Violation(e.to_string()),
+            None | Some(Err(ConnError::Io(_))) => break End::ClientGone,
+            Some(Err(e)) => break End::Violation(e.to_string()),
             Some(Ok(p)) => p,
         };
         match packet.kind {
@@ -364,7 +354,7 @@ async fn read_loop(
                 let job = match resolve(app, session, packet.body, now, &mut rate) {
                     Ok(Some(job)) => job,
                     Ok(None) => continue,
-                    Err(end) => return end,
+                    Err(end) => break end,
                 };
                 // An ordered route's request (the common case) goes from here into its box:
                 // the job is never part of the connection task's own state. Other routes take
@@ -372,14 +362,35 @@ async fn read_loop(
                 if job.is_plain() {
                     Box::pin(run_job(app, session, job, request_timeout)).await;
                 } else {
-                    Box::pin(dispatch(app, session, job, request_timeout, concurrent)).await;
+                    Box::pin(dispatch(
+                        app,
+                        session,
+                        job,
+                        request_timeout,
+                        &mut concurrent,
+                    ))
+                    .await;
                 }
             }
             PacketType::Handshake | PacketType::HandshakeAck => {
-                return End::Violation("handshake after handshake".into())
+                break End::Violation("handshake after handshake".into())
             }
-            PacketType::Kick => return End::Violation("clients may not send kick".into()),
+            PacketType::Kick => break End::Violation("clients may not send kick".into()),
         }
+    };
+    if let End::Violation(reason) = &end {
+        metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
+        session.kick(reason)
+    }
+    // Concurrent requests already accepted finish.
+    if let Some(c) = concurrent {
+        c.tasks.close();
+        c.tasks.wait().await;
+    }
+    match end {
+        End::Drain => session.kick(REASON_SHUTDOWN),
+        End::ClientGone => session.close("client closed"),
+        End::Violation(_) | End::Closed => {}
     }
 }
 
@@ -664,8 +675,8 @@ mod tests {
     /// request, the handshake and the WebSocket upgrade out of it (they are boxed while they run).
     #[test]
     fn an_idle_connection_task_stays_small() {
-        let size = future_size(|(app, transport, remote, acceptor)| {
-            serve(app, transport, remote, acceptor)
+        let size = future_size(|(app, transport, remote, acceptor, permit)| {
+            serve(app, transport, remote, acceptor, permit)
         });
         eprintln!("connection future: {size} bytes");
         assert!(size <= 1_200, "connection future is {size} bytes");

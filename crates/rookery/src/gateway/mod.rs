@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -23,7 +23,7 @@ use crate::App;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accepts connections until `stop` fires. Each connection runs as a task owned by the app's
-/// tracker; `limit` caps how many run at once.
+/// tracker; `limit` caps how many run at once (each holds a permit until it ends).
 pub(crate) async fn accept_loop(
     app: App,
     listener: TcpListener,
@@ -54,14 +54,23 @@ pub(crate) async fn accept_loop(
             "acceptor" => if acceptor == Acceptor::Ws { "ws" } else { "tcp" }
         )
         .increment(1);
-        let app2 = app.clone();
-        app.inner().tasks.spawn(async move {
-            match acceptor {
-                Acceptor::Ws => serve_ws(app2, stream, remote).await,
-                _ => serve_tcp(app2, stream, remote).await,
+        // The connection's future is the task's own (no wrapper around it): every level of
+        // `async` nesting is one more tag that each wake-up of the connection reads.
+        let tasks = &app.inner().tasks;
+        match acceptor {
+            Acceptor::Ws => tasks.spawn(serve_ws(app.clone(), stream, remote, permit)),
+            _ => {
+                let max = app.config().gateway.max_packet_size;
+                let transport = transport::tcp(stream, max);
+                tasks.spawn(conn::serve(
+                    app.clone(),
+                    transport,
+                    remote,
+                    Acceptor::Tcp,
+                    permit,
+                ))
             }
-            drop(permit);
-        });
+        };
     }
 }
 
@@ -94,14 +103,9 @@ fn sweep_period(idle: Duration) -> Duration {
     (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
-async fn serve_tcp(app: App, stream: TcpStream, remote: SocketAddr) {
-    let max = app.config().gateway.max_packet_size;
-    conn::serve(app, transport::tcp(stream, max), remote, Acceptor::Tcp).await
-}
-
 // The upgrade callback signature is fixed by tungstenite.
 #[allow(clippy::result_large_err)]
-async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr) {
+async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr, permit: OwnedSemaphorePermit) {
     let cfg = &app.config().gateway;
     let path = cfg.ws_path.clone();
     let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -132,5 +136,5 @@ async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr) {
         }
     };
     let max = cfg.max_packet_size;
-    conn::serve(app, transport::ws(ws, max), remote, Acceptor::Ws).await
+    conn::serve(app, transport::ws(ws, max), remote, Acceptor::Ws, permit).await
 }

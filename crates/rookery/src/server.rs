@@ -16,11 +16,10 @@ use crate::cluster::runtime::{self, ClusterState};
 use crate::cluster::selector::Selector;
 use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
-use crate::gateway::{accept_loop, close_idle, REASON_SHUTDOWN};
+use crate::gateway::{accept_loop, close_idle, Listeners, REASON_SHUTDOWN};
 use crate::module::ModuleInit;
 use crate::router::Router;
 use crate::rpc::RpcServer;
-use crate::session::Acceptor;
 use crate::{App, Config, Groups, Module, SessionPool};
 
 /// Why a node could not start.
@@ -203,18 +202,13 @@ impl ServerBuilder {
 
         let stop_accept = CancellationToken::new();
         let mut acceptors = JoinSet::new();
-        for (listener, kind) in [(tcp, Acceptor::Tcp), (ws, Acceptor::Ws)] {
-            if let Some(l) = listener {
-                acceptors.spawn(accept_loop(
-                    app.clone(),
-                    l,
-                    kind,
-                    limit.clone(),
-                    stop_accept.clone(),
-                ));
-            }
-        }
-        if !acceptors.is_empty() {
+        if tcp.is_some() || ws.is_some() {
+            acceptors.spawn(accept_loop(
+                app.clone(),
+                Listeners { tcp, ws },
+                limit,
+                stop_accept.clone(),
+            ));
             acceptors.spawn(close_idle(app.clone(), stop_accept.clone()));
         }
         let stop_modules = CancellationToken::new();

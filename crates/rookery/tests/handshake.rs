@@ -160,3 +160,29 @@ async fn websocket_handshake_and_request() {
     assert_eq!(v, json!({"a": 1}));
     server.shutdown().await;
 }
+
+/// `gateway.max_connections`: a connection beyond the limit waits, unserved, until another ends.
+#[tokio::test]
+async fn a_connection_beyond_the_limit_is_served_once_another_ends() {
+    let mut cfg = config();
+    cfg.gateway.max_connections = 1;
+    let (server, _) = start(cfg).await;
+    let first = client(&server).await;
+    let mut second = Raw2::connect(&server).await;
+    second
+        .send(
+            PacketType::Handshake,
+            br#"{"sys":{"type":"test","version":"1"}}"#,
+        )
+        .await;
+    // Not answered while the first connection holds the only slot.
+    let early = tokio::time::timeout(std::time::Duration::from_millis(300), second.recv()).await;
+    assert!(early.is_err(), "served beyond the limit: {early:?}");
+    first.close().await;
+    let p = second
+        .recv()
+        .await
+        .expect("handshake answer once a slot is free");
+    assert_eq!(p.kind, PacketType::Handshake);
+    server.shutdown().await;
+}

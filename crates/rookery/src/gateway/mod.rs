@@ -22,22 +22,37 @@ use crate::App;
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Accepts connections until `stop` fires. Each connection runs as a task owned by the app's
-/// tracker; `limit` caps how many run at once (each holds a permit until it ends).
+/// The gateway's listeners: plain TCP and WebSocket, either optional.
+pub(crate) struct Listeners {
+    pub tcp: Option<TcpListener>,
+    pub ws: Option<TcpListener>,
+}
+
+/// Accepts connections on both listeners until `stop` fires. Each connection runs as a task
+/// owned by the app's tracker; `limit` caps how many run at once (each holds a permit until it
+/// ends; beyond it, connections wait in the OS backlog). One loop for both listeners: a slot
+/// that frees up goes to whichever listener has a connection waiting (with a loop per listener,
+/// an idle listener's loop could hold the free slot while the other's connection waits).
 pub(crate) async fn accept_loop(
     app: App,
-    listener: TcpListener,
-    acceptor: Acceptor,
+    listeners: Listeners,
     limit: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
+    async fn accept(l: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+        match l {
+            Some(l) => l.accept().await,
+            None => std::future::pending().await,
+        }
+    }
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = stop.cancelled() => return,
         };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (accepted, acceptor) = tokio::select! {
+            r = accept(&listeners.tcp) => (r, Acceptor::Tcp),
+            r = accept(&listeners.ws) => (r, Acceptor::Ws),
             _ = stop.cancelled() => return,
         };
         let (stream, remote) = match accepted {

@@ -137,8 +137,8 @@ pub(crate) async fn serve(
     // once the session closes and what was queued is flushed (within FLUSH_DEADLINE).
     ConnPoll {
         both: futures_util::future::join(
-            read_side(&app, &session, reader),
-            write_loop(writer, session.clone()),
+            read_side(&app, &session, &mut reader),
+            write_loop(&mut writer, session.clone()),
         ),
         queue: session.outbound(),
     }
@@ -308,7 +308,7 @@ fn rate_limiter(app: &App) -> Option<DefaultDirectRateLimiter> {
 /// connection ends, then closes the session (with a Kick and a reason where there is one) once
 /// the concurrent requests already accepted have finished. One function, not a loop nested in a
 /// wrapper: every level of `async` nesting is a tag the connection task reads on each wake-up.
-async fn read_side(app: &App, session: &Session, mut reader: PacketReader) {
+async fn read_side(app: &App, session: &Session, reader: &mut PacketReader) {
     // Concurrent requests (Dispatch::Concurrent) run as tasks owned by this tracker, made by the
     // first one; everything else runs inline, in order.
     let mut concurrent: Option<Concurrent> = None;
@@ -603,7 +603,7 @@ async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
     }
 }
 
-async fn write_loop(mut writer: Box<PacketWriter>, session: Session) {
+async fn write_loop(writer: &mut PacketWriter, session: Session) {
     let Some(queue) = session.outbound() else {
         return;
     };
@@ -646,7 +646,7 @@ async fn write_loop(mut writer: Box<PacketWriter>, session: Session) {
             // Wakes the reader too: it ends with the session.
             session.close("write failed");
             queue.close();
-            writer_shutdown(&mut writer).await;
+            writer_shutdown(writer).await;
             return;
         }
     }
@@ -655,7 +655,7 @@ async fn write_loop(mut writer: Box<PacketWriter>, session: Session) {
     if !rest.is_empty() {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&rest)).await;
     }
-    writer_shutdown(&mut writer).await;
+    writer_shutdown(writer).await;
 }
 
 async fn writer_shutdown(writer: &mut PacketWriter) {
@@ -673,12 +673,13 @@ mod tests {
 
     /// Every idle connection costs its task's size (plus buffers): keep the state of a running
     /// request, the handshake and the WebSocket upgrade out of it (they are boxed while they run).
+    /// The TCP reader and the writer are part of it (~180 bytes; inline rather than boxed).
     #[test]
     fn an_idle_connection_task_stays_small() {
         let size = future_size(|(app, transport, remote, acceptor, permit)| {
             serve(app, transport, remote, acceptor, permit)
         });
         eprintln!("connection future: {size} bytes");
-        assert!(size <= 1_200, "connection future is {size} bytes");
+        assert!(size <= 1_300, "connection future is {size} bytes");
     }
 }

@@ -9,7 +9,7 @@ use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
 use rookery_protocol::{Packet, PacketCodec, ProtocolError};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -27,7 +27,27 @@ pub(crate) enum ConnError {
     Ws(String),
 }
 
-pub(crate) type PacketReader = Pin<Box<dyn Stream<Item = Result<Packet, ConnError>> + Send>>;
+/// Reads packets: a TCP stream cut into packets, held inline (a connection's every request
+/// reads through it; no box, no dynamic call), or a WebSocket's frames, boxed (its adapter type
+/// is large and its own allocation does not matter beside the WebSocket's buffers).
+pub(crate) enum PacketReader {
+    Tcp(FramedRead<OwnedReadHalf, TcpDecoder>),
+    Ws(Pin<Box<dyn Stream<Item = Result<Packet, ConnError>> + Send>>),
+}
+
+impl Stream for PacketReader {
+    type Item = Result<Packet, ConnError>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Self::Tcp(r) => Pin::new(r).poll_next(cx),
+            Self::Ws(r) => r.as_mut().poll_next(cx),
+        }
+    }
+}
 
 /// Writes already-encoded packets: the write half of a TCP or WebSocket connection (a closed
 /// set, dispatched by `match`).
@@ -80,11 +100,11 @@ impl PacketWriter {
     }
 }
 
-/// A packet reader and writer over one connection.
+/// A packet reader and writer over one connection. Both are held inline in the connection's
+/// task (a box each would cost as much memory and one more cache line per request).
 pub(crate) struct Transport {
     pub reader: PacketReader,
-    /// Boxed: kept out of the connection task's own state, whose size every idle connection pays.
-    pub writer: Box<PacketWriter>,
+    pub writer: PacketWriter,
 }
 
 /// A TCP connection's initial read buffer; it grows for larger packets.
@@ -94,7 +114,7 @@ const READ_BUF: usize = 1024;
 /// second `recv` for each.
 const MIN_READ_ROOM: usize = READ_BUF / 4;
 
-struct TcpDecoder(PacketCodec);
+pub(crate) struct TcpDecoder(PacketCodec);
 
 impl Decoder for TcpDecoder {
     type Item = Packet;
@@ -157,12 +177,12 @@ pub(crate) fn tcp(stream: TcpStream, max_packet: usize) -> Transport {
     let reader =
         FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), READ_BUF);
     Transport {
-        reader: Box::pin(reader),
-        writer: Box::new(PacketWriter::Tcp(TcpWriter {
+        reader: PacketReader::Tcp(reader),
+        writer: PacketWriter::Tcp(TcpWriter {
             half: write,
             buf: BytesMut::new(),
             sent: 0,
-        })),
+        }),
     }
 }
 
@@ -213,7 +233,7 @@ pub(crate) fn ws(stream: WebSocketStream<TcpStream>, max_packet: usize) -> Trans
         std::future::ready(item)
     });
     Transport {
-        reader: Box::pin(reader),
-        writer: Box::new(PacketWriter::Ws(WsWriter { sink })),
+        reader: PacketReader::Ws(Box::pin(reader)),
+        writer: PacketWriter::Ws(WsWriter { sink }),
     }
 }

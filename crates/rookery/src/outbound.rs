@@ -36,7 +36,9 @@ pub(crate) struct Outbound {
     /// `POLLING` while the connection task is being polled; `PUSHED` / `WOKEN` when a push / a
     /// wake came in meanwhile.
     poll_state: AtomicU8,
-    capacity: usize,
+    /// Packets queued at most (`u32`: with the rest, the queue fits in 88 bytes, so that a
+    /// session's fields every request touches share two cache lines).
+    capacity: u32,
 }
 
 const POLLING: u8 = 1;
@@ -47,22 +49,26 @@ struct State {
     /// The oldest queued packet, kept inline: with one packet in flight (a response) the queue
     /// touches no memory beyond the session's own.
     head: Option<Bytes>,
-    /// The packets after `head` (empty while `head` is `None`).
-    rest: VecDeque<Bytes>,
+    /// The packets after `head` (empty while `head` is `None`); boxed, made on the first push
+    /// behind another, since most connections never have more than one packet queued.
+    // Boxed on purpose: 8 bytes in the session instead of a `VecDeque`'s 32.
+    #[allow(clippy::box_collection)]
+    rest: Option<Box<VecDeque<Bytes>>>,
     closed: bool,
 }
 
 impl State {
     fn len(&self) -> usize {
-        usize::from(self.head.is_some()) + self.rest.len()
+        usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |r| r.len())
     }
 
     fn take_all(&mut self) -> Vec<Bytes> {
-        self.head
-            .take()
-            .into_iter()
-            .chain(self.rest.drain(..))
-            .collect()
+        let mut all = Vec::with_capacity(self.len());
+        all.extend(self.head.take());
+        if let Some(rest) = &mut self.rest {
+            all.extend(rest.drain(..));
+        }
+        all
     }
 }
 
@@ -94,12 +100,12 @@ impl Outbound {
         Self {
             state: Mutex::new(State {
                 head: None,
-                rest: VecDeque::new(),
+                rest: None,
                 closed: false,
             }),
             waker: AtomicWaker::new(),
             poll_state: AtomicU8::new(0),
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
         }
     }
 
@@ -114,13 +120,13 @@ impl Outbound {
             if st.closed {
                 return Err(PushError::Closed);
             }
-            if st.len() >= self.capacity {
+            if st.len() >= self.capacity as usize {
                 return Err(PushError::Full);
             }
             if st.head.is_none() {
                 st.head = Some(packet);
             } else {
-                st.rest.push_back(packet);
+                st.rest.get_or_insert_with(Box::default).push_back(packet);
             }
         }
         self.notify(PUSHED);
@@ -166,19 +172,23 @@ impl Outbound {
     ) -> Poll<usize> {
         // Registered before looking: a push after the look wakes this task.
         self.waker.register(cx.waker());
-        let mut st = self.lock();
+        let mut guard = self.lock();
+        let st = &mut *guard;
         if let Some(first) = st.head.take() {
             let n = st.len().min(max.saturating_sub(1)) + 1;
-            if n == 1 {
-                out.one = Some(first);
-            } else {
-                out.many.push(first);
-                out.many.extend(st.rest.drain(..n - 1));
+            match &mut st.rest {
+                Some(rest) if n > 1 => {
+                    out.many.push(first);
+                    out.many.extend(rest.drain(..n - 1));
+                }
+                _ => out.one = Some(first),
             }
-            // What is left moves up: the oldest into `head`.
-            st.head = st.rest.pop_front();
-            if st.rest.is_empty() && st.rest.capacity() > 64 {
-                st.rest.shrink_to(16);
+            if let Some(rest) = &mut st.rest {
+                // What is left moves up: the oldest into `head`.
+                st.head = rest.pop_front();
+                if rest.is_empty() && rest.capacity() > 64 {
+                    rest.shrink_to(16);
+                }
             }
             return Poll::Ready(n);
         }

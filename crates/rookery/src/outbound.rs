@@ -49,9 +49,9 @@ struct State {
     /// The oldest queued packet, kept inline: with one packet in flight (a response) the queue
     /// touches no memory beyond the session's own.
     head: Option<Bytes>,
-    /// The packets after `head` (empty while `head` is `None`); boxed, made on the first push
-    /// behind another, since most connections never have more than one packet queued.
-    // Boxed on purpose: 8 bytes in the session instead of a `VecDeque`'s 32.
+    /// The packets after `head` (empty while `head` is `None`). Boxed on purpose (8 bytes in
+    /// the session instead of a `VecDeque`'s 32) and made on the first push behind another:
+    /// most connections never have more than one packet queued.
     #[allow(clippy::box_collection)]
     rest: Option<Box<VecDeque<Bytes>>>,
     closed: bool,

@@ -34,6 +34,11 @@ impl RouteName {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The shared buffer holding the route (cloning it copies nothing).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
 }
 
 impl TryFrom<&str> for RouteName {

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::app::AppInner;
 use crate::cluster::envelope::{
-    ser_from_u32, ser_to_u32, Envelope, Kind, SessionRef, SysBind, SysBound, SysClosed, SysKick,
-    SysPush, SysPushMany, SysUidKick, SysUidPush,
+    ser_from_u32, ser_to_u32, text, text_field, Envelope, Kind, SessionRef, SysBind, SysBound,
+    SysClosed, SysKick, SysPush, SysPushMany, SysUidKick, SysUidPush,
 };
 use crate::cluster::selector::SelectContext;
 use crate::cluster::{FrameHandler, LogicalAddr, NodeInfo, TransportError};
@@ -196,7 +196,14 @@ impl<'a> Rpc<'a> {
         let target = target.into();
         let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
         let node = self.pick(&target, route, None, None)?;
-        let env = self.envelope(Kind::Notify, route, payload, Serializer::Json, None, None);
+        let env = self.envelope(
+            Kind::Notify,
+            text_field(route),
+            payload,
+            Serializer::Json,
+            None,
+            None,
+        );
         if node.id == self.app.node_id() {
             let app = self.app.clone();
             let route = route.to_string();
@@ -291,14 +298,17 @@ impl<'a> Rpc<'a> {
         payload: Bytes,
         opts: &CallOptions,
     ) -> Result<Bytes, RpcError> {
-        self.call_inner(target, route, payload, opts, false).await
+        self.call_inner(target, route, text_field(route), payload, opts, false)
+            .await
     }
 
-    /// `from_client`: a gateway forwarding a client request (internal routes are refused).
+    /// `route_field`: `route` as the envelope carries it. `from_client`: a gateway forwarding
+    /// a client request (internal routes are refused).
     async fn call_inner(
         &self,
         target: &Target,
         route: &str,
+        route_field: Bytes,
         payload: Bytes,
         opts: &CallOptions,
         from_client: bool,
@@ -306,14 +316,15 @@ impl<'a> Rpc<'a> {
         let timeout = opts
             .timeout
             .unwrap_or_else(|| self.app.config().cluster.rpc_timeout());
-        let deadline = Instant::now() + timeout;
+        let started = std::time::Instant::now();
+        let deadline = Instant::from_std(started) + timeout;
         let ser = opts.serializer.unwrap_or(Serializer::Json);
         let session_id = opts.session.as_ref().map(Session::id);
-        let started = std::time::Instant::now();
         let result = self
             .call_picked(
                 target,
                 route,
+                route_field,
                 payload,
                 opts,
                 from_client,
@@ -339,6 +350,7 @@ impl<'a> Rpc<'a> {
         &self,
         target: &Target,
         route: &str,
+        route_field: Bytes,
         payload: Bytes,
         opts: &CallOptions,
         from_client: bool,
@@ -364,7 +376,14 @@ impl<'a> Rpc<'a> {
             };
         }
         let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
-        let mut env = self.envelope(Kind::Call, route, payload, ser, session_ref, Some(timeout));
+        let mut env = self.envelope(
+            Kind::Call,
+            route_field,
+            payload,
+            ser,
+            session_ref,
+            Some(timeout),
+        );
         env.from_client = from_client;
         if let Some(s) = &opts.session {
             s.touch(&node.id);
@@ -383,13 +402,15 @@ impl<'a> Rpc<'a> {
     }
 
     /// Forwards a client request for a module that runs elsewhere (gateway side).
+    /// `route_field` is `route` as the envelope carries it (the client's buffer, not a copy).
     pub(crate) async fn forward(
         &self,
         route: &str,
+        route_field: Bytes,
         payload: Bytes,
         session: &Session,
     ) -> Result<Bytes, Error> {
-        let module = route.split('.').next().unwrap_or(route);
+        let module = route_module(route).unwrap_or(route);
         let key = self.routing_key(module, &payload, session);
         let opts = CallOptions {
             timeout: Some(self.app.config().gateway.request_timeout()),
@@ -400,6 +421,7 @@ impl<'a> Rpc<'a> {
         self.call_inner(
             &Target::Module(module.to_string()),
             route,
+            route_field,
             payload,
             &opts,
             true,
@@ -504,7 +526,7 @@ impl<'a> Rpc<'a> {
             };
             let env = self.envelope(
                 Kind::Notify,
-                "sys.session.closed",
+                Bytes::from_static(b"sys.session.closed"),
                 body.clone(),
                 Serializer::Json,
                 None,
@@ -537,7 +559,7 @@ impl<'a> Rpc<'a> {
             }
             let env = self.envelope(
                 Kind::Notify,
-                route,
+                text_field(route),
                 body.clone(),
                 Serializer::Json,
                 None,
@@ -556,11 +578,11 @@ impl<'a> Rpc<'a> {
     fn session_ref(&self, s: &Session) -> SessionRef {
         SessionRef {
             id: s.id(),
-            uid: s.uid().map(|u| u.to_string()).unwrap_or_default(),
-            gateway: s
-                .gateway()
-                .map(str::to_string)
-                .unwrap_or_else(|| self.app.node_id().to_string()),
+            uid: s.uid().map(|u| text_field(&u)).unwrap_or_default(),
+            gateway: match s.gateway() {
+                Some(g) => text_field(g),
+                None => self.cluster().source.clone(),
+            },
             data: s.data_json(),
             serializer: ser_to_u32(s.serializer()),
         }
@@ -569,7 +591,7 @@ impl<'a> Rpc<'a> {
     fn envelope(
         &self,
         kind: Kind,
-        route: &str,
+        route: Bytes,
         payload: Bytes,
         ser: Serializer,
         session: Option<SessionRef>,
@@ -577,12 +599,12 @@ impl<'a> Rpc<'a> {
     ) -> Envelope {
         Envelope {
             kind: kind as i32,
-            route: route.to_string(),
+            route,
             payload,
             serializer: ser_to_u32(ser),
             session,
             timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
-            source: self.app.node_id().to_string(),
+            source: self.cluster().source.clone(),
             trace_id: current_trace(),
             ..Envelope::default()
         }
@@ -652,6 +674,17 @@ impl std::ops::Deref for Picked {
     }
 }
 
+/// The module of a client route `module.handler.method`; None unless it has exactly three parts.
+/// (A byte scan: `split('.')` sets up a general pattern searcher per call.)
+pub(crate) fn route_module(route: &str) -> Option<&str> {
+    let mut dots = route
+        .bytes()
+        .enumerate()
+        .filter_map(|(i, b)| (b == b'.').then_some(i));
+    let first = dots.next()?;
+    (dots.next().is_some() && dots.next().is_none()).then(|| &route[..first])
+}
+
 /// Pushes a body sent in both serializer forms to each session in the form it uses.
 fn push_both_forms(sessions: &[Session], m: &SysUidPush) {
     for s in sessions {
@@ -666,9 +699,9 @@ fn push_both_forms(sessions: &[Session], m: &SysUidPush) {
 }
 
 /// The current trace id in envelope form (empty when there is none).
-fn current_trace() -> String {
+fn current_trace() -> Bytes {
     crate::telemetry::current_trace_id()
-        .map(crate::telemetry::format_trace_id)
+        .map(|id| Bytes::copy_from_slice(&crate::telemetry::trace_id_hex(id)))
         .unwrap_or_default()
 }
 
@@ -683,15 +716,16 @@ fn apply_session_data(session: &Session, data: &[u8]) {
 #[derive(Clone)]
 pub(crate) struct RemoteSession {
     gateway: Arc<str>,
-    source: Arc<str>,
+    /// This node's id, as the envelopes' `source`.
+    source: Bytes,
     ops: mpsc::Sender<Bytes>,
 }
 
 impl RemoteSession {
-    pub(crate) fn new(gateway: &str, source: &str, ops: mpsc::Sender<Bytes>) -> Self {
+    pub(crate) fn new(gateway: &str, source: Bytes, ops: mpsc::Sender<Bytes>) -> Self {
         Self {
             gateway: Arc::from(gateway),
-            source: Arc::from(source),
+            source,
             ops,
         }
     }
@@ -707,9 +741,9 @@ impl RemoteSession {
     fn send(&self, route: &str, body: Vec<u8>) -> Result<(), Error> {
         let env = Envelope {
             kind: Kind::Notify as i32,
-            route: route.to_string(),
+            route: text_field(route),
             payload: Bytes::from(body),
-            source: self.source.to_string(),
+            source: self.source.clone(),
             trace_id: current_trace(),
             ..Envelope::default()
         };
@@ -769,14 +803,13 @@ impl App {
                 .invoke(&entry, session, payload, timeout, trace, None)
                 .await;
         }
-        let module = route.split('.').next().unwrap_or(route);
-        if route.split('.').count() != 3
-            || module == "sys"
-            || self.cluster().running(module).is_empty()
-        {
-            return Err(Error::not_found(route));
+        match route_module(route) {
+            Some(module) if module != "sys" && !self.cluster().running(module).is_empty() => {}
+            _ => return Err(Error::not_found(route)),
         }
-        crate::telemetry::with_trace_id(trace, self.rpc().forward(route, payload, &session)).await
+        let rpc = self.rpc();
+        let forward = rpc.forward(route, text_field(route), payload, &session);
+        crate::telemetry::with_trace_id(trace, forward).await
     }
 
     /// Runs a route on this node: the handler of a local module (internal routes included).
@@ -841,7 +874,9 @@ impl RpcServer {
 
     /// Runs an inbound envelope under the trace id it carries (a new one if none).
     async fn run_traced(&self, env: Envelope) -> Result<(Bytes, Option<Bytes>), Error> {
-        let trace = crate::telemetry::parse_trace_id(&env.trace_id)
+        let trace = text(&env.trace_id)
+            .ok()
+            .and_then(crate::telemetry::parse_trace_id)
             .unwrap_or_else(crate::telemetry::new_trace_id);
         crate::telemetry::with_trace_id(trace, self.run(env)).await
     }
@@ -851,9 +886,18 @@ impl RpcServer {
             .app()
             .ok_or_else(|| Error::new(Code::Unavailable, "node stopping"))?;
         let _in_flight = app.inner().cluster.inbound.token();
-        if let Some(r) = app.system(&env).await {
-            return r.map(|b| (b, None));
+        let route = text(&env.route)?;
+        if route.starts_with("sys.") {
+            if let Some(r) = app.system(route, &env.payload).await {
+                return r.map(|b| (b, None));
+            }
         }
+        let entry = app
+            .router()
+            .get(route)
+            .filter(|e| !(env.from_client && e.internal))
+            .cloned()
+            .ok_or_else(|| Error::not_found(route))?;
         let ser = ser_from_u32(env.serializer);
         let session = match &env.session {
             Some(s) => {
@@ -865,21 +909,23 @@ impl RpcServer {
                 };
                 Session::remote(
                     s.id,
-                    Some(&s.uid),
+                    Some(text(&s.uid)?),
                     ser_from_u32(s.serializer),
                     data,
-                    app.gateway_link(&s.gateway),
+                    app.gateway_link(text(&s.gateway)?),
                     app.router().dict().clone(),
                 )
             }
             None => Session::detached(ser),
         };
-        let timeout = (env.timeout_ms > 0).then(|| Duration::from_millis(env.timeout_ms));
-        if env.from_client && app.router().get(&env.route).is_some_and(|e| e.internal) {
-            return Err(Error::not_found(&env.route));
-        }
+        let timeout = match env.timeout_ms {
+            0 => app.config().gateway.request_timeout(),
+            ms => Duration::from_millis(ms),
+        };
+        let trace =
+            crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
         let out = app
-            .dispatch(&env.route, env.payload, session.clone(), timeout)
+            .invoke(&entry, session.clone(), env.payload, timeout, trace, None)
             .await?;
         let data = session.data_dirty().then(|| match session.data_json() {
             b if b.is_empty() => Bytes::from_static(b"{}"),
@@ -905,7 +951,7 @@ impl FrameHandler for RpcServer {
     async fn notify(&self, frame: Bytes) {
         match Envelope::from_bytes(frame) {
             Ok(env) => {
-                let route = env.route.clone();
+                let route = String::from_utf8_lossy(&env.route).into_owned();
                 if let Err(e) = self.run_traced(env).await {
                     tracing::debug!(%route, error = %e, "inbound notify failed");
                 }
@@ -917,24 +963,24 @@ impl FrameHandler for RpcServer {
 
 impl App {
     /// Handles the built-in `sys.*` routes of gateways; None for any other route.
-    async fn system(&self, env: &Envelope) -> Option<Result<Bytes, Error>> {
+    async fn system(&self, route: &str, payload: &Bytes) -> Option<Result<Bytes, Error>> {
         fn decode<M: prost::Message + Default>(b: &Bytes) -> Result<M, Error> {
             M::decode(b.clone()).map_err(|e| Error::bad_request(format!("bad system message: {e}")))
         }
         let sessions = self.sessions();
-        let r = match env.route.as_str() {
-            "sys.session.push" => decode::<SysPush>(&env.payload).and_then(|m| {
+        let r = match route {
+            "sys.session.push" => decode::<SysPush>(payload).and_then(|m| {
                 let s = sessions
                     .get(m.sid)
                     .ok_or_else(|| Error::new(Code::NotFound, "session gone"))?;
                 s.send_packet(s.encode_push(&m.route, m.body)?)
             }),
-            "sys.session.kick" => decode::<SysKick>(&env.payload).map(|m| {
+            "sys.session.kick" => decode::<SysKick>(payload).map(|m| {
                 if let Some(s) = sessions.get(m.sid) {
                     s.kick(&m.reason);
                 }
             }),
-            "sys.session.bind" => match decode::<SysBind>(&env.payload) {
+            "sys.session.bind" => match decode::<SysBind>(payload) {
                 Ok(m) => match sessions.get(m.sid) {
                     Some(s) => match sessions.bind(&s, &m.uid) {
                         Ok(()) => {
@@ -947,7 +993,7 @@ impl App {
                 },
                 Err(e) => Err(e),
             },
-            "sys.session.push_many" => decode::<SysPushMany>(&env.payload).map(|m| {
+            "sys.session.push_many" => decode::<SysPushMany>(payload).map(|m| {
                 let mut packet = None;
                 for sid in m.sids {
                     let Some(s) = sessions.get(sid) else { continue };
@@ -959,7 +1005,7 @@ impl App {
                     }
                 }
             }),
-            "sys.uid.bound" => decode::<SysBound>(&env.payload).map(|m| {
+            "sys.uid.bound" => decode::<SysBound>(payload).map(|m| {
                 if let Some(s) = sessions.by_uid(&m.uid) {
                     // The newer binding wins; ties go to the larger gateway id.
                     if (s.bound_at(), self.node_id()) < (m.bound_at, m.gateway.as_str()) {
@@ -967,41 +1013,62 @@ impl App {
                     }
                 }
             }),
-            "sys.session.closed" => match decode::<SysClosed>(&env.payload) {
-                Ok(m) => {
-                    if let Some(r) = m.session {
-                        let data = serde_json::from_slice(&r.data).unwrap_or_default();
-                        let s = Session::remote(
-                            r.id,
-                            Some(&r.uid),
-                            ser_from_u32(r.serializer),
-                            data,
-                            self.gateway_link(&r.gateway),
-                            self.router().dict().clone(),
-                        );
-                        s.close(&m.reason);
-                        for module in self.modules() {
-                            module.session_closed(self, &s).await;
-                        }
-                        self.groups().remove_session(&s);
-                    }
-                    Ok(())
-                }
+            "sys.session.closed" => match decode::<SysClosed>(payload) {
+                Ok(SysClosed {
+                    session: Some(r),
+                    reason,
+                }) => self.remote_session_closed(&r, &reason).await,
+                Ok(_) => Ok(()),
                 Err(e) => Err(e),
             },
-            "sys.uid.push" => decode::<SysUidPush>(&env.payload).map(|m| {
+            "sys.uid.push" => decode::<SysUidPush>(payload).map(|m| {
                 let targets: Vec<Session> =
                     m.uids.iter().filter_map(|u| sessions.by_uid(u)).collect();
                 push_both_forms(&targets, &m);
             }),
-            "sys.broadcast" => decode::<SysUidPush>(&env.payload).map(|m| {
+            "sys.broadcast" => decode::<SysUidPush>(payload).map(|m| {
                 push_both_forms(&sessions.all(), &m);
             }),
-            "sys.uid.kick" => decode::<SysUidKick>(&env.payload).map(|m| {
+            "sys.uid.kick" => decode::<SysUidKick>(payload).map(|m| {
                 sessions.kick_uid(&m.uid, &m.reason);
             }),
             _ => return None,
         };
         Some(r.map(|()| Bytes::new()))
+    }
+
+    /// A session of another gateway closed: this node's modules and groups let go of it.
+    async fn remote_session_closed(&self, r: &SessionRef, reason: &str) -> Result<(), Error> {
+        let data = serde_json::from_slice(&r.data).unwrap_or_default();
+        let s = Session::remote(
+            r.id,
+            Some(text(&r.uid)?),
+            ser_from_u32(r.serializer),
+            data,
+            self.gateway_link(text(&r.gateway)?),
+            self.router().dict().clone(),
+        );
+        s.close(reason);
+        for module in self.modules() {
+            module.session_closed(self, &s).await;
+        }
+        self.groups().remove_session(&s);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_module;
+
+    #[test]
+    fn route_module_needs_exactly_three_parts() {
+        assert_eq!(route_module("room.room.say"), Some("room"));
+        assert_eq!(route_module("a..b"), Some("a"));
+        assert_eq!(route_module("room.room"), None);
+        assert_eq!(route_module("room.room.say.more"), None);
+        assert_eq!(route_module("room"), None);
+        assert_eq!(route_module(""), None);
+        assert_eq!(route_module("é.x.y"), Some("é"));
     }
 }

@@ -142,7 +142,7 @@ impl RecentErrors {
 /// lookup for successful calls).
 #[derive(Default)]
 pub(crate) struct RpcMetrics {
-    by_target: std::sync::RwLock<std::collections::HashMap<String, (Counter, Histogram)>>,
+    by_target: std::sync::RwLock<crate::FastMap<String, (Counter, Histogram)>>,
 }
 
 impl RpcMetrics {
@@ -219,19 +219,25 @@ pub fn format_trace_id(id: u64) -> String {
     TraceId(id).to_string()
 }
 
+/// A trace id's 16 hex digits, without a `String`.
+pub(crate) fn trace_id_hex(id: u64) -> [u8; 16] {
+    // By hand rather than `{:016x}`: formatted for every request's span at `info` and every
+    // call's envelope, and the padding machinery of `fmt` costs several times the conversion.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[(id >> (60 - 4 * i)) as usize & 0xF];
+    }
+    out
+}
+
 /// A trace id that formats as 16 hex digits where it is written (log fields), without a
 /// `String` of its own.
 pub(crate) struct TraceId(pub u64);
 
 impl std::fmt::Display for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // By hand rather than `{:016x}`: formatted for every request's span at `info`, and the
-        // padding machinery of `fmt` costs several times the conversion.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 16];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = HEX[(self.0 >> (60 - 4 * i)) as usize & 0xF];
-        }
+        let out = trace_id_hex(self.0);
         f.write_str(std::str::from_utf8(&out).map_err(|_| std::fmt::Error)?)
     }
 }

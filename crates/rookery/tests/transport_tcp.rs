@@ -601,3 +601,36 @@ async fn dropping_the_transport_closes_its_links() {
     let cancelled = timeout(PROMPT, node.cancelled.recv()).await.unwrap();
     assert_eq!(cancelled.unwrap(), b("slow"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_a_new_address_gets_a_fresh_link_and_the_old_one_closes() {
+    let mut old = start("b", TcpConfig::default()).await;
+    let a = client();
+    let mut calls = JoinSet::new();
+    for i in 0..3 {
+        let (a, target) = (a.clone(), old.info.clone());
+        calls.spawn(async move {
+            a.request(&target, Bytes::from(format!("slow-{i}")), in_secs(30))
+                .await
+        });
+    }
+    old.wait_entered(3).await;
+
+    // The same node id now at another address (a restart elsewhere, as discovery reports it).
+    let moved = start("b", TcpConfig::default()).await;
+    assert_ne!(moved.info.address, old.info.address);
+    assert_eq!(
+        a.request(&moved.info, b("here"), in_secs(5)).await.unwrap(),
+        b("here")
+    );
+    // The link to the old address closed: its calls failed, and its server saw them cancelled.
+    while let Some(r) = timeout(PROMPT, calls.join_next()).await.unwrap() {
+        assert_eq!(r.unwrap(), Err(TransportError::Closed("b".into())));
+    }
+    for _ in 0..3 {
+        timeout(PROMPT, old.cancelled.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

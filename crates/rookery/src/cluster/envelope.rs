@@ -1,6 +1,11 @@
 //! The internal frame between nodes: one protobuf `Envelope` per RPC call, notify or reply.
 //!
 //! Decoding is bounded by the transport's frame limit; prost never allocates beyond the frame.
+//!
+//! The text fields a call carries (route, trace id, source, the session's uid and gateway) are
+//! declared as `bytes`: protobuf's `string` and `bytes` have the same wire form, so the frame is
+//! unchanged, but decoding makes them slices of the frame instead of a `String` each. They are
+//! checked as UTF-8 where they are read ([`text`]).
 
 use bytes::Bytes;
 use rookery_protocol::Serializer;
@@ -27,12 +32,12 @@ pub struct SessionRef {
     /// Session id on its gateway.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    /// Bound uid (empty when not logged in).
-    #[prost(string, tag = "2")]
-    pub uid: String,
-    /// Node id of the gateway holding the connection.
-    #[prost(string, tag = "3")]
-    pub gateway: String,
+    /// Bound uid (empty when not logged in); UTF-8.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub uid: Bytes,
+    /// Node id of the gateway holding the connection; UTF-8.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub gateway: Bytes,
     /// Session data as a JSON object.
     #[prost(bytes = "bytes", tag = "4")]
     pub data: Bytes,
@@ -47,9 +52,9 @@ pub struct Envelope {
     /// Call, notify, reply or error.
     #[prost(enumeration = "Kind", tag = "1")]
     pub kind: i32,
-    /// Route, `module.handler.method` (calls and notifies).
-    #[prost(string, tag = "2")]
-    pub route: String,
+    /// Route, `module.handler.method` (calls and notifies); UTF-8.
+    #[prost(bytes = "bytes", tag = "2")]
+    pub route: Bytes,
     /// Serialized argument or result.
     #[prost(bytes = "bytes", tag = "3")]
     pub payload: Bytes,
@@ -59,9 +64,9 @@ pub struct Envelope {
     /// The client session, for requests forwarded by a gateway.
     #[prost(message, optional, tag = "5")]
     pub session: Option<SessionRef>,
-    /// Trace id, carried across hops.
-    #[prost(string, tag = "6")]
-    pub trace_id: String,
+    /// Trace id, carried across hops (16 hex digits).
+    #[prost(bytes = "bytes", tag = "6")]
+    pub trace_id: Bytes,
     /// Milliseconds the caller will wait (the callee's handler deadline).
     #[prost(uint64, tag = "7")]
     pub timeout_ms: u64,
@@ -71,15 +76,26 @@ pub struct Envelope {
     /// Error message (error replies).
     #[prost(string, tag = "9")]
     pub error_msg: String,
-    /// Sending node id.
-    #[prost(string, tag = "10")]
-    pub source: String,
+    /// Sending node id; UTF-8.
+    #[prost(bytes = "bytes", tag = "10")]
+    pub source: Bytes,
     /// Session data after the handler ran, when it changed (replies to forwarded requests).
     #[prost(bytes = "bytes", optional, tag = "11")]
     pub session_data: Option<Bytes>,
     /// The call is a client request forwarded by a gateway: internal routes are refused.
     #[prost(bool, tag = "12")]
     pub from_client: bool,
+}
+
+/// A text field's value as a string; a field that is not UTF-8 makes the frame malformed.
+pub fn text(field: &Bytes) -> Result<&str, Error> {
+    std::str::from_utf8(field)
+        .map_err(|_| Error::bad_request("malformed internal frame: text field is not UTF-8"))
+}
+
+/// A text field holding `s` (one copy; `Bytes::from_static` for constants needs none).
+pub fn text_field(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
 }
 
 pub(crate) fn ser_to_u32(s: Serializer) -> u32 {
@@ -146,12 +162,12 @@ mod tests {
     fn roundtrip_and_errors() {
         let e = Envelope {
             kind: Kind::Call as i32,
-            route: "room.room.join".into(),
+            route: Bytes::from_static(b"room.room.join"),
             payload: Bytes::from_static(b"{}"),
             session: Some(SessionRef {
                 id: 7,
-                uid: "u".into(),
-                gateway: "gate-1".into(),
+                uid: Bytes::from_static(b"u"),
+                gateway: Bytes::from_static(b"gate-1"),
                 data: Bytes::from_static(b"{}"),
                 serializer: 0,
             }),
@@ -171,6 +187,36 @@ mod tests {
             "RK-404"
         );
         assert!(Envelope::from_bytes(Bytes::from_static(&[0xFF, 0xFF, 0xFF])).is_err());
+    }
+
+    /// The text fields, declared as `bytes`, keep the wire form of protobuf `string` fields: a
+    /// frame from an encoder that declares them as strings decodes to the same values.
+    #[test]
+    fn text_fields_keep_the_string_wire_form() {
+        #[derive(Clone, PartialEq, prost::Message)]
+        struct AsStrings {
+            #[prost(string, tag = "2")]
+            route: String,
+            #[prost(string, tag = "6")]
+            trace_id: String,
+            #[prost(string, tag = "10")]
+            source: String,
+        }
+        let wire = prost::Message::encode_to_vec(&AsStrings {
+            route: "room.room.say".into(),
+            trace_id: "00000000000000ab".into(),
+            source: "gate-1".into(),
+        });
+        let env = Envelope::from_bytes(Bytes::from(wire.clone())).unwrap();
+        assert_eq!(text(&env.route).unwrap(), "room.room.say");
+        assert_eq!(text(&env.trace_id).unwrap(), "00000000000000ab");
+        assert_eq!(text(&env.source).unwrap(), "gate-1");
+        assert_eq!(env.to_bytes(), Bytes::from(wire));
+        let bad = Envelope {
+            route: Bytes::from_static(&[0xC3, 0x28]),
+            ..Envelope::default()
+        };
+        assert_eq!(text(&bad.route).unwrap_err().code(), "RK-400");
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::{DiscoveryEvent, LogicalAddr, NodeInfo};
+use crate::FastMap;
 
 /// What changed, as told to modules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,9 +26,9 @@ pub struct Registry {
 
 #[derive(Default, Clone)]
 struct Snapshot {
-    by_id: HashMap<String, NodeInfo>,
-    by_module: HashMap<String, Arc<[NodeInfo]>>,
-    by_type: HashMap<String, Arc<[NodeInfo]>>,
+    by_id: FastMap<String, NodeInfo>,
+    by_module: FastMap<String, Arc<[NodeInfo]>>,
+    by_type: FastMap<String, Arc<[NodeInfo]>>,
 }
 
 impl Snapshot {

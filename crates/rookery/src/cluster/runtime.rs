@@ -12,7 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::selector::{self, Selector};
 use super::{Discovery, NodeEvent, NodeInfo, Registry, Transport};
 use crate::config::{ClusterConfig, DiscoveryKind, TransportKind};
-use crate::App;
+use crate::{App, FastMap};
 
 /// Queue of operations towards one gateway.
 const GATEWAY_LINK_QUEUE: usize = 4096;
@@ -23,9 +23,9 @@ pub(crate) struct ClusterState {
     pub registry: Registry,
     pub discovery: Arc<dyn Discovery>,
     pub transport: Arc<dyn Transport>,
-    selectors: HashMap<String, Arc<dyn Selector>>,
+    selectors: FastMap<String, Arc<dyn Selector>>,
     default_selector: Arc<dyn Selector>,
-    links: Mutex<HashMap<String, crate::rpc::RemoteSession>>,
+    links: Mutex<FastMap<String, crate::rpc::RemoteSession>>,
     /// Stops the transport's serving, the discovery watch and the gateway links.
     pub stop: CancellationToken,
     /// Background tasks (watch, links).
@@ -34,6 +34,8 @@ pub(crate) struct ClusterState {
     pub inbound: TaskTracker,
     /// RPC metric handles.
     pub rpc_metrics: crate::telemetry::RpcMetrics,
+    /// This node's id as the envelopes' `source` field (shared, not copied per call).
+    pub source: Bytes,
 }
 
 impl ClusterState {
@@ -44,7 +46,8 @@ impl ClusterState {
         transport: Arc<dyn Transport>,
         custom: HashMap<String, Arc<dyn Selector>>,
     ) -> Result<Self, String> {
-        let mut selectors: HashMap<String, Arc<dyn Selector>> = HashMap::new();
+        let source = Bytes::copy_from_slice(node.id.as_bytes());
+        let mut selectors: FastMap<String, Arc<dyn Selector>> = FastMap::default();
         for (name, r) in &config.routing {
             let mut sel: Box<dyn Selector> = match &r.selector {
                 Some(n) => selector::by_name(n)
@@ -70,11 +73,12 @@ impl ClusterState {
             transport,
             selectors,
             default_selector: Arc::new(selector::Random),
-            links: Mutex::new(HashMap::new()),
+            links: Mutex::new(FastMap::default()),
             stop: CancellationToken::new(),
             tasks: TaskTracker::new(),
             inbound: TaskTracker::new(),
             rpc_metrics: Default::default(),
+            source,
         })
     }
 
@@ -104,7 +108,7 @@ impl ClusterState {
             return link.clone();
         }
         let (tx, mut rx) = mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
-        let link = crate::rpc::RemoteSession::new(gateway, app.node_id(), tx);
+        let link = crate::rpc::RemoteSession::new(gateway, self.source.clone(), tx);
         links.insert(gateway.to_string(), link.clone());
         let app = app.clone();
         let gateway = gateway.to_string();

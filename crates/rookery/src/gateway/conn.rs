@@ -65,7 +65,7 @@ enum Dest {
     /// A handler of this node.
     Local(Arc<RouteEntry>),
     /// A module on other nodes: forwarded with the session.
-    Remote(Arc<str>),
+    Remote(rookery_protocol::RouteName),
 }
 
 /// One queued client message, resolved to its route.
@@ -465,19 +465,15 @@ fn resolve(
 
 /// A client route served by another node: its module is not local, some node runs it, and it
 /// is not a system route.
-fn remote_route(app: &App, route: &rookery_protocol::Route) -> Option<Arc<str>> {
+fn remote_route(app: &App, route: &rookery_protocol::Route) -> Option<rookery_protocol::RouteName> {
     let rookery_protocol::Route::Name(name) = route else {
         return None;
     };
-    let name = name.as_str();
-    let module = name.split('.').next()?;
-    if module == "sys"
-        || name.split('.').count() != 3
-        || app.modules().iter().any(|m| m.name() == module)
-    {
+    let module = crate::rpc::route_module(name.as_str())?;
+    if module == "sys" || app.modules().iter().any(|m| m.name() == module) {
         return None;
     }
-    (!app.cluster().running(module).is_empty()).then(|| Arc::from(name))
+    (!app.cluster().running(module).is_empty()).then(|| name.clone())
 }
 
 fn reply_error(session: &Session, msg: &Message, err: Error) {
@@ -558,9 +554,9 @@ async fn dispatch(
 async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
     // Every client request starts a trace here.
     let trace = telemetry::new_trace_id();
-    let (route, result) = match &job.dest {
+    let (route, result): (&str, _) = match &job.dest {
         Dest::Local(entry) => (
-            entry.route.clone(),
+            &entry.route,
             app.invoke(
                 entry,
                 session.clone(),
@@ -574,10 +570,11 @@ async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
         // Boxed: a forward's state is several KiB, and every local request would otherwise
         // allocate (and copy) room for it.
         Dest::Remote(route) => (
-            route.clone(),
+            route.as_str(),
             Box::pin(telemetry::with_trace_id(
                 trace,
-                app.rpc().forward(route, job.payload, session),
+                app.rpc()
+                    .forward(route.as_str(), route.bytes().clone(), job.payload, session),
             ))
             .await,
         ),

@@ -12,7 +12,6 @@
 //! immediately with [`TransportError::Unreachable`] (or at their deadline if the loss is not yet
 //! noticed).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +29,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
 use crate::cluster::NodeInfo;
+use crate::FastMap;
 
 /// Inbound frames handled at the same time by one [`NatsTransport::serve`] call.
 const MAX_CONCURRENT_INBOUND: usize = 1024;
@@ -112,7 +112,7 @@ pub struct NatsTransport {
     prefix: String,
     max_pending: usize,
     connect_timeout: Duration,
-    nodes: Mutex<HashMap<String, NodeSlot>>,
+    nodes: Mutex<FastMap<String, NodeSlot>>,
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -213,7 +213,7 @@ impl NatsTransport {
             prefix: config.subject_prefix,
             max_pending: config.max_pending,
             connect_timeout,
-            nodes: Mutex::new(HashMap::new()),
+            nodes: Mutex::new(FastMap::default()),
         })
     }
 
@@ -295,7 +295,7 @@ impl NatsTransport {
 
 /// Runs one inbound message through the handler; replies when the sender waits for a reply.
 async fn handle_message(
-    client: async_nats::Client,
+    client: Arc<async_nats::Client>,
     handler: Arc<dyn FrameHandler>,
     msg: async_nats::Message,
 ) {
@@ -356,7 +356,9 @@ impl Transport for NatsTransport {
             }
         }
 
-        let client = self.client.clone();
+        // Shared by every inbound call (cloning the client itself takes several reference
+        // counts).
+        let client = Arc::new(self.client.clone());
         let node_id = node.id.clone();
         tokio::spawn(async move {
             let tracker = TaskTracker::new();

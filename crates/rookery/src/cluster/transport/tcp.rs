@@ -53,7 +53,6 @@
 //! task. Notifies are handled one after another, in arrival order, by the reader. Closing a
 //! connection (peer gone, shutdown) cancels the handler calls still running for it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -78,6 +77,7 @@ use tracing::{debug, warn};
 
 use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
 use crate::cluster::NodeInfo;
+use crate::FastMap;
 
 /// Bytes of kind + id in front of every payload.
 const HEADER_LEN: usize = 9;
@@ -187,8 +187,8 @@ pub struct TcpTransport {
 
 struct Inner {
     cfg: Settings,
-    /// Outbound links by (node id, address).
-    links: Mutex<HashMap<(String, String), Arc<Entry>>>,
+    /// Outbound links by node id (each entry for the address it was made for).
+    links: Mutex<FastMap<String, Arc<Entry>>>,
     /// Parent of every link's token; cancelled when the transport is dropped.
     root: CancellationToken,
 }
@@ -217,7 +217,7 @@ impl TcpTransport {
         Self {
             inner: Arc::new(Inner {
                 cfg: Settings::new(config),
-                links: Mutex::new(HashMap::new()),
+                links: Mutex::new(FastMap::default()),
                 root: CancellationToken::new(),
             }),
         }
@@ -279,10 +279,17 @@ impl Transport for TcpTransport {
             id,
             payload: frame,
         };
-        match timeout_at(deadline, link.tx.send(out)).await {
-            Err(_) => return Err(TransportError::Timeout),
-            Ok(Err(_)) => return Err(link.shared.closed_error()),
-            Ok(Ok(())) => {}
+        // Queued at once while the link keeps up (no timer); waits within the deadline when full.
+        match link.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(link.shared.closed_error()),
+            Err(mpsc::error::TrySendError::Full(out)) => {
+                match timeout_at(deadline, link.tx.send(out)).await {
+                    Err(_) => return Err(TransportError::Timeout),
+                    Ok(Err(_)) => return Err(link.shared.closed_error()),
+                    Ok(Ok(())) => {}
+                }
+            }
         }
         match timeout_at(deadline, reply).await {
             Ok(Ok(result)) => result,
@@ -309,25 +316,9 @@ impl Transport for TcpTransport {
     }
 
     fn node_lost(&self, node_id: &str) {
-        let mut lost = Vec::new();
-        lock(&self.inner.links).retain(|(id, _), entry| {
-            if id == node_id {
-                lost.push(entry.clone());
-                false
-            } else {
-                true
-            }
-        });
-        for entry in lost {
-            let link = {
-                let mut st = lock(&entry.state);
-                st.removed = true;
-                st.link.take()
-            };
-            if let Some(link) = link {
-                debug!(node = node_id, addr = %link.shared.addr, "node lost: closing link");
-                link.shared.close();
-            }
+        let lost = lock(&self.inner.links).remove(node_id);
+        if let Some(entry) = lost {
+            entry.retire(node_id, "node lost");
         }
     }
 }
@@ -465,9 +456,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // Outbound links
 
-/// Link state for one (node id, address), kept between dials.
-#[derive(Default)]
+/// Link state for one node at one address, kept between dials.
 struct Entry {
+    /// The address this entry dials.
+    addr: String,
     state: Mutex<EntryState>,
     /// Held while dialling so concurrent first calls share one dial.
     dial: tokio::sync::Mutex<()>,
@@ -485,6 +477,28 @@ struct EntryState {
 }
 
 impl Entry {
+    fn new(addr: String) -> Self {
+        Self {
+            addr,
+            state: Mutex::default(),
+            dial: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Takes the entry out of service: a dial finishing later does not install its link, and
+    /// the current link (if any) closes, failing its pending requests.
+    fn retire(&self, node_id: &str, why: &str) {
+        let link = {
+            let mut st = lock(&self.state);
+            st.removed = true;
+            st.link.take()
+        };
+        if let Some(link) = link {
+            debug!(node = node_id, addr = %link.shared.addr, why, "closing link");
+            link.shared.close();
+        }
+    }
+
     fn live_link(&self) -> Option<Link> {
         lock(&self.state)
             .link
@@ -514,7 +528,7 @@ struct LinkShared {
 
 #[derive(Default)]
 struct Pending {
-    map: HashMap<u64, ReplySender>,
+    map: FastMap<u64, ReplySender>,
     closed: bool,
 }
 
@@ -604,10 +618,21 @@ impl Inner {
                 "node has no address".to_string(),
             ));
         }
-        let entry = lock(&self.links)
-            .entry((target.id.clone(), target.address.clone()))
-            .or_default()
-            .clone();
+        let entry = {
+            let mut links = lock(&self.links);
+            match links.get(target.id.as_str()) {
+                Some(e) if e.addr == target.address => e.clone(),
+                _ => {
+                    // First call, or the node now has another address: the old link (if any)
+                    // leads to where the node no longer is.
+                    let e = Arc::new(Entry::new(target.address.clone()));
+                    if let Some(old) = links.insert(target.id.clone(), e.clone()) {
+                        old.retire(&target.id, "node moved");
+                    }
+                    e
+                }
+            }
+        };
         if let Some(link) = entry.live_link() {
             return Ok(link);
         }

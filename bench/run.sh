@@ -327,7 +327,7 @@ NOFILE=$(ulimit -n)
 log "open files limit: $NOFILE"
 
 # Fixed loopback ports of the suite (static cluster configs, pinus servers.json).
-FIXED_PORTS=(3400 3410 3411 3412 3420 3422 3423 3424 3425 3430 3432 3435 3440 3441 3460 3465 3466 3467)
+FIXED_PORTS=(3400 3410 3411 3412 3420 3422 3423 3424 3425 3430 3432 3435 3436 3440 3441 3460 3465 3466 3467)
 for p in "${FIXED_PORTS[@]}"; do
   if port_open "$p"; then
     echo "port 127.0.0.1:$p is in use; the suite needs ports ${FIXED_PORTS[*]} free" >&2
@@ -446,8 +446,10 @@ fi
 stop_server "$TGATE"
 stop_server "$TROOM"
 
-# P5, P6 (remote over NATS) and raw async-nats through the same nats-server; node-to-node
-# Rookery RPC over NATS at the same concurrency.
+# P5, P6 (remote over NATS); P5's baseline: raw async-nats request/reply through the same
+# nats-server behind the ceiling's minimal gateway (same clients, same placement); raw
+# request/reply driven by rpcbench, and node-to-node Rookery RPC over NATS, at the same
+# concurrency.
 if command -v nats-server >/dev/null; then
   NPORT=$(free_port)
   start_server nats-server nats-server -a 127.0.0.1 -p "$NPORT"
@@ -477,6 +479,15 @@ if command -v nats-server >/dev/null; then
     start_server nats-raw-serve "$RPCBENCH" serve nats-raw --nats "$NURL"
     RAW=$LAST_PID
     sleep 1
+    start_server nats-ceiling "$CEILING" --addr 127.0.0.1:3436 --nats "$NURL"
+    NCEIL=$LAST_PID
+    if wait_port 3436 20 "$NCEIL"; then
+      bench_row p5-nats-ceiling nats-ceiling "$NCEIL $RAW $NATS" "$MAIN_CONNS" \
+        --addr 127.0.0.1:3436 --route "$ROUTE"
+    else
+      unavailable p5-nats-ceiling nats-ceiling "NATS ceiling did not start (see $RUN_DIR/nats-ceiling.log)"
+    fi
+    stop_server "$NCEIL"
     rpc_row p5-nats-raw nats-raw "$RAW $NATS" nats-raw --nats "$NURL" --concurrency "$MAIN_CONNS"
     stop_server "$RAW"
 

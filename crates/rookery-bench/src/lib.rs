@@ -33,7 +33,7 @@ use rookery_protocol::{Message, Route, RouteName};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-pub use ceiling::serve_ceiling;
+pub use ceiling::{serve_ceiling, serve_ceiling_with, start_nats_echo, Answer, RAW_NATS_SUBJECT};
 
 use conn::{Plan, Start, TaskStats};
 use pacer::{Pacer, Schedule};

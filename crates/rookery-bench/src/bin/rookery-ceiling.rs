@@ -3,6 +3,10 @@
 //! A minimal tokio TCP server speaking the client protocol's packet framing just enough to be
 //! driven by `rookery bench`: canned handshake, heartbeats answered, every request answered with
 //! `{"rooms":[]}`. Prints `ceiling listening on ADDR` once bound.
+//!
+//! With `--nats URL` it answers each request with the reply of a plain async-nats request to
+//! `--subject` (start `rookery-rpcbench serve nats-raw` as the responder): the remote path's
+//! baseline (P5).
 
 use std::io::Write;
 
@@ -21,6 +25,12 @@ struct Cli {
     /// Runtime worker threads (default, or 0: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Answer through raw NATS request/reply at this server instead of canned responses.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Subject of the NATS responder (with `--nats`).
+    #[arg(long, default_value = rookery_bench::RAW_NATS_SUBJECT)]
+    subject: String,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,10 +41,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     .build()?;
     rt.block_on(async {
+        let answer = match &cli.nats {
+            None => rookery_bench::Answer::Canned,
+            Some(url) => rookery_bench::Answer::Nats {
+                client: async_nats::connect(url.as_str()).await?,
+                subject: cli.subject.clone().into(),
+            },
+        };
         let listener = tokio::net::TcpListener::bind(&cli.addr).await?;
         println!("ceiling listening on {}", listener.local_addr()?);
         std::io::stdout().flush()?;
-        rookery_bench::serve_ceiling(listener).await;
+        rookery_bench::serve_ceiling_with(listener, answer).await;
         Ok(())
     })
 }

@@ -51,7 +51,7 @@ const ECHO_ROUTE: &str = "bench.rpc.echo";
 const CALLEE_ID: &str = "rpcbench-callee";
 const CALLEE_TYPE: &str = "echo";
 /// NATS subject of the raw responder.
-const RAW_SUBJECT: &str = "rpcbench.echo";
+const RAW_SUBJECT: &str = rookery_bench::RAW_NATS_SUBJECT;
 /// gRPC method path of the tonic echo service.
 const GRPC_SERVICE: &str = "rookery.bench.Echo";
 const GRPC_PATH: &str = "/rookery.bench.Echo/Echo";
@@ -286,17 +286,7 @@ async fn start_callee(mode: Mode, addr: &str, nats: &str) -> Result<RunningServe
 }
 
 async fn start_nats_responder(url: &str) -> Result<tokio::task::JoinHandle<()>, BoxError> {
-    use futures_util::StreamExt;
-    let client = async_nats::connect(url).await?;
-    let mut sub = client.subscribe(RAW_SUBJECT).await?;
-    client.flush().await?;
-    Ok(tokio::spawn(async move {
-        while let Some(msg) = sub.next().await {
-            if let Some(reply) = msg.reply {
-                let _ = client.publish(reply, msg.payload).await;
-            }
-        }
-    }))
+    rookery_bench::start_nats_echo(url, RAW_SUBJECT).await
 }
 
 /// The tonic echo service, written out by hand (what tonic-prost-build would generate) so that

@@ -21,6 +21,7 @@ pub fn args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
 }
 
 /// Starts the ceiling server on a free loopback port.
+#[allow(dead_code)] // not every test binary uses it
 pub async fn ceiling() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -113,10 +113,68 @@ pub(crate) fn ser_from_u32(v: u32) -> Serializer {
     }
 }
 
+/// Field writers for [`Envelope::to_bytes`]: prost's own, except that a `Bytes` field is copied
+/// from its slice (prost's encoder clones each `Bytes` first, which allocates when the buffer
+/// is not yet shared). Proto3 rules as prost applies them: default scalars and empty
+/// non-optional fields are left out.
+mod put {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+
+    pub(super) fn varint(tag: u32, v: u64, buf: &mut Vec<u8>) {
+        if v != 0 {
+            encode_key(tag, WireType::Varint, buf);
+            encode_varint(v, buf);
+        }
+    }
+
+    /// A length-delimited field, written even when empty.
+    pub(super) fn slice_always(tag: u32, v: &[u8], buf: &mut Vec<u8>) {
+        encode_key(tag, WireType::LengthDelimited, buf);
+        encode_varint(v.len() as u64, buf);
+        buf.extend_from_slice(v);
+    }
+
+    pub(super) fn slice(tag: u32, v: &[u8], buf: &mut Vec<u8>) {
+        if !v.is_empty() {
+            slice_always(tag, v, buf);
+        }
+    }
+}
+
+impl SessionRef {
+    fn encode_fields(&self, buf: &mut Vec<u8>) {
+        put::varint(1, self.id, buf);
+        put::slice(2, &self.uid, buf);
+        put::slice(3, &self.gateway, buf);
+        put::slice(4, &self.data, buf);
+        put::varint(5, u64::from(self.serializer), buf);
+    }
+}
+
 impl Envelope {
-    /// Encodes to bytes.
+    /// Encodes to bytes (the same bytes as prost's encoder, in one exactly sized buffer).
     pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(prost::Message::encode_to_vec(self))
+        let mut buf = Vec::with_capacity(prost::Message::encoded_len(self));
+        // Enumerations are varints of their i32 value (sign-extended, as prost writes them).
+        put::varint(1, self.kind as i64 as u64, &mut buf);
+        put::slice(2, &self.route, &mut buf);
+        put::slice(3, &self.payload, &mut buf);
+        put::varint(4, u64::from(self.serializer), &mut buf);
+        if let Some(s) = &self.session {
+            prost::encoding::encode_key(5, prost::encoding::WireType::LengthDelimited, &mut buf);
+            prost::encoding::encode_varint(prost::Message::encoded_len(s) as u64, &mut buf);
+            s.encode_fields(&mut buf);
+        }
+        put::slice(6, &self.trace_id, &mut buf);
+        put::varint(7, self.timeout_ms, &mut buf);
+        put::slice(8, self.error_code.as_bytes(), &mut buf);
+        put::slice(9, self.error_msg.as_bytes(), &mut buf);
+        put::slice(10, &self.source, &mut buf);
+        if let Some(d) = &self.session_data {
+            put::slice_always(11, d, &mut buf);
+        }
+        put::varint(12, u64::from(self.from_client), &mut buf);
+        Bytes::from(buf)
     }
 
     /// Decodes from bytes.
@@ -187,6 +245,45 @@ mod tests {
             "RK-404"
         );
         assert!(Envelope::from_bytes(Bytes::from_static(&[0xFF, 0xFF, 0xFF])).is_err());
+    }
+
+    /// The hand-written encoder writes exactly what prost's derived one does.
+    #[test]
+    fn to_bytes_matches_prost() {
+        let full = Envelope {
+            kind: Kind::Error as i32,
+            route: Bytes::from_static(b"room.room.join"),
+            payload: Bytes::from_static(b"{\"a\":1}"),
+            serializer: 1,
+            session: Some(SessionRef {
+                id: 300,
+                uid: Bytes::from_static(b"user-1"),
+                gateway: Bytes::from_static(b"gate-1"),
+                data: Bytes::from_static(b"{\"k\":\"v\"}"),
+                serializer: 1,
+            }),
+            trace_id: Bytes::from_static(b"00000000000000ab"),
+            timeout_ms: 5000,
+            error_code: "RK-404".into(),
+            error_msg: "no route".into(),
+            source: Bytes::from_static(b"room-1"),
+            session_data: Some(Bytes::from_static(b"{}")),
+            from_client: true,
+        };
+        let cases = [
+            full.clone(),
+            Envelope::default(),
+            Envelope {
+                session: Some(SessionRef::default()),
+                session_data: Some(Bytes::new()),
+                ..Envelope::default()
+            },
+            Envelope::reply(Bytes::from(vec![7u8; 300]), None),
+            Envelope { kind: -1, ..full },
+        ];
+        for e in cases {
+            assert_eq!(e.to_bytes(), prost::Message::encode_to_vec(&e), "{e:?}");
+        }
     }
 
     /// The text fields, declared as `bytes`, keep the wire form of protobuf `string` fields: a

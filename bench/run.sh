@@ -570,6 +570,20 @@ if [[ $PSTAT == ok ]]; then
     for c in "${PINUS_CONNS[@]}"; do
       bench_row "p3-c$c" pinus "$PIN_ALL" "$c" --addr 127.0.0.1:3460 --route "$ROUTE"
     done
+    # P3's verdict: Rookery and pinus in alternation (R P R P) at the main size, each server
+    # idle while the other runs, so that a change of the host's speed between the two blocks
+    # of rows does not decide the ratio.
+    start_server single-pair "$ROOKERY" serve --config bench/configs/single.toml
+    SPAIR=$LAST_PID
+    if wait_port 3410 30 "$SPAIR"; then
+      for i in 1 2; do
+        bench_row "p3pair-rookery-$i" rookery "$SPAIR" "$MAIN_CONNS" --addr 127.0.0.1:3410 \
+          --route "$ROUTE"
+        bench_row "p3pair-pinus-$i" pinus "$PIN_ALL" "$MAIN_CONNS" --addr 127.0.0.1:3460 \
+          --route "$ROUTE"
+      done
+    fi
+    stop_server "$SPAIR"
   else
     unavailable p3-c$MAIN_CONNS pinus "pinus did not start (see $RUN_DIR/pinus.log)"
   fi

@@ -570,24 +570,27 @@ if [[ $PSTAT == ok ]]; then
     for c in "${PINUS_CONNS[@]}"; do
       bench_row "p3-c$c" pinus "$PIN_ALL" "$c" --addr 127.0.0.1:3460 --route "$ROUTE"
     done
-    # P3's verdict: Rookery and pinus in alternation (R P R P) at the main size, each server
-    # idle while the other runs, so that a change of the host's speed between the two blocks
-    # of rows does not decide the ratio.
-    start_server single-pair "$ROOKERY" serve --config bench/configs/single.toml
-    SPAIR=$LAST_PID
-    if wait_port 3410 30 "$SPAIR"; then
-      for i in 1 2; do
-        bench_row "p3pair-rookery-$i" rookery "$SPAIR" "$MAIN_CONNS" --addr 127.0.0.1:3410 \
-          --route "$ROUTE"
-        bench_row "p3pair-pinus-$i" pinus "$PIN_ALL" "$MAIN_CONNS" --addr 127.0.0.1:3460 \
-          --route "$ROUTE"
-      done
-    fi
-    stop_server "$SPAIR"
   else
     unavailable p3-c$MAIN_CONNS pinus "pinus did not start (see $RUN_DIR/pinus.log)"
   fi
   stop_pinus
+  # P3's verdict: Rookery and pinus in alternation (R P R P) at the main size, so that a change
+  # of the host's speed between the two blocks of rows does not decide the ratio. Each run has
+  # a freshly started server and the other one stopped (pinus is not idle after a run).
+  for i in 1 2; do
+    start_server single-pair "$ROOKERY" serve --config bench/configs/single.toml
+    SPAIR=$LAST_PID
+    if wait_port 3410 30 "$SPAIR"; then
+      bench_row "p3pair-rookery-$i" rookery "$SPAIR" "$MAIN_CONNS" --addr 127.0.0.1:3410 \
+        --route "$ROUTE"
+    fi
+    stop_server "$SPAIR"
+    if start_pinus "pinus-pair-$i"; then
+      bench_row "p3pair-pinus-$i" pinus "$PIN_ALL" "$MAIN_CONNS" --addr 127.0.0.1:3460 \
+        --route "$ROUTE"
+    fi
+    stop_pinus
+  done
   if start_pinus pinus-fanout; then
     fanout_row p8-pinus pinus-fanout "$PIN_ALL" --addr 127.0.0.1:3460 --users "$P8_USERS" \
       --uid-prefix pin-

@@ -316,8 +316,10 @@ impl<'a> Rpc<'a> {
         let timeout = opts
             .timeout
             .unwrap_or_else(|| self.app.config().cluster.rpc_timeout());
-        let started = std::time::Instant::now();
-        let deadline = Instant::from_std(started) + timeout;
+        // One clock read for both (tokio's clock, so that a paused test clock sets deadlines).
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let started = now.into_std();
         let ser = opts.serializer.unwrap_or(Serializer::Json);
         let session_id = opts.session.as_ref().map(Session::id);
         let result = self

@@ -902,22 +902,7 @@ impl RpcServer {
             .ok_or_else(|| Error::not_found(route))?;
         let ser = ser_from_u32(env.serializer);
         let session = match &env.session {
-            Some(s) => {
-                // Most sessions carry no data: skip the JSON parse then.
-                let data = if s.data.is_empty() {
-                    HashMap::new()
-                } else {
-                    serde_json::from_slice(&s.data).unwrap_or_default()
-                };
-                Session::remote(
-                    s.id,
-                    Some(text(&s.uid)?),
-                    ser_from_u32(s.serializer),
-                    data,
-                    app.gateway_link(text(&s.gateway)?),
-                    app.router().dict().clone(),
-                )
-            }
+            Some(s) => app.remote_session(s)?,
             None => Session::detached(ser),
         };
         let timeout = match env.timeout_ms {
@@ -1039,17 +1024,27 @@ impl App {
         Some(r.map(|()| Bytes::new()))
     }
 
-    /// A session of another gateway closed: this node's modules and groups let go of it.
-    async fn remote_session_closed(&self, r: &SessionRef, reason: &str) -> Result<(), Error> {
-        let data = serde_json::from_slice(&r.data).unwrap_or_default();
-        let s = Session::remote(
+    /// The copy of another gateway's session that a forwarded request or notice carries.
+    fn remote_session(&self, r: &SessionRef) -> Result<Session, Error> {
+        // Most sessions carry no data: skip the JSON parse then.
+        let data = if r.data.is_empty() {
+            HashMap::new()
+        } else {
+            serde_json::from_slice(&r.data).unwrap_or_default()
+        };
+        Ok(Session::remote(
             r.id,
             Some(text(&r.uid)?),
             ser_from_u32(r.serializer),
             data,
             self.gateway_link(text(&r.gateway)?),
             self.router().dict().clone(),
-        );
+        ))
+    }
+
+    /// A session of another gateway closed: this node's modules and groups let go of it.
+    async fn remote_session_closed(&self, r: &SessionRef, reason: &str) -> Result<(), Error> {
+        let s = self.remote_session(r)?;
         s.close(reason);
         for module in self.modules() {
             module.session_closed(self, &s).await;

@@ -1,6 +1,5 @@
 //! `rookery`: serve the demo game, or talk to a server interactively.
 
-mod logs;
 mod repl;
 mod serve;
 
@@ -34,18 +33,29 @@ fn init_logs(default: &str) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set;
+    // then the handlers' `request` spans (level `debug`) are switched on.
+    #[cfg(feature = "otel")]
+    let otel = serve::otel::layer();
+    #[cfg(feature = "otel")]
+    let filter = match &otel {
+        Some(_) => filter.add_directive(
+            format!("{}=debug", rookery::telemetry::REQUEST_SPAN_TARGET)
+                .parse()
+                .expect("a valid directive"),
+        ),
+        None => filter,
+    };
     use std::io::IsTerminal;
     // Colours only on a terminal: log files and pipes get plain text.
     let ansi = std::io::stderr().is_terminal();
     let logs = tracing_subscriber::registry().with(filter).with(
-        tracing_subscriber::fmt::layer()
+        rookery::logs::layer()
             .with_writer(std::io::stderr)
-            .with_ansi(ansi)
-            .fmt_fields(logs::PlainFields),
+            .with_ansi(ansi),
     );
-    // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set.
     #[cfg(feature = "otel")]
-    let logs = logs.with(serve::otel::layer());
+    let logs = logs.with(otel);
     logs.init();
 }
 

@@ -74,8 +74,9 @@ impl App {
 
     /// Runs a route's handler for a session: login check, panic capture, deadline.
     /// Records the request in the route's figures (its duration counted from `arrived`, or from
-    /// now) and runs it under its trace id, inside a `request` span (so the handler's logs carry
-    /// the route and trace id).
+    /// now) and runs it in its [`RequestScope`](crate::telemetry::RequestScope) (so the
+    /// handler's logs carry the route, trace id and session), inside a `request` span when
+    /// `debug` is on for its target (span exporters).
     pub(crate) async fn invoke(
         &self,
         entry: &crate::RouteEntry,
@@ -91,18 +92,27 @@ impl App {
         let result = if entry.login_required && session.uid().is_none() {
             Err(Error::not_logged_in())
         } else {
-            let span = tracing::info_span!(
+            let span = tracing::debug_span!(
+                target: crate::telemetry::REQUEST_SPAN_TARGET,
                 "request",
                 route = %entry.route,
                 trace_id = %crate::telemetry::TraceId(trace),
                 session = session.id(),
             );
+            let scope = crate::telemetry::RequestScope {
+                trace_id: trace,
+                route: Some(entry.route.clone()),
+                session: Some(session.id()),
+            };
             let ctx = Context::new(self.clone(), session, entry.route.clone());
             let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
-            let run =
-                crate::telemetry::with_trace_id(trace, first_poll_then_deadline(timeout, fut))
-                    .instrument(span);
-            match run.await {
+            let run = crate::telemetry::with_scope(scope, first_poll_then_deadline(timeout, fut));
+            let outcome = if span.is_disabled() {
+                run.await
+            } else {
+                run.instrument(span).await
+            };
+            match outcome {
                 Ok(Ok(r)) => r,
                 Ok(Err(_panic)) => {
                     Err(Error::internal(format!("handler {} panicked", entry.route)))

@@ -38,6 +38,7 @@ pub mod config;
 mod error;
 mod gateway;
 mod group;
+pub mod logs;
 mod module;
 mod outbound;
 mod payload;

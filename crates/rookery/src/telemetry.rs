@@ -5,9 +5,12 @@
 //! constants below are the public contract.
 //!
 //! A trace id is given to every client request at the gateway and travels with it: in the
-//! envelope of every RPC it causes (and of pushes and kicks sent back to the gateway), in a task
-//! local while handlers run, and in the `request` span that wraps each handler, so every log line
-//! a handler writes carries it.
+//! envelope of every RPC it causes (and of pushes and kicks sent back to the gateway) and in a
+//! task-local [`RequestScope`] while it is handled (with the handler's route and session inside a
+//! handler), which [`crate::logs`] writes on every log line as `request{route=.. trace_id=..
+//! session=..}:`. Handlers also run in a `request` span (target [`REQUEST_SPAN_TARGET`]) at
+//! `debug` level, for subscribers that export spans (OpenTelemetry): a span per request at `info`
+//! would cost every request its creation and formatting whether or not anything is logged.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -191,8 +194,23 @@ fn target_label(t: &crate::Target) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Target of the `request` span that wraps every handler (level `debug`).
+pub const REQUEST_SPAN_TARGET: &str = "rookery::request";
+
+/// What the current task is handling: a request's trace id and, inside a handler, its route and
+/// session. Set by the framework; [`with_scope`] carries it into a task a handler spawns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestScope {
+    /// The request's trace id.
+    pub trace_id: u64,
+    /// The route of the handler running (None outside handlers, e.g. while a gateway forwards).
+    pub route: Option<std::sync::Arc<str>>,
+    /// The id of the session the handler runs for (with `route`).
+    pub session: Option<u64>,
+}
+
 tokio::task_local! {
-    static TRACE_ID: u64;
+    static SCOPE: RequestScope;
 }
 
 /// A fresh trace id.
@@ -202,16 +220,47 @@ pub fn new_trace_id() -> u64 {
 
 /// The trace id of the request being handled by this task, if any.
 pub fn current_trace_id() -> Option<u64> {
-    TRACE_ID.try_with(|t| *t).ok()
+    SCOPE.try_with(|s| s.trace_id).ok()
 }
 
-/// Runs `fut` with `id` as its trace id. (A plain function, not an `async fn`: that would store
-/// `fut` twice in its state.)
+/// The scope of the request being handled by this task, if any.
+pub fn current_scope() -> Option<RequestScope> {
+    SCOPE.try_with(RequestScope::clone).ok()
+}
+
+/// Calls `f` with the scope of the request being handled by this task (None outside requests),
+/// without copying it.
+pub fn inspect_scope<R>(f: impl FnOnce(Option<&RequestScope>) -> R) -> R {
+    let mut f = Some(f);
+    match SCOPE.try_with(|s| (f.take().expect("called once"))(Some(s))) {
+        Ok(r) => r,
+        Err(_) => (f.take().expect("not called"))(None),
+    }
+}
+
+/// Runs `fut` in `scope`: its log lines and the RPCs it makes carry the scope's trace id. E.g.
+/// `tokio::spawn(with_scope(current_scope().unwrap(), work))` from a handler. (A plain function,
+/// not an `async fn`: that would store `fut` twice in its state.)
+pub fn with_scope<F: std::future::Future>(
+    scope: RequestScope,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    SCOPE.scope(scope, fut)
+}
+
+/// Runs `fut` with `id` as its trace id (no handler yet).
 pub(crate) fn with_trace_id<F: std::future::Future>(
     id: u64,
     fut: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    TRACE_ID.scope(id, fut)
+    with_scope(
+        RequestScope {
+            trace_id: id,
+            route: None,
+            session: None,
+        },
+        fut,
+    )
 }
 
 /// Formats a trace id as 16 hex digits (the form in logs and envelopes).
@@ -267,5 +316,21 @@ mod tests {
         assert_eq!(current_trace_id(), None);
         let seen = with_trace_id(42, async { current_trace_id() }).await;
         assert_eq!(seen, Some(42));
+        let scope = RequestScope {
+            trace_id: 7,
+            route: Some("a.b.c".into()),
+            session: Some(3),
+        };
+        let (seen, route) = with_scope(scope.clone(), async {
+            // An inner scope (a handler inside a forwarded request) wins while it runs.
+            let inner = with_trace_id(8, async { current_trace_id() }).await;
+            assert_eq!(inner, Some(8));
+            let route = inspect_scope(|s| s.and_then(|s| s.route.clone()));
+            (current_scope(), route)
+        })
+        .await;
+        assert_eq!(seen, Some(scope));
+        assert_eq!(route.as_deref(), Some("a.b.c"));
+        assert!(inspect_scope(|s| s.is_none()));
     }
 }

@@ -27,11 +27,14 @@ async fn trace_id_crosses_the_hop_and_reaches_the_logs() {
     }
     let buf = Buf::default();
     let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_subscriber::filter::LevelFilter::INFO)
+        .with(
+            rookery::logs::layer()
+                .with_writer(move || writer.clone())
+                .with_ansi(false),
+        );
     // The only test in this process: the subscriber can be global (no other test changes it).
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
@@ -55,4 +58,5 @@ async fn trace_id_crosses_the_hop_and_reaches_the_logs() {
         .find(|l| l.contains("backend handler ran"))
         .expect("the backend logged");
     assert!(line.contains(&format!("trace_id={gateway}")), "{line}");
+    assert!(line.contains("request{route=game.trace.id "), "{line}");
 }

@@ -5,24 +5,27 @@
 //! - `{prefix}.type.{node_type}`: broadcasts to every node of a type (a plain subscription, not a
 //!   queue group, so every node of the type receives each frame).
 //!
-//! Requests use NATS request/reply. When nobody subscribes to a node's subject the server answers
-//! "no responders" at once, which becomes [`TransportError::Unreachable`] without waiting for the
-//! deadline. The client reconnects by itself after the server goes away and re-subscribes, so a
+//! Requests use NATS request/reply with the transport's own reply subscription: every request
+//! names `{inbox}.{n}` as its reply subject, one wildcard subscription `{inbox}.*` takes the
+//! replies, and a map keyed by `n` hands each to its caller (async-nats' `request` formats a
+//! fresh inbox subject and keys its own map by `String` for every call). When nobody subscribes
+//! to a node's subject the server answers "no responders" at once, which becomes
+//! [`TransportError::Unreachable`] without waiting for the deadline. The client reconnects by itself after the server goes away and re-subscribes, so a
 //! transport keeps working across NATS restarts; calls made while the connection is down fail
 //! immediately with [`TransportError::Unreachable`] (or at their deadline if the loss is not yet
 //! noticed).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{ConnectErrorKind, RequestErrorKind};
+use async_nats::{ConnectErrorKind, StatusCode};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,6 +92,13 @@ pub fn subject_token(s: &str) -> String {
         .collect()
 }
 
+/// True when `prefix` is one or more non-empty subject tokens without wildcards or whitespace.
+fn valid_prefix(prefix: &str) -> bool {
+    prefix
+        .split('.')
+        .all(|t| !t.is_empty() && subject_token(t) == t)
+}
+
 /// Per target node: a token cancelled when the node is lost, the requests in flight to it, and
 /// its subject (built once).
 struct NodeSlot {
@@ -106,6 +116,64 @@ impl Drop for PendingGuard {
     }
 }
 
+/// The callers waiting for replies, by the number at the end of their reply subject.
+struct Replies {
+    /// `{inbox}.`: a reply subject is this and a number.
+    prefix: String,
+    next: AtomicU64,
+    waiting: Mutex<FastMap<u64, oneshot::Sender<async_nats::Message>>>,
+}
+
+impl Replies {
+    /// Registers a caller; its reply subject and the receiver of its reply. The returned guard
+    /// forgets the caller when the call ends (answered, timed out or abandoned).
+    fn wait(&self) -> (Waiting<'_>, String, oneshot::Receiver<async_nats::Message>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(n, tx);
+        let mut subject = String::with_capacity(self.prefix.len() + 20);
+        subject.push_str(&self.prefix);
+        subject.push_str(itoa::Buffer::new().format(n));
+        (Waiting(self, n), subject, rx)
+    }
+
+    /// Hands a reply to its caller; replies nobody waits for (late ones) are dropped.
+    fn deliver(&self, msg: async_nats::Message) {
+        let Some(n) = msg
+            .subject
+            .as_str()
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        let waiter = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&n);
+        if let Some(tx) = waiter {
+            let _ = tx.send(msg);
+        }
+    }
+}
+
+/// Forgets a waiting caller when its call ends.
+struct Waiting<'a>(&'a Replies, u64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
 /// Node-to-node transport over NATS. One connection per transport; cheap to share behind an `Arc`.
 pub struct NatsTransport {
     client: async_nats::Client,
@@ -113,6 +181,15 @@ pub struct NatsTransport {
     max_pending: usize,
     connect_timeout: Duration,
     nodes: Mutex<FastMap<String, NodeSlot>>,
+    replies: Arc<Replies>,
+    /// Stops the task taking replies off the reply subscription (on drop).
+    stop: CancellationToken,
+}
+
+impl Drop for NatsTransport {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl std::fmt::Debug for NatsTransport {
@@ -171,8 +248,21 @@ impl NatsTransport {
                     ),
                 )
             })?;
+        // Subjects are built here from sanitised tokens and this prefix, so the client's check
+        // of every published subject (a few hundred instructions per message) is skipped.
+        if !valid_prefix(&config.subject_prefix) {
+            return Err(TransportError::Unreachable(
+                url,
+                format!(
+                    "invalid subject_prefix {:?}: expected dot-separated tokens without \
+                     spaces, '*' or '>'",
+                    config.subject_prefix
+                ),
+            ));
+        }
         let mut options = async_nats::ConnectOptions::new()
             .name("rookery")
+            .skip_subject_validation(true)
             .connection_timeout(connect_timeout)
             .reconnect_delay_callback(reconnect_delay)
             // Never give up: the transport must survive NATS outages of any length.
@@ -208,12 +298,44 @@ impl NatsTransport {
             Ok(Ok(client)) => client,
         };
         tracing::debug!(%url, "connected to NATS");
+        let inbox = client.new_inbox();
+        let mut reply_sub = client
+            .subscribe(format!("{inbox}.*"))
+            .await
+            .map_err(|e| TransportError::Unreachable(url.clone(), e.to_string()))?;
+        let replies = Arc::new(Replies {
+            prefix: format!("{inbox}."),
+            next: AtomicU64::new(1),
+            waiting: Mutex::new(FastMap::default()),
+        });
+        let stop = CancellationToken::new();
+        // Owned by the transport: it ends when the transport is dropped (or the subscription
+        // ends), and then unsubscribes. The client re-subscribes after a reconnection by itself.
+        tokio::spawn({
+            let replies = replies.clone();
+            let stop = stop.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        m = reply_sub.next() => match m {
+                            Some(m) => replies.deliver(m),
+                            None => break,
+                        },
+                    }
+                }
+                let _ = reply_sub.unsubscribe().await;
+            }
+        });
         Ok(Self {
             client,
             prefix: config.subject_prefix,
             max_pending: config.max_pending,
             connect_timeout,
             nodes: Mutex::new(FastMap::default()),
+            replies,
+            stop,
         })
     }
 
@@ -277,19 +399,23 @@ impl NatsTransport {
         self.ensure_connected(who)?;
         match tokio::time::timeout(self.connect_timeout, self.client.publish(subject, frame)).await
         {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(match e.kind() {
-                async_nats::client::PublishErrorKind::MaxPayloadExceeded
-                | async_nats::client::PublishErrorKind::InvalidSubject => {
-                    TransportError::BadFrame(e.to_string())
-                }
-                _ => TransportError::Unreachable(who.to_string(), e.to_string()),
-            }),
+            Ok(r) => r.map_err(|e| publish_error(who, e)),
             Err(_) => Err(TransportError::Unreachable(
                 who.to_string(),
                 "NATS outbound queue full".into(),
             )),
         }
+    }
+}
+
+/// A failed publish: the frame's fault (too big, bad subject) or the connection's.
+fn publish_error(who: &str, e: async_nats::PublishError) -> TransportError {
+    match e.kind() {
+        async_nats::client::PublishErrorKind::MaxPayloadExceeded
+        | async_nats::client::PublishErrorKind::InvalidSubject => {
+            TransportError::BadFrame(e.to_string())
+        }
+        _ => TransportError::Unreachable(who.to_string(), e.to_string()),
     }
 }
 
@@ -428,31 +554,32 @@ impl Transport for NatsTransport {
         }
         let (lost, _pending, subject) = self.acquire(&target.id)?;
         self.ensure_connected(&target.id)?;
-        let request = async_nats::Request::new()
-            .payload(frame)
-            .timeout(Some(remaining));
-        let call = self.client.send_request(subject, request);
-        // The deadline is enforced by async-nats' own request timeout (`remaining`): one timer
-        // per call, not two.
-        tokio::select! {
+        let (_waiting, reply, answer) = self.replies.wait();
+        let call = async {
+            self.client
+                .publish_with_reply(subject, reply, frame)
+                .await
+                .map_err(|e| publish_error(&target.id, e))?;
+            answer.await.map_err(|_| {
+                TransportError::Unreachable(target.id.clone(), "NATS reply channel closed".into())
+            })
+        };
+        // One timer for the whole call: queueing the request and waiting for the reply.
+        let msg = tokio::select! {
             biased;
-            _ = lost.cancelled() => Err(TransportError::Closed(target.id.clone())),
-            r = call => match r {
-                Ok(msg) => Ok(msg.payload),
-                Err(e) => Err(match e.kind() {
-                    RequestErrorKind::TimedOut => TransportError::Timeout,
-                    RequestErrorKind::NoResponders => {
-                        TransportError::Unreachable(target.id.clone(), "no responders".into())
-                    }
-                    RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                        TransportError::BadFrame(e.to_string())
-                    }
-                    RequestErrorKind::Other => {
-                        TransportError::Unreachable(target.id.clone(), e.to_string())
-                    }
-                }),
+            _ = lost.cancelled() => return Err(TransportError::Closed(target.id.clone())),
+            r = tokio::time::timeout_at(deadline, call) => match r {
+                Ok(r) => r?,
+                Err(_) => return Err(TransportError::Timeout),
             },
+        };
+        if msg.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(TransportError::Unreachable(
+                target.id.clone(),
+                "no responders".into(),
+            ));
         }
+        Ok(msg.payload)
     }
 
     async fn notify(&self, target: &NodeInfo, frame: Bytes) -> Result<(), TransportError> {
@@ -493,6 +620,54 @@ mod tests {
         assert_eq!(subject_token("room-1"), "room-1");
         assert_eq!(subject_token("a.b*c>d e\tf"), "a_b_c_d_e_f");
         assert_eq!(subject_token(""), "_");
+    }
+
+    #[test]
+    fn replies_reach_their_caller_and_ended_calls_are_forgotten() {
+        let replies = Replies {
+            prefix: "_INBOX.x.".into(),
+            next: AtomicU64::new(1),
+            waiting: Mutex::new(FastMap::default()),
+        };
+        let msg = |subject: &str, payload: &'static [u8]| async_nats::Message {
+            subject: subject.to_string().into(),
+            reply: None,
+            payload: Bytes::from_static(payload),
+            headers: None,
+            status: None,
+            description: None,
+            length: 0,
+        };
+        let waiting = |r: &Replies| r.waiting.lock().unwrap().len();
+
+        let (a_guard, a_subject, mut a) = replies.wait();
+        let (b_guard, b_subject, mut b) = replies.wait();
+        assert_eq!(a_subject, "_INBOX.x.1");
+        assert_eq!(b_subject, "_INBOX.x.2");
+        assert_eq!(waiting(&replies), 2);
+        // Foreign and malformed subjects are ignored.
+        replies.deliver(msg("_INBOX.y.1", b"no"));
+        replies.deliver(msg("_INBOX.x.one", b"no"));
+        replies.deliver(msg("_INBOX.x.9", b"no"));
+        assert!(a.try_recv().is_err() && b.try_recv().is_err());
+        replies.deliver(msg(&b_subject, b"to b"));
+        assert_eq!(b.try_recv().unwrap().payload, &b"to b"[..]);
+        assert_eq!(waiting(&replies), 1);
+        drop(b_guard);
+        // A call that ends unanswered (timed out, node lost) is forgotten; a late reply is dropped.
+        drop(a_guard);
+        assert_eq!(waiting(&replies), 0);
+        replies.deliver(msg(&a_subject, b"late"));
+        assert!(a.try_recv().is_err());
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(valid_prefix("rookery"));
+        assert!(valid_prefix("game-1.rookery"));
+        for bad in ["", "a..b", ".a", "a.", "a b", "a.*", "a.>", "a\tb"] {
+            assert!(!valid_prefix(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -34,7 +34,8 @@ use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
 use crate::cluster::NodeInfo;
 use crate::FastMap;
 
-/// Inbound frames handled at the same time by one [`NatsTransport::serve`] call.
+/// Inbound calls of one [`NatsTransport::serve`] call that wait in tasks of their own at once
+/// (calls answered on their first poll take none).
 const MAX_CONCURRENT_INBOUND: usize = 1024;
 
 /// Longest pause between two reconnection attempts.
@@ -491,23 +492,17 @@ impl Transport for NatsTransport {
             let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_INBOUND));
             // Takes from both subscriptions in turn, so neither starves the other.
             let mut inbound = futures_util::stream::select(&mut node_sub, &mut type_sub);
+            // One wait for the shutdown for the whole loop (not a fresh one per message).
+            let mut stopping = std::pin::pin!(shutdown.cancelled());
             loop {
                 let msg = tokio::select! {
                     biased;
-                    _ = shutdown.cancelled() => break,
+                    _ = &mut stopping => break,
                     m = inbound.next() => m,
                 };
                 let Some(msg) = msg else {
                     tracing::debug!(node = %node_id, "NATS subscription ended");
                     break;
-                };
-                let permit = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break,
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
                 };
                 let mut call: BoxedCall<()> =
                     Box::pin(handle_message(client.clone(), handler.clone(), msg));
@@ -520,6 +515,16 @@ impl Transport for NatsTransport {
                     }
                     None => {}
                 }
+                // The calls still waiting are bounded: at most MAX_CONCURRENT_INBOUND tasks;
+                // beyond that the loop stops taking messages until one ends.
+                let permit = tokio::select! {
+                    biased;
+                    _ = &mut stopping => break,
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     let _permit = permit;

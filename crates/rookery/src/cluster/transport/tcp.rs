@@ -89,7 +89,8 @@ const REFUSED_VERSION: u64 = 2;
 const REFUSED_NO_HELLO: u64 = 3;
 /// Capacity of a link's or a served connection's outbound queue (frames).
 const QUEUE: usize = 1024;
-/// Request handlers running at once per served connection.
+/// Request handlers waiting in tasks of their own at once per served connection (those that
+/// answer on their first poll take none).
 const MAX_CONCURRENT_PER_CONN: usize = 1024;
 /// The writer gathers up to this many bytes before writing; bigger payloads are written as is.
 const BATCH_BYTES: usize = 64 * 1024;
@@ -985,25 +986,25 @@ impl Conn {
     async fn dispatch(&self, (kind, id, payload): (Kind, u64, Bytes)) -> Result<(), String> {
         match kind {
             Kind::Request => {
-                let permit = self
-                    .permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| "connection closing".to_string())?;
                 let handler = self.handler.clone();
                 let mut call: BoxedCall<Bytes> =
                     Box::pin(async move { handler.request(payload).await });
                 let max_payload = self.max_frame - HEADER_LEN;
-                // A handler that answers on its first poll needs no task (the usual case).
+                // A handler that answers on its first poll needs no task (the usual case), nor
+                // a permit: the permits bound the calls waiting in tasks.
                 if let Some(answered) = poll_inline(&mut call) {
-                    drop(permit);
                     return self
                         .tx
                         .send(reply_frame(id, answered, max_payload))
                         .await
                         .map_err(|_| "connection closing".to_string());
                 }
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "connection closing".to_string())?;
                 let tx = self.tx.clone();
                 let token = self.token.clone();
                 self.tasks.spawn(async move {

@@ -295,14 +295,40 @@ def build_table(rows, meta):
                          "status": s, "detail": detail})
         return s
 
+    def pairs(a, b):
+        """The rows of two sides run in alternation (A B A B, each on a fresh server) and the
+        ratio of their summed req/s; the ratio is None unless all four rows have results."""
+        ra, rb = [f"{a}-{i}" for i in (1, 2)], [f"{b}-{i}" for i in (1, 2)]
+        if all(ok(x) for x in ra + rb):
+            return ratio(sum(rps(x) for x in ra), sum(rps(x) for x in rb)), ra, rb
+        return None, ra, rb
+
+    def alternated(p, a, b, ra, rb, r, target, what):
+        """The alternating rows of a ratio target (sides named `a` and `b`, each at the main
+        size unless it says otherwise) and the verdict line they give."""
+        for i in (0, 1):
+            line(p, f"{a}, alternating with {b} (run {i + 1})", ra[i])
+            line(p, f"{b}, alternating with {a} (run {i + 1})", rb[i])
+        lines.append(
+            f"| {p} | {a} vs {b} over the alternating runs (req/s summed per side) "
+            f"| | | | | | {rtxt(r, target, '%')} | {verdict(p, what, r, target)} |")
+
     mc = meta.get("main_connections", 1000)
     # P1
     for c in (1, 100, 1000):
         line("P1", f"ceiling (minimal tokio server), {c} conn", f"p1-c{c}")
-    # P2
-    r = ratio(rps(f"p2-c{mc}"), rps(f"p1-c{mc}"))
-    line("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}", rtxt(r, 0.60, "%"),
-         verdict("P2", "one-process req/s vs ceiling", r, 0.60))
+    # P2: from Rookery and the ceiling run in alternation (as P3, P5 and P10 are); from the
+    # blocks' rows when the pairs are missing.
+    rb2 = ratio(rps(f"p2-c{mc}"), rps(f"p1-c{mc}"))
+    r, ra, rb = pairs("p2pair-rookery", "p2pair-ceiling")
+    if r is None:
+        line("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}", rtxt(rb2, 0.60, "%"),
+             verdict("P2", "one-process req/s vs ceiling", rb2, 0.60))
+    else:
+        line("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}",
+             f"(block ratio: {rtxt(rb2, 0.60, '%')})")
+        alternated("P2", f"Rookery, {mc} conn", f"ceiling, {mc} conn", ra, rb, r, 0.60,
+                   "one-process req/s vs ceiling")
     # P3: from Rookery and pinus run in alternation at the main size (rows minutes apart can
     # see the host at different speeds); from the two blocks' rows when the pairs are missing.
     pair_r = [f"p3pair-rookery-{i}" for i in (1, 2)]
@@ -340,12 +366,21 @@ def build_table(rows, meta):
     r = ratio(rps("p4-tcp"), rps(f"p2-c{mc}"))
     line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp", rtxt(r, 0.50, "%"),
          verdict("P4", "remote TCP vs one process", r, 0.50))
-    # P5
-    r = ratio(rps("p5-nats"), rps("p5-nats-ceiling"))
-    line("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats", rtxt(r, 0.70, "%"),
-         verdict("P5", "remote NATS vs raw async-nats request/reply behind a minimal gateway", r, 0.70))
+    # P5 (alternating rows as P2)
+    what5 = "remote NATS vs raw async-nats request/reply behind a minimal gateway"
+    rb5 = ratio(rps("p5-nats"), rps("p5-nats-ceiling"))
+    r, ra, rb = pairs("p5pair-rookery", "p5pair-raw")
+    if r is None:
+        line("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats",
+             rtxt(rb5, 0.70, "%"), verdict("P5", what5, rb5, 0.70))
+    else:
+        line("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats",
+             f"(block ratio: {rtxt(rb5, 0.70, '%')})")
     line("P5", f"raw async-nats request/reply behind the ceiling's minimal gateway, {mc} conn",
          "p5-nats-ceiling", "baseline", "")
+    if r is not None:
+        alternated("P5", f"Rookery over NATS, {mc} conn", f"raw request/reply, {mc} conn",
+                   ra, rb, r, 0.70, what5)
     r1 = ratio(rps("p5-nats"), rps("p5-nats-raw"))
     line("P5", f"(info) raw async-nats request/reply from rpcbench on the load core, concurrency {mc}",
          "p5-nats-raw", f"remote path / this: {r1 * 100:.0f}%" if r1 is not None else "", "", "calls/s")
@@ -405,14 +440,23 @@ def build_table(rows, meta):
     if "p9-rpc-nats" in R:
         line("P9", f"(info) Rookery node-to-node RPC over NATS, concurrency {rc}", "p9-rpc-nats",
              "", "", "calls/s")
-    # P10
+    # P10 (alternating rows as P2: 100 and 10,000 connections, each on a fresh server)
     for c in (100, 1000, 10000):
         line("P10", f"Rookery one process, {c:,} conn", f"p2-c{c}")
-    r = ratio(rps("p2-c10000"), rps("p2-c100"))
+    rb10 = ratio(rps("p2-c10000"), rps("p2-c100"))
     rc10 = ratio(rps("p1-c10000"), rps("p1-c100"))
-    lines.append(
-        f"| P10 | req/s at 10,000 conn vs 100 | | | | | | {rtxt(r, 0.80, '%')} | "
-        f"{verdict('P10', 'req/s at 10k connections vs 100', r, 0.80)} |")
+    r, ra, rb = pairs("p10pair-c10000", "p10pair-c100")
+    what10 = "req/s at 10k connections vs 100"
+    if r is None:
+        lines.append(
+            f"| P10 | req/s at 10,000 conn vs 100 | | | | | | {rtxt(rb10, 0.80, '%')} | "
+            f"{verdict('P10', what10, rb10, 0.80)} |")
+    else:
+        lines.append(
+            f"| P10 | req/s at 10,000 conn vs 100 (block rows) | | | | | | "
+            f"({rtxt(rb10, 0.80, '%')}) | |")
+        alternated("P10", "Rookery at 10,000 conn", "Rookery at 100 conn", ra, rb, r, 0.80,
+                   what10)
     line("P10", "(info) ceiling, 10,000 conn", "p1-c10000",
          f"ceiling 10k/100: {rc10 * 100:.0f}%" if rc10 else "")
     return lines, verdicts

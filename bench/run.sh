@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rookery benchmark suite: the one command.
 #
-#   bench/run.sh            full run (~12-15 min): every P-row of targets.md
+#   bench/run.sh            full run (~15-18 min): every P-row of targets.md
 #   bench/run.sh --quick    smoke run (~3 min): short durations, smaller P7/P8 sizes; its
 #                           results stay in bench/.work/run-*/results/
 #   bench/run.sh --profile  also profile the one-process server (perf cpu-clock sampling and
@@ -429,6 +429,32 @@ else
 fi
 stop_server "$CEIL"
 
+# P2's and P10's verdicts come from runs in alternation (A B A B), each on a freshly started
+# server with the other stopped, so that a change of the host's speed between two blocks of
+# rows minutes apart does not decide a ratio (P3 and P5 do the same): Rookery and the ceiling at
+# the main size (P2); Rookery at 100 and at 10,000 connections (P10).
+single_row() { # ID CONNS: one run against a fresh one-process server
+  start_server "single-$1" "$ROOKERY" serve --config bench/configs/single.toml
+  local s=$LAST_PID
+  if wait_port 3410 30 "$s"; then
+    bench_row "$1" rookery "$s" "$2" --addr 127.0.0.1:3410 --route "$ROUTE"
+  fi
+  stop_server "$s"
+}
+for i in 1 2; do
+  single_row "p2pair-rookery-$i" "$MAIN_CONNS"
+  start_server "ceiling-pair-$i" "$CEILING" --addr 127.0.0.1:3400
+  C=$LAST_PID
+  if wait_port 3400 20 "$C"; then
+    bench_row "p2pair-ceiling-$i" ceiling "$C" "$MAIN_CONNS" --addr 127.0.0.1:3400 --route "$ROUTE"
+  fi
+  stop_server "$C"
+done
+for i in 1 2; do
+  single_row "p10pair-c100-$i" 100
+  single_row "p10pair-c10000-$i" 10000
+done
+
 # P4, P6 (remote over TCP).
 start_server tcp-room "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process room
 TROOM=$LAST_PID
@@ -490,6 +516,35 @@ if command -v nats-server >/dev/null; then
     stop_server "$NCEIL"
     rpc_row p5-nats-raw nats-raw "$RAW $NATS" nats-raw --nats "$NURL" --concurrency "$MAIN_CONNS"
     stop_server "$RAW"
+
+    # P5's verdict: Rookery and the raw baseline in alternation (as P2's), fresh processes for
+    # each run, the same nats-server.
+    for i in 1 2; do
+      export ROOKERY_CLUSTER__NATS__URL=$NURL
+      start_server "nats-room-pair-$i" "$ROOKERY" serve --config bench/configs/remote-nats.toml --process room
+      PROOM=$LAST_PID
+      start_server "nats-gate-pair-$i" "$ROOKERY" serve --config bench/configs/remote-nats.toml --process gate
+      PGATE=$LAST_PID
+      unset ROOKERY_CLUSTER__NATS__URL
+      if wait_port 3430 30 "$PGATE" && wait_port 3435 30 "$PROOM"; then
+        sleep 0.5
+        bench_row "p5pair-rookery-$i" remote-nats "$PGATE $PROOM $NATS" "$MAIN_CONNS" \
+          --addr 127.0.0.1:3430 --route "$ROUTE"
+      fi
+      stop_server "$PGATE"
+      stop_server "$PROOM"
+      start_server "nats-raw-pair-$i" "$RPCBENCH" serve nats-raw --nats "$NURL"
+      PRAW=$LAST_PID
+      sleep 1
+      start_server "nats-ceiling-pair-$i" "$CEILING" --addr 127.0.0.1:3436 --nats "$NURL"
+      PCEIL=$LAST_PID
+      if wait_port 3436 20 "$PCEIL"; then
+        bench_row "p5pair-raw-$i" nats-ceiling "$PCEIL $PRAW $NATS" "$MAIN_CONNS" \
+          --addr 127.0.0.1:3436 --route "$ROUTE"
+      fi
+      stop_server "$PCEIL"
+      stop_server "$PRAW"
+    done
 
     start_server rpc-nats-serve "$RPCBENCH" serve rpc-nats --nats "$NURL"
     RN=$LAST_PID
@@ -578,13 +633,7 @@ if [[ $PSTAT == ok ]]; then
   # of the host's speed between the two blocks of rows does not decide the ratio. Each run has
   # a freshly started server and the other one stopped (pinus is not idle after a run).
   for i in 1 2; do
-    start_server single-pair "$ROOKERY" serve --config bench/configs/single.toml
-    SPAIR=$LAST_PID
-    if wait_port 3410 30 "$SPAIR"; then
-      bench_row "p3pair-rookery-$i" rookery "$SPAIR" "$MAIN_CONNS" --addr 127.0.0.1:3410 \
-        --route "$ROUTE"
-    fi
-    stop_server "$SPAIR"
+    single_row "p3pair-rookery-$i" "$MAIN_CONNS"
     if start_pinus "pinus-pair-$i"; then
       bench_row "p3pair-pinus-$i" pinus "$PIN_ALL" "$MAIN_CONNS" --addr 127.0.0.1:3460 \
         --route "$ROUTE"

@@ -440,7 +440,7 @@ def build_table(rows, meta):
     if "p9-rpc-nats" in R:
         line("P9", f"(info) Rookery node-to-node RPC over NATS, concurrency {rc}", "p9-rpc-nats",
              "", "", "calls/s")
-    # P10 (alternating rows as P2: 100 and 10,000 connections, each on a fresh server)
+    # P10 (alternating rows: 100 and 10,000 connections on the server of the block rows)
     for c in (100, 1000, 10000):
         line("P10", f"Rookery one process, {c:,} conn", f"p2-c{c}")
     rb10 = ratio(rps("p2-c10000"), rps("p2-c100"))

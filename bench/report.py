@@ -317,7 +317,7 @@ def build_table(rows, meta):
     # P1
     for c in (1, 100, 1000):
         line("P1", f"ceiling (minimal tokio server), {c} conn", f"p1-c{c}")
-    # P2: from Rookery and the ceiling run in alternation (as P3, P5 and P10 are); from the
+    # P2: from Rookery and the ceiling run in alternation (as P3, P4, P5 and P10 are); from the
     # blocks' rows when the pairs are missing.
     rb2 = ratio(rps(f"p2-c{mc}"), rps(f"p1-c{mc}"))
     r, ra, rb = pairs("p2pair-rookery", "p2pair-ceiling")
@@ -362,10 +362,17 @@ def build_table(rows, meta):
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
-    # P4
-    r = ratio(rps("p4-tcp"), rps(f"p2-c{mc}"))
-    line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp", rtxt(r, 0.50, "%"),
-         verdict("P4", "remote TCP vs one process", r, 0.50))
+    # P4 (alternating rows as P2)
+    rb4 = ratio(rps("p4-tcp"), rps(f"p2-c{mc}"))
+    r, ra, rb = pairs("p4pair-remote", "p4pair-single")
+    if r is None:
+        line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
+             rtxt(rb4, 0.50, "%"), verdict("P4", "remote TCP vs one process", rb4, 0.50))
+    else:
+        line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
+             f"(block ratio: {rtxt(rb4, 0.50, '%')})")
+        alternated("P4", f"remote over TCP, {mc} conn", f"one process, {mc} conn", ra, rb, r,
+                   0.50, "remote TCP vs one process")
     # P5 (alternating rows as P2)
     what5 = "remote NATS vs raw async-nats request/reply behind a minimal gateway"
     rb5 = ratio(rps("p5-nats"), rps("p5-nats-ceiling"))

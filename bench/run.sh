@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rookery benchmark suite: the one command.
 #
-#   bench/run.sh            full run (~15-18 min): every P-row of targets.md
+#   bench/run.sh            full run (~18 min): every P-row of targets.md
 #   bench/run.sh --quick    smoke run (~3 min): short durations, smaller P7/P8 sizes; its
 #                           results stay in bench/.work/run-*/results/
 #   bench/run.sh --profile  also profile the one-process server (perf cpu-clock sampling and
@@ -439,7 +439,7 @@ stop_server "$CEIL"
 
 # P2's verdict comes from runs in alternation (A B A B), each on a freshly started server with
 # the other stopped, so that a change of the host's speed between two blocks of rows minutes
-# apart does not decide the ratio (P3, P5 and P10 do the same).
+# apart does not decide the ratio (P3, P4, P5 and P10 do the same).
 single_row() { # ID CONNS: one run against a fresh one-process server
   start_server "single-$1" "$ROOKERY" serve --config bench/configs/single.toml
   local s=$LAST_PID
@@ -474,6 +474,20 @@ else
 fi
 stop_server "$TGATE"
 stop_server "$TROOM"
+# P4's verdict: the remote path and one process in alternation (as P2's), fresh servers.
+for i in 1 2; do
+  start_server "tcp-room-pair-$i" "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process room
+  PROOM=$LAST_PID
+  start_server "tcp-gate-pair-$i" "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process gate
+  PGATE=$LAST_PID
+  if wait_port 3420 30 "$PGATE" && wait_port 3424 30 "$PROOM"; then
+    bench_row "p4pair-remote-$i" remote-tcp "$PGATE $PROOM" "$MAIN_CONNS" --addr 127.0.0.1:3420 \
+      --route "$ROUTE"
+  fi
+  stop_server "$PGATE"
+  stop_server "$PROOM"
+  single_row "p4pair-single-$i" "$MAIN_CONNS"
+done
 
 # P5, P6 (remote over NATS); P5's baseline: raw async-nats request/reply through the same
 # nats-server behind the ceiling's minimal gateway (same clients, same placement); raw

@@ -68,8 +68,13 @@ impl FrameHandler for TestHandler {
     async fn request(&self, frame: Bytes) -> Bytes {
         if frame.starts_with(b"slow") {
             let _signal = DropSignal(self.dropped.clone());
+            // Registered before `started` is reported: a `notify_waiters` the test sends as soon
+            // as it hears of the start must not be missed.
+            let released = self.gate.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
             let _ = self.started.send(());
-            self.gate.notified().await;
+            released.await;
         }
         let mut out = format!("{}:", self.tag).into_bytes();
         out.extend_from_slice(&frame);

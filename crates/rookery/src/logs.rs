@@ -57,15 +57,12 @@ fn paint(w: &mut Writer<'_>, style: &str, text: &str) -> fmt::Result {
     }
 }
 
-/// Writes a span-like `name{fields}:` (fields may be empty).
-fn write_span(w: &mut Writer<'_>, name: &str, fields: &dyn fmt::Display) -> fmt::Result {
+/// Writes a span-like `name{fields}:`; without fields (None), `name:` as tracing-subscriber does.
+fn write_span(w: &mut Writer<'_>, name: &str, fields: Option<&dyn fmt::Display>) -> fmt::Result {
     paint(w, BOLD, name)?;
-    // Only a non-empty field list gets braces, as in tracing-subscriber.
-    let mut text = String::new();
-    fmt::write(&mut text, format_args!("{fields}"))?;
-    if !text.is_empty() {
+    if let Some(fields) = fields {
         paint(w, BOLD, "{")?;
-        w.write_str(&text)?;
+        write!(w, "{fields}")?;
         paint(w, BOLD, "}")?;
     }
     paint(w, DIM, ":")
@@ -136,7 +133,7 @@ where
             crate::telemetry::inspect_scope(|scope| match scope {
                 Some(scope) => {
                     seen = true;
-                    write_span(&mut w, "request", &ScopeFields(scope))
+                    write_span(&mut w, "request", Some(&ScopeFields(scope)))
                 }
                 None => Ok(()),
             })?;
@@ -144,11 +141,10 @@ where
         for span in &spans {
             seen = true;
             let ext = span.extensions();
-            let fields = ext.get::<FormattedFields<N>>();
-            let fields: &dyn fmt::Display = match &fields {
-                Some(f) => f,
-                None => &"",
-            };
+            let fields = ext
+                .get::<FormattedFields<N>>()
+                .filter(|f| !f.is_empty())
+                .map(|f| f as &dyn fmt::Display);
             write_span(&mut w, span.name(), fields)?;
         }
         if seen {
@@ -322,6 +318,13 @@ mod tests {
             .collect()
     }
 
+    /// Runs `f` in `scope` (a task local; the future is ready at once).
+    fn in_scope(scope: &RequestScope, f: impl FnOnce()) {
+        crate::telemetry::with_scope(scope.clone(), async { f() })
+            .now_or_never()
+            .expect("ready");
+    }
+
     /// The lines `f` logs through [`layer`] and through the default layer, with and without
     /// colours.
     fn logged(f: impl Fn()) -> (String, String) {
@@ -375,9 +378,7 @@ mod tests {
         };
         let log = || tracing::info!(uid = "u1", "handler ran");
         let ours = run(true, false, &|| {
-            crate::telemetry::with_scope(scope.clone(), async { log() })
-                .now_or_never()
-                .expect("ready");
+            in_scope(&scope, log);
             log();
         });
         let spanned = run(false, false, &|| {
@@ -416,23 +417,17 @@ mod tests {
         let ours = run(true, false, &|| {
             let span = tracing::info_span!(target: REQUEST_SPAN_TARGET, "request", x = 1);
             let _in = span.enter();
-            crate::telemetry::with_scope(scope.clone(), async { tracing::info!("m") })
-                .now_or_never()
-                .expect("ready");
+            in_scope(&scope, || tracing::info!("m"));
         });
         assert_eq!(ours, " INFO request{x=1}: rookery::logs::tests: m\n");
         // A trace id alone (a gateway forwarding a request).
+        let trace_only = RequestScope {
+            trace_id: 1,
+            route: None,
+            session: None,
+        };
         let ours = run(true, false, &|| {
-            crate::telemetry::with_scope(
-                RequestScope {
-                    trace_id: 1,
-                    route: None,
-                    session: None,
-                },
-                async { tracing::info!("m") },
-            )
-            .now_or_never()
-            .expect("ready");
+            in_scope(&trace_only, || tracing::info!("m"))
         });
         assert_eq!(
             ours,

@@ -313,22 +313,32 @@ def build_table(rows, meta):
             f"| {p} | {a} vs {b} over the alternating runs (req/s summed per side) "
             f"| | | | | | {rtxt(r, target, '%')} | {verdict(p, what, r, target)} |")
 
+    def ratio_target(p, scen, rid, block, pair, sides, target, what, between=()):
+        """A ratio target (a share, `target` as a fraction): the block row `rid` (scenario
+        `scen`), then `between` (extra rows, as `line` arguments), then the alternating rows.
+        The verdict comes from the alternating runs `pair` (side names `sides`), or from
+        `block` (the two block rows' ids) when the pairs are missing."""
+        rblock = ratio(rps(block[0]), rps(block[1]))
+        r, ra, rb = pairs(*pair)
+        if r is None:
+            line(p, scen, rid, rtxt(rblock, target, "%"), verdict(p, what, rblock, target))
+        else:
+            line(p, scen, rid, f"(block ratio: {rtxt(rblock, target, '%')})")
+        for args in between:
+            line(*args)
+        if r is not None:
+            alternated(p, *sides, ra, rb, r, target, what)
+
     mc = meta.get("main_connections", 1000)
     # P1
     for c in (1, 100, 1000):
         line("P1", f"ceiling (minimal tokio server), {c} conn", f"p1-c{c}")
     # P2: from Rookery and the ceiling run in alternation (as P3, P4, P5 and P10 are); from the
     # blocks' rows when the pairs are missing.
-    rb2 = ratio(rps(f"p2-c{mc}"), rps(f"p1-c{mc}"))
-    r, ra, rb = pairs("p2pair-rookery", "p2pair-ceiling")
-    if r is None:
-        line("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}", rtxt(rb2, 0.60, "%"),
-             verdict("P2", "one-process req/s vs ceiling", rb2, 0.60))
-    else:
-        line("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}",
-             f"(block ratio: {rtxt(rb2, 0.60, '%')})")
-        alternated("P2", f"Rookery, {mc} conn", f"ceiling, {mc} conn", ra, rb, r, 0.60,
-                   "one-process req/s vs ceiling")
+    ratio_target("P2", f"Rookery one process, {mc} conn", f"p2-c{mc}",
+                 (f"p2-c{mc}", f"p1-c{mc}"), ("p2pair-rookery", "p2pair-ceiling"),
+                 (f"Rookery, {mc} conn", f"ceiling, {mc} conn"), 0.60,
+                 "one-process req/s vs ceiling")
     # P3: from Rookery and pinus run in alternation at the main size (rows minutes apart can
     # see the host at different speeds); from the two blocks' rows when the pairs are missing.
     pair_r = [f"p3pair-rookery-{i}" for i in (1, 2)]
@@ -362,32 +372,17 @@ def build_table(rows, meta):
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
-    # P4 (alternating rows as P2)
-    rb4 = ratio(rps("p4-tcp"), rps(f"p2-c{mc}"))
-    r, ra, rb = pairs("p4pair-remote", "p4pair-single")
-    if r is None:
-        line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
-             rtxt(rb4, 0.50, "%"), verdict("P4", "remote TCP vs one process", rb4, 0.50))
-    else:
-        line("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
-             f"(block ratio: {rtxt(rb4, 0.50, '%')})")
-        alternated("P4", f"remote over TCP, {mc} conn", f"one process, {mc} conn", ra, rb, r,
-                   0.50, "remote TCP vs one process")
-    # P5 (alternating rows as P2)
-    what5 = "remote NATS vs raw async-nats request/reply behind a minimal gateway"
-    rb5 = ratio(rps("p5-nats"), rps("p5-nats-ceiling"))
-    r, ra, rb = pairs("p5pair-rookery", "p5pair-raw")
-    if r is None:
-        line("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats",
-             rtxt(rb5, 0.70, "%"), verdict("P5", what5, rb5, 0.70))
-    else:
-        line("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats",
-             f"(block ratio: {rtxt(rb5, 0.70, '%')})")
-    line("P5", f"raw async-nats request/reply behind the ceiling's minimal gateway, {mc} conn",
-         "p5-nats-ceiling", "baseline", "")
-    if r is not None:
-        alternated("P5", f"Rookery over NATS, {mc} conn", f"raw request/reply, {mc} conn",
-                   ra, rb, r, 0.70, what5)
+    # P4, P5 (alternating rows as P2)
+    ratio_target("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
+                 ("p4-tcp", f"p2-c{mc}"), ("p4pair-remote", "p4pair-single"),
+                 (f"remote over TCP, {mc} conn", f"one process, {mc} conn"), 0.50,
+                 "remote TCP vs one process")
+    ratio_target("P5", f"remote path over NATS (gateway + backend), {mc} conn", "p5-nats",
+                 ("p5-nats", "p5-nats-ceiling"), ("p5pair-rookery", "p5pair-raw"),
+                 (f"Rookery over NATS, {mc} conn", f"raw request/reply, {mc} conn"), 0.70,
+                 "remote NATS vs raw async-nats request/reply behind a minimal gateway",
+                 between=[("P5", "raw async-nats request/reply behind the ceiling's minimal "
+                           f"gateway, {mc} conn", "p5-nats-ceiling", "baseline", "")])
     r1 = ratio(rps("p5-nats"), rps("p5-nats-raw"))
     line("P5", f"(info) raw async-nats request/reply from rpcbench on the load core, concurrency {mc}",
          "p5-nats-raw", f"remote path / this: {r1 * 100:.0f}%" if r1 is not None else "", "", "calls/s")

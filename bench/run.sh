@@ -448,6 +448,22 @@ single_row() { # ID CONNS: one run against a fresh one-process server
   fi
   stop_server "$s"
 }
+# remote_row ID GROUP CONFIG GATE_PORT ROOM_PORT [PID...]: one run against a freshly started
+# gateway and backend of CONFIG (PIDs: other processes whose CPU counts, e.g. nats-server).
+remote_row() {
+  local id=$1 group=$2 cfg=$3 gport=$4 rport=$5; shift 5
+  start_server "$id-room" "$ROOKERY" serve --config "$cfg" --process room
+  local room=$LAST_PID
+  start_server "$id-gate" "$ROOKERY" serve --config "$cfg" --process gate
+  local gate=$LAST_PID
+  if wait_port "$gport" 30 "$gate" && wait_port "$rport" 30 "$room"; then
+    sleep 0.5
+    bench_row "$id" "$group" "$gate $room $*" "$MAIN_CONNS" --addr "127.0.0.1:$gport" \
+      --route "$ROUTE"
+  fi
+  stop_server "$gate"
+  stop_server "$room"
+}
 for i in 1 2; do
   single_row "p2pair-rookery-$i" "$MAIN_CONNS"
   start_server "ceiling-pair-$i" "$CEILING" --addr 127.0.0.1:3400
@@ -476,16 +492,7 @@ stop_server "$TGATE"
 stop_server "$TROOM"
 # P4's verdict: the remote path and one process in alternation (as P2's), fresh servers.
 for i in 1 2; do
-  start_server "tcp-room-pair-$i" "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process room
-  PROOM=$LAST_PID
-  start_server "tcp-gate-pair-$i" "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process gate
-  PGATE=$LAST_PID
-  if wait_port 3420 30 "$PGATE" && wait_port 3424 30 "$PROOM"; then
-    bench_row "p4pair-remote-$i" remote-tcp "$PGATE $PROOM" "$MAIN_CONNS" --addr 127.0.0.1:3420 \
-      --route "$ROUTE"
-  fi
-  stop_server "$PGATE"
-  stop_server "$PROOM"
+  remote_row "p4pair-remote-$i" remote-tcp bench/configs/remote-tcp.toml 3420 3424
   single_row "p4pair-single-$i" "$MAIN_CONNS"
 done
 
@@ -537,19 +544,8 @@ if command -v nats-server >/dev/null; then
     # P5's verdict: Rookery and the raw baseline in alternation (as P2's), fresh processes for
     # each run, the same nats-server.
     for i in 1 2; do
-      export ROOKERY_CLUSTER__NATS__URL=$NURL
-      start_server "nats-room-pair-$i" "$ROOKERY" serve --config bench/configs/remote-nats.toml --process room
-      PROOM=$LAST_PID
-      start_server "nats-gate-pair-$i" "$ROOKERY" serve --config bench/configs/remote-nats.toml --process gate
-      PGATE=$LAST_PID
-      unset ROOKERY_CLUSTER__NATS__URL
-      if wait_port 3430 30 "$PGATE" && wait_port 3435 30 "$PROOM"; then
-        sleep 0.5
-        bench_row "p5pair-rookery-$i" remote-nats "$PGATE $PROOM $NATS" "$MAIN_CONNS" \
-          --addr 127.0.0.1:3430 --route "$ROUTE"
-      fi
-      stop_server "$PGATE"
-      stop_server "$PROOM"
+      ROOKERY_CLUSTER__NATS__URL=$NURL remote_row "p5pair-rookery-$i" remote-nats \
+        bench/configs/remote-nats.toml 3430 3435 "$NATS"
       start_server "nats-raw-pair-$i" "$RPCBENCH" serve nats-raw --nats "$NURL"
       PRAW=$LAST_PID
       sleep 1

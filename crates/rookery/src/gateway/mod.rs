@@ -1,6 +1,7 @@
 //! The client-facing gateway: acceptors (TCP, WebSocket) feeding one connection driver.
 
 mod conn;
+mod running;
 mod transport;
 
 use std::net::SocketAddr;

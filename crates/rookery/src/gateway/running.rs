@@ -74,17 +74,19 @@ struct Concurrent {
 pub(super) struct Running<'a> {
     queue: &'a Outbound,
     session: &'a Session,
+    app: &'a App,
+    /// The connection's rate limit, if there is one.
+    rate: Option<Box<RateCheck>>,
     /// The request running inline, boxed: the next packet is read when it is done.
     request: Option<BoxFuture<'a, ()>>,
+    reading: Reading<'a>,
     reader: PacketReader,
     /// `None` while a blocked write or the writer's end owns it.
     writer: Option<PacketWriter>,
     batch: Batch,
-    reading: Reading<'a>,
     writing: Writing<'a>,
-    app: &'a App,
     request_timeout: Duration,
-    rate: RateCheck,
+    // Rarely touched.
     concurrent: Option<Concurrent>,
 }
 
@@ -96,19 +98,18 @@ impl<'a> Running<'a> {
         reader: PacketReader,
         writer: PacketWriter,
     ) -> Self {
-        let cfg = &app.config().gateway;
         Self {
             queue,
             session,
+            app,
+            rate: RateCheck::new(app),
             request: None,
+            reading: Reading::Open,
             reader,
             writer: Some(writer),
             batch: Batch::default(),
-            reading: Reading::Open,
             writing: Writing::Idle,
-            app,
-            request_timeout: cfg.request_timeout(),
-            rate: RateCheck::new(app),
+            request_timeout: app.config().gateway.request_timeout(),
             concurrent: None,
         }
     }
@@ -170,9 +171,13 @@ impl<'a> Running<'a> {
             PacketType::Data => {
                 // Decoded and resolved in a plain function: the message itself is not part of
                 // the state kept while the request runs.
-                if let Some(job) =
-                    conn::resolve(self.app, self.session, packet.body, now, &mut self.rate)?
-                {
+                if let Some(job) = conn::resolve(
+                    self.app,
+                    self.session,
+                    packet.body,
+                    now,
+                    self.rate.as_deref_mut(),
+                )? {
                     self.request = Some(self.start(job));
                 }
                 Ok(())

@@ -15,7 +15,9 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
+#[cfg(test)]
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -36,6 +38,10 @@ pub(crate) struct Outbound {
     /// `POLLING` while the connection task is being polled; `PUSHED` / `WOKEN` when a push / a
     /// wake came in meanwhile.
     poll_state: AtomicU8,
+    /// `QUEUED` while a packet is queued, `SHUT` once the queue is closed: written under the
+    /// lock, read without it, so that the connection task looks at an empty queue without
+    /// taking the lock.
+    contents: AtomicU8,
     /// Packets queued at most (`u32`: with the rest, the queue fits in 88 bytes, so that a
     /// session's fields every request touches share two cache lines).
     capacity: u32,
@@ -44,6 +50,9 @@ pub(crate) struct Outbound {
 const POLLING: u8 = 1;
 const PUSHED: u8 = 2;
 const WOKEN: u8 = 4;
+
+const QUEUED: u8 = 1;
+const SHUT: u8 = 2;
 
 struct State {
     /// The oldest queued packet, kept inline: with one packet in flight (a response) the queue
@@ -105,12 +114,19 @@ impl Outbound {
             }),
             waker: AtomicWaker::new(),
             poll_state: AtomicU8::new(0),
+            contents: AtomicU8::new(0),
             capacity: u32::try_from(capacity.max(1)).unwrap_or(u32::MAX),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes what the queue holds (called under the lock after every change).
+    fn publish(&self, st: &State) {
+        let c = if st.head.is_some() { QUEUED } else { 0 } | if st.closed { SHUT } else { 0 };
+        self.contents.store(c, Ordering::Release);
     }
 
     /// Queues a packet without waiting.
@@ -125,6 +141,7 @@ impl Outbound {
             }
             if st.head.is_none() {
                 st.head = Some(packet);
+                self.publish(&st);
             } else {
                 st.rest.get_or_insert_with(Box::default).push_back(packet);
             }
@@ -149,7 +166,8 @@ impl Outbound {
     /// something woke it meanwhile, or a packet pushed meanwhile is still queued.
     pub(crate) fn end_poll(&self) -> bool {
         let seen = self.poll_state.swap(0, Ordering::AcqRel);
-        seen & WOKEN != 0 || (seen & PUSHED != 0 && self.lock().head.is_some())
+        seen & WOKEN != 0
+            || (seen & PUSHED != 0 && self.contents.load(Ordering::Acquire) & QUEUED != 0)
     }
 
     /// Makes `waker` the one that pushes and closes wake (the connection task's).
@@ -164,14 +182,24 @@ impl Outbound {
 
     /// Moves up to `max` queued packets into `out` (which must be empty), or registers the task
     /// to be woken by the next push or close. Ready with 0 once the queue is closed and empty.
-    pub(crate) fn poll_pop_batch(
-        &self,
-        cx: &mut Context<'_>,
-        out: &mut Batch,
-        max: usize,
-    ) -> Poll<usize> {
+    #[cfg(test)]
+    fn poll_pop_batch(&self, cx: &mut Context<'_>, out: &mut Batch, max: usize) -> Poll<usize> {
         // Registered before looking: a push after the look wakes this task.
         self.waker.register(cx.waker());
+        match self.pop_batch_now(out, max) {
+            Some(n) => Poll::Ready(n),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Moves up to `max` queued packets into `out` (which must be empty): `Some(n)`, with 0 once
+    /// the queue is closed and empty; `None` if nothing is queued (found without the lock). The
+    /// caller registers its waker ([`register`](Self::register)) before it looks, so that a push
+    /// after the look wakes it: the connection task does so once per poll.
+    pub(crate) fn pop_batch_now(&self, out: &mut Batch, max: usize) -> Option<usize> {
+        if self.contents.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let mut guard = self.lock();
         let st = &mut *guard;
         if let Some(first) = st.head.take() {
@@ -190,12 +218,10 @@ impl Outbound {
                     rest.shrink_to(16);
                 }
             }
-            return Poll::Ready(n);
+            self.publish(st);
+            return Some(n);
         }
-        if st.closed {
-            return Poll::Ready(0);
-        }
-        Poll::Pending
+        st.closed.then_some(0)
     }
 
     /// Moves up to `max` queued packets into `out`; waits while the queue is empty. Returns 0
@@ -210,6 +236,7 @@ impl Outbound {
         let mut st = self.lock();
         st.closed = true;
         let rest = st.take_all();
+        self.publish(&st);
         drop(st);
         self.notify(WOKEN);
         rest
@@ -294,6 +321,27 @@ mod tests {
         assert!(q.poll_pop_batch(&mut cx, &mut out, 8).is_pending());
         q.push(Bytes::from_static(b"c")).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// The connection task's look without a waker: nothing queued is `None` (read from the
+    /// published contents, not under the lock), a closed and empty queue `Some(0)`.
+    #[test]
+    fn a_look_without_a_waker_follows_pushes_pops_and_the_close() {
+        let q = Outbound::new(4);
+        let mut out = Batch::default();
+        assert_eq!(q.pop_batch_now(&mut out, 8), None);
+        q.push(Bytes::from_static(b"a")).unwrap();
+        q.push(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(q.pop_batch_now(&mut out, 1), Some(1));
+        out.clear();
+        // One left: still published as queued.
+        assert_eq!(q.pop_batch_now(&mut out, 8), Some(1));
+        assert_eq!(out.packets(), [Bytes::from_static(b"b")]);
+        out.clear();
+        assert_eq!(q.pop_batch_now(&mut out, 8), None);
+        q.push(Bytes::from_static(b"c")).unwrap();
+        assert_eq!(q.close(), vec![Bytes::from_static(b"c")]);
+        assert_eq!(q.pop_batch_now(&mut out, 8), Some(0));
     }
 
     #[tokio::test]

@@ -134,8 +134,9 @@ impl<'a> Running<'a> {
                 self.request = None;
             }
             // Closing and draining are flags, looked at before each read; whoever sets one
-            // wakes this task through the session's outbound queue (no lock, no waiter list).
-            if self.session.poll_closed(cx).is_ready() {
+            // wakes this task through the session's outbound queue (no lock, no waiter list),
+            // where `poll` registered it.
+            if self.session.is_closed() {
                 self.end_reading(End::Closed);
                 continue;
             }
@@ -291,10 +292,10 @@ impl<'a> Running<'a> {
             }
             // What is queued is written first; once the queue is empty, a closing session ends
             // the writer. Both wake this task through the queue's waker.
-            let n = match self.queue.poll_pop_batch(cx, &mut self.batch, WRITE_BATCH) {
-                Poll::Ready(n) => n,
-                Poll::Pending if self.session.is_closed() => 0,
-                Poll::Pending => return,
+            let n = match self.queue.pop_batch_now(&mut self.batch, WRITE_BATCH) {
+                Some(n) => n,
+                None if self.session.is_closed() => 0,
+                None => return,
             };
             if n == 0 {
                 self.end_writing();
@@ -376,6 +377,9 @@ impl Future for Running<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        // Registered once, before anything is looked at: a push, a close or a drain after the
+        // look wakes this task (or, while it is being polled, asks for another look).
+        this.queue.register(cx.waker());
         for _ in 0..MAX_REPOLLS {
             this.queue.begin_poll();
             // The reader first: a response that an inline handler queued is written in the same

@@ -66,8 +66,9 @@ struct Concurrent {
 /// writer when the session is closed and what was queued is flushed (within
 /// [`FLUSH_DEADLINE`]) or a write fails.
 ///
-/// Polls run between [`Outbound::begin_poll`] and [`Outbound::end_poll`]: what is queued or woken
-/// while they run (an inline handler's response, a close) wakes no one; the sides are polled
+/// Each poll registers the task's waker with the session's queue once, before anything is looked
+/// at, and runs between [`Outbound::begin_poll`] and [`Outbound::end_poll`]: what is queued or
+/// woken meanwhile (an inline handler's response, a close) wakes no one; the sides are polled
 /// again right away instead, if that is still needed.
 // `repr(C)`: the fields every request touches, in this order, at the front.
 #[repr(C)]

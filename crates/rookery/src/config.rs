@@ -274,7 +274,9 @@ impl Default for RateLimitConfig {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 = one per core this process may run on.
+    /// Which scheduler runs the node's tasks.
+    pub scheduler: Scheduler,
+    /// Worker threads of the multi-thread scheduler; 0 = one per core this process may run on.
     pub workers: usize,
     /// Task polls between two looks at the scheduler's global queue; 0 = tokio's default
     /// (adaptive, about 61). When more connections are ready at once than a worker's local
@@ -285,14 +287,37 @@ pub struct RuntimeConfig {
     pub global_queue_interval: u32,
 }
 
+/// The scheduler of a node's runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    /// tokio's multi-thread scheduler (work stealing across `workers` threads). Under overload on
+    /// a core it serves some ready connections again and again while others wait (at 1,000 busy
+    /// connections: p50 ~1.5 ms, p99 ~150 ms), which keeps throughput up at 10,000.
+    #[default]
+    MultiThread,
+    /// tokio's single-threaded scheduler: every task on one thread, ready connections served
+    /// in turn. For a process given one core (one per core, behind a load balancer): under
+    /// overload at 1,000 busy connections p99 ~15-55 ms at about the same throughput, but ~30%
+    /// less throughput at 10,000 (each turn touches every connection's cold state; see
+    /// BENCHMARKS.md). `workers` does not apply.
+    CurrentThread,
+}
+
 impl RuntimeConfig {
-    /// A multi-thread tokio runtime with these settings and every driver (I/O, time) enabled.
+    /// A tokio runtime with these settings and every driver (I/O, time) enabled.
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
+        let mut b = match self.scheduler {
+            Scheduler::MultiThread => {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                if self.workers > 0 {
+                    b.worker_threads(self.workers);
+                }
+                b
+            }
+            Scheduler::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        };
         b.enable_all();
-        if self.workers > 0 {
-            b.worker_threads(self.workers);
-        }
         if self.global_queue_interval > 0 {
             b.global_queue_interval(self.global_queue_interval);
         }
@@ -508,6 +533,7 @@ mod tests {
         assert_eq!(
             cfg.runtime,
             RuntimeConfig {
+                scheduler: Scheduler::MultiThread,
                 workers: 3,
                 global_queue_interval: 2
             }
@@ -519,6 +545,20 @@ mod tests {
         let rt = RuntimeConfig::default().build().unwrap();
         assert!(rt.metrics().num_workers() >= 1);
         assert!(Config::from_toml_with_env("[runtime]\nthreads = 1\n", vec![]).is_err());
+        // The single-threaded scheduler, from the file or the environment.
+        let cfg = Config::from_toml_with_env(
+            "",
+            env(&[("ROOKERY_RUNTIME__SCHEDULER", "current_thread")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.runtime.scheduler, Scheduler::CurrentThread);
+        let rt = cfg.runtime.build().unwrap();
+        assert_eq!(rt.metrics().num_workers(), 1);
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() }),
+            42
+        );
+        assert!(Config::from_toml_with_env("[runtime]\nscheduler = \"fast\"\n", vec![]).is_err());
     }
 
     #[test]

@@ -367,8 +367,10 @@ def build_table(rows, meta):
             line("P3", f"pinus, {c} conn", f"p3-c{c}")
     if paired:
         for i in (0, 1):
-            line("P3", f"Rookery, {mc} conn, alternating with pinus (run {i + 1})", pair_r[i])
-            line("P3", f"pinus, {mc} conn, alternating with Rookery (run {i + 1})", pair_p[i])
+            line("P3", f"Rookery, {mc} conn, alternating with pinus (run {i + 1}; fair "
+                 "generator)", pair_r[i])
+            line("P3", f"pinus, {mc} conn, alternating with Rookery (run {i + 1}; fair "
+                 "generator)", pair_p[i])
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
@@ -403,6 +405,9 @@ def build_table(rows, meta):
          verdict("P6", "p99 at 50% of max, one process, 100 connections", p99, 1000, higher=False))
     line("P6", "(control) ceiling, open loop at the rate above, 100 conn", "p6-ceiling-c100",
          "load generator + machine alone", "")
+    if "p6-ceiling-low" in R:
+        line("P6", "(control) ceiling, open loop at a tenth of that rate, 100 conn", "p6-ceiling-low",
+             "the machine's floor", "")
     # P7
     for rid in sorted((k for k in R if k.startswith("p7-")), key=lambda k: int(k[3:])):
         r = R[rid]

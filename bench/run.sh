@@ -431,6 +431,10 @@ if wait_port 3400 20 "$CEIL"; then
   if [[ $RATE -gt 0 ]]; then
     bench_row p6-ceiling-c100 ceiling-open "$CEIL" 100 --addr 127.0.0.1:3400 \
       --route "$ROUTE" --rate "$RATE"
+    # The machine's floor: the same at a tenth of that rate (both cores mostly idle).
+    RATE=$(python3 -c "print(round($RATE / 10))")
+    bench_row p6-ceiling-low ceiling-open "$CEIL" 100 --addr 127.0.0.1:3400 \
+      --route "$ROUTE" --rate "$RATE"
   fi
 else
   for c in "${CONNS_SWEEP[@]}"; do unavailable "p1-c$c" ceiling "ceiling server did not start"; done
@@ -440,11 +444,12 @@ stop_server "$CEIL"
 # P2's verdict comes from runs in alternation (A B A B), each on a freshly started server with
 # the other stopped, so that a change of the host's speed between two blocks of rows minutes
 # apart does not decide the ratio (P3, P4, P5 and P10 do the same).
-single_row() { # ID CONNS: one run against a fresh one-process server
-  start_server "single-$1" "$ROOKERY" serve --config bench/configs/single.toml
+single_row() { # ID CONNS [bench args...]: one run against a fresh one-process server
+  local id=$1 conns=$2; shift 2
+  start_server "single-$id" "$ROOKERY" serve --config bench/configs/single.toml
   local s=$LAST_PID
   if wait_port 3410 30 "$s"; then
-    bench_row "$1" rookery "$s" "$2" --addr 127.0.0.1:3410 --route "$ROUTE"
+    bench_row "$id" rookery "$s" "$conns" --addr 127.0.0.1:3410 --route "$ROUTE" "$@"
   fi
   stop_server "$s"
 }
@@ -645,11 +650,13 @@ if [[ $PSTAT == ok ]]; then
   # P3's verdict: Rookery and pinus in alternation (R P R P) at the main size, so that a change
   # of the host's speed between the two blocks of rows does not decide the ratio. Each run has
   # a freshly started server and the other one stopped (pinus is not idle after a run).
+  # P3 compares p99 too: the generator serves its own connections in turn (--fair), so that
+  # when it is the saturated side (against Rookery) it adds no queueing tail of its own.
   for i in 1 2; do
-    single_row "p3pair-rookery-$i" "$MAIN_CONNS"
+    single_row "p3pair-rookery-$i" "$MAIN_CONNS" --fair
     if start_pinus "pinus-pair-$i"; then
       bench_row "p3pair-pinus-$i" pinus "$PIN_ALL" "$MAIN_CONNS" --addr 127.0.0.1:3460 \
-        --route "$ROUTE"
+        --route "$ROUTE" --fair
     fi
     stop_pinus
   done

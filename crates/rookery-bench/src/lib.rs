@@ -100,6 +100,31 @@ pub struct BenchArgs {
     /// sending only heartbeats.
     #[arg(long)]
     pub hold: bool,
+    /// Serve this generator's own connections in turn when its core is saturated, so that it
+    /// adds no queueing tail of its own to the latencies (with tokio's default schedule, a
+    /// saturated generator leaves some connections' responses unread for ~150 ms). Costs the
+    /// generator throughput with thousands of connections; for latency comparisons.
+    #[arg(long)]
+    pub fair: bool,
+}
+
+/// Global-queue interval of the generator's runtime with `--fair` (see
+/// `rookery::config::RuntimeConfig::global_queue_interval`).
+pub const FAIR_GLOBAL_QUEUE_INTERVAL: u32 = 2;
+
+impl BenchArgs {
+    /// The runtime this run's generator should use: tokio's defaults, or with `--fair` a global
+    /// queue looked at every [`FAIR_GLOBAL_QUEUE_INTERVAL`] polls.
+    pub fn runtime_config(&self) -> rookery::config::RuntimeConfig {
+        rookery::config::RuntimeConfig {
+            global_queue_interval: if self.fair {
+                FAIR_GLOBAL_QUEUE_INTERVAL
+            } else {
+                0
+            },
+            ..Default::default()
+        }
+    }
 }
 
 /// The figures of one run.

@@ -80,15 +80,25 @@ fn serve_main(args: serve::ServeArgs) -> Result<(), BoxError> {
     let rt = cfg.runtime.build()?;
     rt.block_on(async {
         init_logs("info");
+        if cfg.runtime.scheduler == rookery::config::Scheduler::CurrentThread
+            && cfg.runtime.workers > 0
+        {
+            tracing::warn!(
+                workers = cfg.runtime.workers,
+                "[runtime] workers has no effect with scheduler = \"current_thread\" (one thread)"
+            );
+        }
         serve::run(args, cfg).await
     })
 }
 
-/// `client` and `bench` run on a default runtime, logging warnings only.
-fn run_default(
+/// `client` and `bench` log warnings only; `client` runs on a default runtime, `bench` on the one
+/// its flags ask for.
+fn run_quiet(
+    rt: &rookery::config::RuntimeConfig,
     fut: impl std::future::Future<Output = Result<(), BoxError>>,
 ) -> Result<(), BoxError> {
-    let rt = rookery::config::RuntimeConfig::default().build()?;
+    let rt = rt.build()?;
     rt.block_on(async {
         init_logs("warn");
         fut.await
@@ -99,8 +109,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Serve(args) => serve_main(args),
-        Cmd::Client(args) => run_default(repl::run(args)),
-        Cmd::Bench(args) => run_default(bench(args)),
+        Cmd::Client(args) => run_quiet(&Default::default(), repl::run(args)),
+        Cmd::Bench(args) => run_quiet(&args.runtime_config(), bench(args)),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -466,6 +466,15 @@ def build_table(rows, meta):
                    what10)
     line("P10", "(info) ceiling, 10,000 conn", "p1-c10000",
          f"ceiling 10k/100: {rc10 * 100:.0f}%" if rc10 else "")
+    r, ra, rb = pairs("p10tokio-c10000", "p10tokio-c100")
+    if r is not None:
+        for i in (0, 1):
+            line("P10", f"(info) tokio's own schedule (global_queue_interval = 0), 10,000 conn "
+                 f"(run {i + 1})", ra[i])
+            line("P10", f"(info) tokio's own schedule, 100 conn (run {i + 1})", rb[i])
+        lines.append(
+            "| P10 | (info) 10,000 conn vs 100 with tokio's own schedule (req/s summed per side) "
+            f"| | | | | | {r * 100:.0f}% | |")
     return lines, verdicts
 
 

@@ -411,6 +411,24 @@ else
 fi
 stop_server "$SINGLE"
 
+# P10 again with tokio's own schedule (`[runtime] global_queue_interval = 0`: throughput first,
+# some connections left waiting under overload), for comparison with the default's fair one.
+start_server single-tokio env ROOKERY_RUNTIME__GLOBAL_QUEUE_INTERVAL=0 \
+  "$ROOKERY" serve --config bench/configs/single.toml
+SINGLE=$LAST_PID
+if wait_port 3410 30 "$SINGLE"; then
+  # Warm the fresh process at 10,000 connections first, as the rows above warmed theirs.
+  bench_row p10tokio-warm rookery "$SINGLE" 10000 --addr 127.0.0.1:3410 --route "$ROUTE"
+  for i in 1 2; do
+    for c in 100 10000; do
+      bench_row "p10tokio-c$c-$i" rookery "$SINGLE" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
+    done
+  done
+else
+  unavailable p10tokio-c10000-1 rookery "rookery serve did not start (see $RUN_DIR/single-tokio.log)"
+fi
+stop_server "$SINGLE"
+
 # P1: the ceiling (after the one-process rows: its P6 control runs at their rate).
 start_server ceiling "$CEILING" --addr 127.0.0.1:3400
 CEIL=$LAST_PID

@@ -374,6 +374,11 @@ def build_table(rows, meta):
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
+    if ok("p3fair-rookery"):
+        rf = ratio(rps("p3fair-rookery"), sum(rps(x) for x in pair_p) / 2) if paired else None
+        line("P3", f"(info) Rookery with a fair schedule (global_queue_interval = 4), {mc} conn, "
+             "fair generator", "p3fair-rookery",
+             f"vs the pinus runs above: {rf:.2f}x" if rf else "", "")
     # P4, P5 (alternating rows as P2)
     ratio_target("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
                  ("p4-tcp", f"p2-c{mc}"), ("p4pair-remote", "p4pair-single"),
@@ -466,14 +471,14 @@ def build_table(rows, meta):
                    what10)
     line("P10", "(info) ceiling, 10,000 conn", "p1-c10000",
          f"ceiling 10k/100: {rc10 * 100:.0f}%" if rc10 else "")
-    r, ra, rb = pairs("p10tokio-c10000", "p10tokio-c100")
+    r, ra, rb = pairs("p10fair-c10000", "p10fair-c100")
     if r is not None:
         for i in (0, 1):
-            line("P10", f"(info) tokio's own schedule (global_queue_interval = 0), 10,000 conn "
+            line("P10", f"(info) fair schedule (global_queue_interval = 4), 10,000 conn "
                  f"(run {i + 1})", ra[i])
-            line("P10", f"(info) tokio's own schedule, 100 conn (run {i + 1})", rb[i])
+            line("P10", f"(info) fair schedule, 100 conn (run {i + 1})", rb[i])
         lines.append(
-            "| P10 | (info) 10,000 conn vs 100 with tokio's own schedule (req/s summed per side) "
+            "| P10 | (info) 10,000 conn vs 100 with the fair schedule (req/s summed per side) "
             f"| | | | | | {r * 100:.0f}% | |")
     return lines, verdicts
 

@@ -383,6 +383,8 @@ CLIENT_PIDS+=("$PINUS_INSTALL_PID")
 # ------------------------------------------------------------------------------------------
 # ------------------------------------------------------------------------------------------
 # P2, P10, P6 (one process).
+# The server's global queue interval for the rows "with a fair schedule" (see BENCHMARKS.md).
+FAIR_GQI=4
 start_server single "$ROOKERY" serve --config bench/configs/single.toml
 SINGLE=$LAST_PID
 if wait_port 3410 30 "$SINGLE"; then
@@ -411,21 +413,21 @@ else
 fi
 stop_server "$SINGLE"
 
-# P10 again with tokio's own schedule (`[runtime] global_queue_interval = 0`: throughput first,
-# some connections left waiting under overload), for comparison with the default's fair one.
-start_server single-tokio env ROOKERY_RUNTIME__GLOBAL_QUEUE_INTERVAL=0 \
+# P10 again with a fair schedule (`[runtime] global_queue_interval = 4`: every ready connection
+# served within a bounded wait under overload, for some throughput), for information.
+start_server single-fair env ROOKERY_RUNTIME__GLOBAL_QUEUE_INTERVAL=$FAIR_GQI \
   "$ROOKERY" serve --config bench/configs/single.toml
 SINGLE=$LAST_PID
 if wait_port 3410 30 "$SINGLE"; then
   # Warm the fresh process at 10,000 connections first, as the rows above warmed theirs.
-  bench_row p10tokio-warm rookery "$SINGLE" 10000 --addr 127.0.0.1:3410 --route "$ROUTE"
+  bench_row p10fair-warm rookery "$SINGLE" 10000 --addr 127.0.0.1:3410 --route "$ROUTE"
   for i in 1 2; do
     for c in 100 10000; do
-      bench_row "p10tokio-c$c-$i" rookery "$SINGLE" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
+      bench_row "p10fair-c$c-$i" rookery "$SINGLE" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
     done
   done
 else
-  unavailable p10tokio-c10000-1 rookery "rookery serve did not start (see $RUN_DIR/single-tokio.log)"
+  unavailable p10fair-c10000-1 rookery "rookery serve did not start (see $RUN_DIR/single-fair.log)"
 fi
 stop_server "$SINGLE"
 
@@ -464,7 +466,7 @@ stop_server "$CEIL"
 # apart does not decide the ratio (P3, P4, P5 and P10 do the same).
 single_row() { # ID CONNS [bench args...]: one run against a fresh one-process server
   local id=$1 conns=$2; shift 2
-  start_server "single-$id" "$ROOKERY" serve --config bench/configs/single.toml
+  start_server "single-$id" env ${SINGLE_ENV:-} "$ROOKERY" serve --config bench/configs/single.toml
   local s=$LAST_PID
   if wait_port 3410 30 "$s"; then
     bench_row "$id" rookery "$s" "$conns" --addr 127.0.0.1:3410 --route "$ROUTE" "$@"
@@ -678,6 +680,9 @@ if [[ $PSTAT == ok ]]; then
     fi
     stop_pinus
   done
+  # For information: Rookery with a fair schedule (the same generator), against the pinus runs.
+  SINGLE_ENV=ROOKERY_RUNTIME__GLOBAL_QUEUE_INTERVAL=$FAIR_GQI single_row p3fair-rookery \
+    "$MAIN_CONNS" --fair
   if start_pinus pinus-fanout; then
     fanout_row p8-pinus pinus-fanout "$PIN_ALL" --addr 127.0.0.1:3460 --users "$P8_USERS" \
       --uid-prefix pin-

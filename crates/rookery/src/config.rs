@@ -271,37 +271,22 @@ impl Default for RateLimitConfig {
 
 /// The async runtime of a node's process (the `rookery` binary builds it from this section;
 /// an application embedding Rookery can use [`RuntimeConfig::build`] too).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Which scheduler runs the node's tasks.
     pub scheduler: Scheduler,
     /// Worker threads of the multi-thread scheduler; 0 = one per core this process may run on.
     pub workers: usize,
-    /// Task polls between two looks at the scheduler's global queue (default
-    /// [`DEFAULT_GLOBAL_QUEUE_INTERVAL`]); 0 = tokio's own default, adaptive, about 30-60 polls.
-    /// When more connections are ready at once than a worker's local queue holds (256), the
-    /// rest wait in the global queue, and this bounds their wait: under overload on one core,
-    /// 1,000 busy connections see a p99 of ~30 ms with 4 against ~150 ms with tokio's default,
-    /// while the others are served in ~2 ms either way. Smaller values are fairer still and
-    /// cost throughput with thousands of busy connections (see BENCHMARKS.md). An empty global
-    /// queue costs nothing to look at.
+    /// Task polls between two looks at the scheduler's global queue; 0 = tokio's default
+    /// (adaptive, about 30-60 polls). Matters only under overload: when more connections are
+    /// ready at once than a worker's local queue holds (256), the rest wait in the global
+    /// queue, and a small value bounds their wait. Measured on one core at 1,000 busy
+    /// connections, 4 gives a p99 of ~30-40 ms instead of ~150 ms, but serving every
+    /// connection in turn touches each one's cold state, which cost 10-20% of throughput there
+    /// and ~20% at 10,000 (see BENCHMARKS.md). For operators who prefer even latency over peak
+    /// throughput when overloaded; an empty global queue costs nothing to look at.
     pub global_queue_interval: u32,
-}
-
-/// The default of [`RuntimeConfig::global_queue_interval`]: every ready connection gets its turn
-/// within a bounded wait under overload, at no measurable cost to throughput at 1,000 busy
-/// connections.
-pub const DEFAULT_GLOBAL_QUEUE_INTERVAL: u32 = 4;
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            scheduler: Scheduler::default(),
-            workers: 0,
-            global_queue_interval: DEFAULT_GLOBAL_QUEUE_INTERVAL,
-        }
-    }
 }
 
 /// The scheduler of a node's runtime.
@@ -309,8 +294,9 @@ impl Default for RuntimeConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Scheduler {
     /// tokio's multi-thread scheduler (work stealing across `workers` threads). Under overload on
-    /// a core it serves the ready connections in its local queue first; how long the others wait
-    /// is bounded by `global_queue_interval`.
+    /// a core it serves the ready connections in its local queue first (at 1,000 busy
+    /// connections: p50 ~1.5 ms, p99 ~150 ms), which keeps throughput up; `global_queue_interval`
+    /// bounds how long the others wait.
     #[default]
     MultiThread,
     /// tokio's single-threaded scheduler: every task on one thread, ready connections served
@@ -558,16 +544,9 @@ mod tests {
         let rt = cfg.runtime.build().unwrap();
         assert_eq!(rt.metrics().num_workers(), 3);
         assert_eq!(rt.block_on(async { 40 + 2 }), 42);
-        // No section: the default interval; zeros mean tokio's defaults.
+        // No section: zeros, tokio's defaults.
         let cfg = Config::from_toml_with_env("", vec![]).unwrap();
         assert_eq!(cfg.runtime, RuntimeConfig::default());
-        assert_eq!(
-            cfg.runtime.global_queue_interval,
-            DEFAULT_GLOBAL_QUEUE_INTERVAL
-        );
-        assert!(cfg.runtime.build().unwrap().metrics().num_workers() >= 1);
-        let cfg =
-            Config::from_toml_with_env("[runtime]\nglobal_queue_interval = 0\n", vec![]).unwrap();
         assert_eq!(cfg.runtime.global_queue_interval, 0);
         let rt = cfg.runtime.build().unwrap();
         assert!(rt.metrics().num_workers() >= 1);

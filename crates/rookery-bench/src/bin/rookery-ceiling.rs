@@ -35,10 +35,8 @@ struct Cli {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cli = Cli::parse();
-    // tokio's own defaults: the yardstick is a minimal tokio server.
     let rt = rookery::config::RuntimeConfig {
         workers: cli.threads.unwrap_or(0),
-        global_queue_interval: 0,
         ..Default::default()
     }
     .build()?;

@@ -198,10 +198,8 @@ struct FanoutArgs {
 }
 
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    // tokio's own defaults, for Rookery's RPC and tonic alike.
     rookery::config::RuntimeConfig {
         workers: threads.unwrap_or(0),
-        global_queue_interval: 0,
         ..Default::default()
     }
     .build()

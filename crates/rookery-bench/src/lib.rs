@@ -616,6 +616,30 @@ pub(crate) fn varint_len(mut v: u64) -> usize {
 mod tests {
     use super::*;
 
+    /// `rookery bench` as its binary parses it.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    #[test]
+    fn fair_asks_for_a_fair_generator_runtime() {
+        use clap::Parser;
+        let plain = Cli::try_parse_from(["bench"]).unwrap().bench;
+        assert!(!plain.fair);
+        assert_eq!(plain.runtime_config().global_queue_interval, 0);
+        let fair = Cli::try_parse_from(["bench", "--fair"]).unwrap().bench;
+        assert!(fair.fair);
+        let cfg = fair.runtime_config();
+        assert_eq!(cfg.global_queue_interval, FAIR_GLOBAL_QUEUE_INTERVAL);
+        let rt = cfg.build().unwrap();
+        assert_eq!(
+            rt.block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() }),
+            42
+        );
+    }
+
     #[test]
     fn varint_matches_protocol_decoder() {
         for v in [

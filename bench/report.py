@@ -374,6 +374,19 @@ def build_table(rows, meta):
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
+    # For information: the ceiling's turns in the same alternation; its ratio to pinus is the
+    # most any server could show against pinus here (the load generator and the kernel's
+    # loopback cost per request are common to both).
+    pair_c = [f"p3pair-ceiling-{i}" for i in (1, 2)]
+    if paired and all(ok(x) for x in pair_c):
+        for i in (0, 1):
+            line("P3", f"(info) ceiling, {mc} conn, in the same alternation (run {i + 1}; fair "
+                 "generator)", pair_c[i])
+        rc = ratio(sum(rps(x) for x in pair_c), sum(rps(x) for x in pair_p))
+        rr = ratio(sum(rps(x) for x in pair_r), sum(rps(x) for x in pair_c))
+        lines.append(
+            f"| P3 | (info) ceiling vs pinus over the same alternation: the most a server could "
+            f"show here (Rookery / ceiling: {rr * 100:.0f}%) | | | | | | {rc:.2f}x | |")
     if ok("p3fair-rookery"):
         rf = ratio(rps("p3fair-rookery"), sum(rps(x) for x in pair_p) / 2) if paired else None
         line("P3", f"(info) Rookery with a fair schedule (global_queue_interval = 4), {mc} conn, "

@@ -489,14 +489,18 @@ remote_row() {
   stop_server "$gate"
   stop_server "$room"
 }
+ceiling_row() { # ID CONNS [bench args...]: one run against a freshly started ceiling
+  local id=$1 conns=$2; shift 2
+  start_server "ceiling-$id" "$CEILING" --addr 127.0.0.1:3400
+  local c=$LAST_PID
+  if wait_port 3400 20 "$c"; then
+    bench_row "$id" ceiling "$c" "$conns" --addr 127.0.0.1:3400 --route "$ROUTE" "$@"
+  fi
+  stop_server "$c"
+}
 for i in 1 2; do
   single_row "p2pair-rookery-$i" "$MAIN_CONNS"
-  start_server "ceiling-pair-$i" "$CEILING" --addr 127.0.0.1:3400
-  C=$LAST_PID
-  if wait_port 3400 20 "$C"; then
-    bench_row "p2pair-ceiling-$i" ceiling "$C" "$MAIN_CONNS" --addr 127.0.0.1:3400 --route "$ROUTE"
-  fi
-  stop_server "$C"
+  ceiling_row "p2pair-ceiling-$i" "$MAIN_CONNS"
 done
 
 # P4, P6 (remote over TCP).
@@ -672,6 +676,9 @@ if [[ $PSTAT == ok ]]; then
   # a freshly started server and the other one stopped (pinus is not idle after a run).
   # P3 compares p99 too: the generator serves its own connections in turn (--fair), so that
   # when it is the saturated side (against Rookery) it adds no queueing tail of its own.
+  # The ceiling takes a turn in the same alternation (R P C R P C), for information: its ratio
+  # to pinus is the most any server could show against pinus on this machine with this
+  # generator.
   for i in 1 2; do
     single_row "p3pair-rookery-$i" "$MAIN_CONNS" --fair
     if start_pinus "pinus-pair-$i"; then
@@ -679,6 +686,7 @@ if [[ $PSTAT == ok ]]; then
         --route "$ROUTE" --fair
     fi
     stop_pinus
+    ceiling_row "p3pair-ceiling-$i" "$MAIN_CONNS" --fair
   done
   # For information: Rookery with a fair schedule (the same generator), against the pinus runs.
   SINGLE_ENV=ROOKERY_RUNTIME__GLOBAL_QUEUE_INTERVAL=$FAIR_GQI single_row p3fair-rookery \

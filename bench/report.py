@@ -374,9 +374,9 @@ def build_table(rows, meta):
         lines.append(
             f"| P3 | Rookery vs pinus over the alternating runs (req/s summed per side; mean p99 "
             f"{fmt_us(p99_r)} vs {fmt_us(p99_p)}) | | | | | | {rtxt(r, 10)} | {v} |")
-    # For information: the ceiling's turns in the same alternation; its ratio to pinus is the
-    # most any server could show against pinus here (the load generator and the kernel's
-    # loopback cost per request are common to both).
+    # For information: the ceiling's turns in the same alternation; its ratio to pinus is what
+    # a server that only frames packets shows against pinus here (the load generator and the
+    # kernel's loopback cost per request are common to every server).
     pair_c = [f"p3pair-ceiling-{i}" for i in (1, 2)]
     if paired and all(ok(x) for x in pair_c):
         for i in (0, 1):
@@ -385,8 +385,8 @@ def build_table(rows, meta):
         rc = ratio(sum(rps(x) for x in pair_c), sum(rps(x) for x in pair_p))
         rr = ratio(sum(rps(x) for x in pair_r), sum(rps(x) for x in pair_c))
         lines.append(
-            f"| P3 | (info) ceiling vs pinus over the same alternation: the most a server could "
-            f"show here (Rookery / ceiling: {rr * 100:.0f}%) | | | | | | {rc:.2f}x | |")
+            f"| P3 | (info) ceiling vs pinus over the same alternation: what a server that only "
+            f"frames packets shows (Rookery / ceiling: {rr * 100:.0f}%) | | | | | | {rc:.2f}x | |")
     if ok("p3fair-rookery"):
         rf = ratio(rps("p3fair-rookery"), sum(rps(x) for x in pair_p) / 2) if paired else None
         line("P3", f"(info) Rookery with a fair schedule (global_queue_interval = 4), {mc} conn, "

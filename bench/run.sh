@@ -677,8 +677,8 @@ if [[ $PSTAT == ok ]]; then
   # P3 compares p99 too: the generator serves its own connections in turn (--fair), so that
   # when it is the saturated side (against Rookery) it adds no queueing tail of its own.
   # The ceiling takes a turn in the same alternation (R P C R P C), for information: its ratio
-  # to pinus is the most any server could show against pinus on this machine with this
-  # generator.
+  # to pinus is what a server that only frames packets shows against pinus on this machine
+  # with this generator.
   for i in 1 2; do
     single_row "p3pair-rookery-$i" "$MAIN_CONNS" --fair
     if start_pinus "pinus-pair-$i"; then

@@ -301,8 +301,8 @@ pub enum Scheduler {
     MultiThread,
     /// tokio's single-threaded scheduler: every task on one thread, ready connections served
     /// in turn. For a process given one core (one per core, behind a load balancer): under
-    /// overload at 1,000 busy connections p99 ~15-55 ms at about the same throughput, but ~30%
-    /// less throughput at 10,000 (each turn touches every connection's cold state; see
+    /// overload at 1,000 busy connections p99 ~15-20 ms instead of ~150 ms for ~13% less
+    /// throughput, ~30% less at 10,000 (each turn touches every connection's cold state; see
     /// BENCHMARKS.md). `workers` does not apply.
     CurrentThread,
 }

@@ -80,13 +80,8 @@ fn serve_main(args: serve::ServeArgs) -> Result<(), BoxError> {
     let rt = cfg.runtime.build()?;
     rt.block_on(async {
         init_logs("info");
-        if cfg.runtime.scheduler == rookery::config::Scheduler::CurrentThread
-            && cfg.runtime.workers > 0
-        {
-            tracing::warn!(
-                workers = cfg.runtime.workers,
-                "[runtime] workers has no effect with scheduler = \"current_thread\" (one thread)"
-            );
+        for ignored in cfg.runtime.ignored_settings() {
+            tracing::warn!("{ignored}");
         }
         serve::run(args, cfg).await
     })

@@ -308,6 +308,19 @@ pub enum Scheduler {
 }
 
 impl RuntimeConfig {
+    /// Settings that [`build`](Self::build) ignores with this scheduler, each as a sentence to
+    /// log once the process logs (a runtime is built before logging starts).
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let mut ignored = Vec::new();
+        if self.scheduler == Scheduler::CurrentThread && self.workers > 0 {
+            ignored.push(format!(
+                "[runtime] workers = {} has no effect with scheduler = \"current_thread\" (one thread)",
+                self.workers
+            ));
+        }
+        ignored
+    }
+
     /// A tokio runtime with these settings and every driver (I/O, time) enabled.
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
         let mut b = match self.scheduler {
@@ -558,6 +571,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.runtime.scheduler, Scheduler::CurrentThread);
+        assert!(cfg.runtime.ignored_settings().is_empty());
+        let with_workers = RuntimeConfig {
+            workers: 4,
+            ..cfg.runtime.clone()
+        };
+        let ignored = with_workers.ignored_settings();
+        assert_eq!(ignored.len(), 1);
+        assert!(ignored[0].contains("workers = 4"), "{ignored:?}");
+        let multi = RuntimeConfig {
+            scheduler: Scheduler::MultiThread,
+            ..with_workers
+        };
+        assert!(multi.ignored_settings().is_empty());
         let rt = cfg.runtime.build().unwrap();
         assert_eq!(rt.metrics().num_workers(), 1);
         assert_eq!(

@@ -367,33 +367,40 @@ impl<'a> Rpc<'a> {
                 .session
                 .clone()
                 .unwrap_or_else(|| Session::detached(ser));
-            return match tokio::time::timeout_at(
+            // Boxed: a local dispatch's state (the handler's future under a deadline) would
+            // otherwise be part of every remote call's future, copied into each forwarded
+            // request's box.
+            return match Box::pin(tokio::time::timeout_at(
                 deadline,
                 self.app.dispatch(route, payload, session, Some(timeout)),
-            )
+            ))
             .await
             {
                 Ok(r) => r.map_err(RpcError::Remote),
                 Err(_) => Err(RpcError::Timeout),
             };
         }
-        let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
-        let mut env = self.envelope(
-            Kind::Call,
-            route_field,
-            payload,
-            ser,
-            session_ref,
-            Some(timeout),
-        );
-        env.from_client = from_client;
+        // Encoded in a block: the envelope is not kept across the wait for the reply.
+        let frame = {
+            let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
+            let mut env = self.envelope(
+                Kind::Call,
+                route_field,
+                payload,
+                ser,
+                session_ref,
+                Some(timeout),
+            );
+            env.from_client = from_client;
+            env.to_bytes()
+        };
         if let Some(s) = &opts.session {
             s.touch(&node.id);
         }
         let reply = self
             .cluster()
             .transport
-            .request(&node, env.to_bytes(), deadline)
+            .request(&node, frame, deadline)
             .await?;
         let reply = Envelope::from_bytes(reply).map_err(RpcError::Remote)?;
         let (payload, data) = reply.into_result().map_err(RpcError::Remote)?;
@@ -626,14 +633,14 @@ impl<'a> Rpc<'a> {
                 return c
                     .registry
                     .get(id)
-                    .map(Picked::Owned)
+                    .map(|n| Picked::Owned(Box::new(n)))
                     .ok_or_else(|| RpcError::NoNode(format!("node {id}")))
             }
             Target::Logical(a) => {
                 return c
                     .registry
                     .by_logical(*a)
-                    .map(Picked::Owned)
+                    .map(|n| Picked::Owned(Box::new(n)))
                     .ok_or_else(|| RpcError::NoNode(format!("logical address {a}")))
             }
             Target::Type(t) => (c.registry.of_type(t), t),
@@ -654,16 +661,17 @@ impl<'a> Rpc<'a> {
         Ok(
             match candidates.iter().position(|n| std::ptr::eq(n, chosen)) {
                 Some(i) => Picked::Shared(candidates.clone(), i),
-                None => Picked::Owned(chosen.clone()),
+                None => Picked::Owned(Box::new(chosen.clone())),
             },
         )
     }
 }
 
-/// The node chosen for a call: an entry of a shared registry snapshot (no copy), or a copy.
+/// The node chosen for a call: an entry of a shared registry snapshot (no copy), or a copy
+/// (boxed: the choice is held while the call waits, so it is part of every call's future).
 enum Picked {
     Shared(Arc<[NodeInfo]>, usize),
-    Owned(NodeInfo),
+    Owned(Box<NodeInfo>),
 }
 
 impl std::ops::Deref for Picked {

@@ -80,13 +80,15 @@ pub struct RouteEntry {
 }
 
 /// Route lookups happen on every request. The table is filled once at start, so keys a client
-/// chooses can only be looked up, never inserted: a fast (seeded) hash is enough.
+/// chooses can only be looked up, never inserted: a fast (seeded) hash is enough. Names are
+/// keyed by their bytes: a route read off the wire is looked up without validating it as UTF-8
+/// again.
 type RouteMap<K> = HashMap<K, Arc<RouteEntry>, foldhash::fast::RandomState>;
 
 /// The route table of a node.
 #[derive(Default)]
 pub struct Router {
-    by_name: RouteMap<Arc<str>>,
+    by_name: RouteMap<Box<[u8]>>,
     by_code: RouteMap<u16>,
     dict: Arc<RouteDict>,
 }
@@ -121,20 +123,20 @@ impl Router {
             if e.code != 0 {
                 router.by_code.insert(e.code, e.clone());
             }
-            router.by_name.insert(e.route.clone(), e);
+            router.by_name.insert(e.route.as_bytes().into(), e);
         }
         Ok(router)
     }
 
     /// Looks up a route by name (internal routes included).
     pub fn get(&self, route: &str) -> Option<&Arc<RouteEntry>> {
-        self.by_name.get(route)
+        self.by_name.get(route.as_bytes())
     }
 
     /// Resolves a route as a client sent it; internal routes are not visible.
     pub(crate) fn resolve_client(&self, route: &Route) -> Option<&Arc<RouteEntry>> {
         let e = match route {
-            Route::Name(n) => self.by_name.get(n.as_str()),
+            Route::Name(n) => self.by_name.get(n.as_bytes()),
             Route::Code(c) => self.by_code.get(c),
         }?;
         (!e.internal).then_some(e)

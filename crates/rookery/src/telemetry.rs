@@ -151,28 +151,30 @@ pub(crate) struct RpcMetrics {
 impl RpcMetrics {
     pub(crate) fn record(&self, target: &crate::Target, error: Option<String>, secs: f64) {
         let label = target_label(target);
-        let cached = self
-            .by_target
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(label.as_ref())
-            .cloned();
-        let (ok, duration) = match cached {
-            Some(h) => h,
-            None => {
-                let h = (
-                    metrics::counter!(RPC_CALLS_TOTAL, "target" => label.to_string(), "outcome" => "ok"),
-                    metrics::histogram!(RPC_DURATION_SECONDS, "target" => label.to_string()),
-                );
-                let mut map = self.by_target.write().unwrap_or_else(|e| e.into_inner());
-                // Targets are node types, modules or node ids: bounded by the cluster's size.
-                if map.len() < 10_000 {
-                    map.insert(label.to_string(), h.clone());
-                }
-                h
+        {
+            // Recorded through the cached handles under the read lock, without cloning them
+            // (their reference counts would be one more line shared by every worker thread).
+            let map = self.by_target.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((ok, duration)) = map.get(label.as_ref()) {
+                duration.record(secs);
+                Self::count(ok, &label, error);
+                return;
             }
-        };
+        }
+        let (ok, duration) = (
+            metrics::counter!(RPC_CALLS_TOTAL, "target" => label.to_string(), "outcome" => "ok"),
+            metrics::histogram!(RPC_DURATION_SECONDS, "target" => label.to_string()),
+        );
         duration.record(secs);
+        Self::count(&ok, &label, error);
+        let mut map = self.by_target.write().unwrap_or_else(|e| e.into_inner());
+        // Targets are node types, modules or node ids: bounded by the cluster's size.
+        if map.len() < 10_000 {
+            map.insert(label.to_string(), (ok, duration));
+        }
+    }
+
+    fn count(ok: &Counter, label: &str, error: Option<String>) {
         match error {
             None => ok.increment(1),
             Some(outcome) => metrics::counter!(
@@ -309,6 +311,32 @@ mod tests {
         }
         assert_eq!(parse_trace_id(""), None);
         assert_eq!(parse_trace_id("zz"), None);
+    }
+
+    #[test]
+    fn rpc_metrics_count_calls_by_target_and_outcome() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let m = RpcMetrics::default();
+        metrics::with_local_recorder(&recorder, || {
+            let room = crate::Target::Module("room".into());
+            m.record(&room, None, 0.001); // registers the target's handles
+            m.record(&room, None, 0.002); // through the cached ones
+            m.record(&room, Some("timeout".into()), 0.5);
+            m.record(&crate::Target::Type("chat".into()), Some("no_node".into()), 0.0);
+        });
+        let text = handle.render();
+        for line in [
+            r#"rookery_rpc_calls_total{target="room",outcome="ok"} 2"#,
+            r#"rookery_rpc_calls_total{target="room",outcome="timeout"} 1"#,
+            r#"rookery_rpc_duration_seconds_count{target="room"} 3"#,
+            r#"rookery_rpc_calls_total{target="chat",outcome="no_node"} 1"#,
+            r#"rookery_rpc_duration_seconds_count{target="chat"} 1"#,
+            // A target's "ok" counter is registered with its first call, failed or not.
+            r#"rookery_rpc_calls_total{target="chat",outcome="ok"} 0"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -323,7 +323,11 @@ mod tests {
             m.record(&room, None, 0.001); // registers the target's handles
             m.record(&room, None, 0.002); // through the cached ones
             m.record(&room, Some("timeout".into()), 0.5);
-            m.record(&crate::Target::Type("chat".into()), Some("no_node".into()), 0.0);
+            m.record(
+                &crate::Target::Type("chat".into()),
+                Some("no_node".into()),
+                0.0,
+            );
         });
         let text = handle.render();
         for line in [
@@ -335,7 +339,10 @@ mod tests {
             // A target's "ok" counter is registered with its first call, failed or not.
             r#"rookery_rpc_calls_total{target="chat",outcome="ok"} 0"#,
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line} in:\n{text}"
+            );
         }
     }
 

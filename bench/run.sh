@@ -385,6 +385,14 @@ CLIENT_PIDS+=("$PINUS_INSTALL_PID")
 # P2, P10, P6 (one process).
 # The server's global queue interval for the rows "with a fair schedule" (see BENCHMARKS.md).
 FAIR_GQI=4
+p10_pairs() { # PREFIX PID: 100 and 10,000 connections in alternation, twice, on server PID
+  local i c
+  for i in 1 2; do
+    for c in 100 10000; do
+      bench_row "$1-c$c-$i" rookery "$2" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
+    done
+  done
+}
 start_server single "$ROOKERY" serve --config bench/configs/single.toml
 SINGLE=$LAST_PID
 if wait_port 3410 30 "$SINGLE"; then
@@ -394,11 +402,7 @@ if wait_port 3410 30 "$SINGLE"; then
   # P10's verdict: 100 and 10,000 connections in alternation on this server, warmed by the rows
   # above (fresh processes at 10,000 connections measured 14-15 us of CPU per request against
   # 10.7 us for this one in the same run: a new process first grows its memory).
-  for i in 1 2; do
-    for c in 100 10000; do
-      bench_row "p10pair-c$c-$i" rookery "$SINGLE" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
-    done
-  done
+  p10_pairs p10pair "$SINGLE"
   MAX=$(row_rps p2-c$MAIN_CONNS)
   RATE=$(python3 -c "print(round($MAX*0.5))")
   bench_row p6-single rookery-open "$SINGLE" "$MAIN_CONNS" --addr 127.0.0.1:3410 \
@@ -421,11 +425,7 @@ SINGLE=$LAST_PID
 if wait_port 3410 30 "$SINGLE"; then
   # Warm the fresh process at 10,000 connections first, as the rows above warmed theirs.
   bench_row p10fair-warm rookery "$SINGLE" 10000 --addr 127.0.0.1:3410 --route "$ROUTE"
-  for i in 1 2; do
-    for c in 100 10000; do
-      bench_row "p10fair-c$c-$i" rookery "$SINGLE" "$c" --addr 127.0.0.1:3410 --route "$ROUTE"
-    done
-  done
+  p10_pairs p10fair "$SINGLE"
 else
   unavailable p10fair-c10000-1 rookery "rookery serve did not start (see $RUN_DIR/single-fair.log)"
 fi

@@ -247,3 +247,51 @@ fn serve_rejects_bad_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
 }
+
+/// The binary builds on a machine with nothing but the Rust toolchain: no crate it depends on
+/// (as a normal or build dependency) compiles protobuf files at build time, which would need
+/// `protoc`; the etcd back end (with its pre-generated gRPC code) is in it all the same.
+/// (`scripts/test` also builds everything with `PROTOC` pointing nowhere.)
+#[test]
+fn building_the_binary_needs_no_protoc() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for features in [&[][..], &["--all-features"][..]] {
+        let out = Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--locked",
+                "-p",
+                "rookery-cli",
+                "-e",
+                "normal,build",
+            ])
+            .args(["--prefix", "none", "--format", "{p}"])
+            .args(features)
+            .current_dir(root)
+            .output()
+            .expect("cargo tree");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tree = String::from_utf8(out.stdout).unwrap();
+        let crates: Vec<&str> = tree
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(crates.contains(&"rookery-etcd"), "etcd back end built in");
+        for needs_protoc in [
+            "prost-build",
+            "tonic-build",
+            "tonic-prost-build",
+            "protobuf-src",
+            "etcd-client",
+        ] {
+            assert!(
+                !crates.contains(&needs_protoc),
+                "{needs_protoc} is built with the binary ({features:?}): it needs protoc"
+            );
+        }
+    }
+}

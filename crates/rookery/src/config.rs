@@ -170,7 +170,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         Self {
-            id: format!("node-{}", std::process::id()),
+            id: generated_node_id(),
             node_type: "game".into(),
             drain_timeout: 10.0,
             version: env!("CARGO_PKG_VERSION").into(),
@@ -180,6 +180,26 @@ impl Default for NodeConfig {
             modules: None,
         }
     }
+}
+
+/// A node id unique across machines and restarts: the host name and 48 random bits
+/// (`game-host-3f9a0c21b7de`), so two machines or containers never pick the same one.
+pub fn generated_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_default();
+    // Only characters safe in keys, subjects and URLs.
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(48)
+        .collect();
+    let host = if host.is_empty() { "node".into() } else { host };
+    format!("{host}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
 /// Acceptors and limits of the client-facing gateway.
@@ -537,6 +557,22 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn generated_node_ids_differ_and_name_the_host() {
+        let (a, b) = (generated_node_id(), generated_node_id());
+        assert_ne!(a, b);
+        let (host, suffix) = a.rsplit_once('-').unwrap();
+        assert!(!host.is_empty());
+        assert_eq!(suffix.len(), 12);
+        assert!(suffix.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')),
+            "{a}"
+        );
+        assert_ne!(Config::default().node.id, Config::default().node.id);
     }
 
     #[test]

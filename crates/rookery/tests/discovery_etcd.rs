@@ -121,10 +121,15 @@ async fn until(
     }
 }
 
-async fn raw_client(etcd: &Etcd) -> etcd_client::Client {
-    etcd_client::Client::connect([etcd.endpoint()], None)
+async fn raw_client(etcd: &Etcd) -> rookery_etcd::Client {
+    rookery_etcd::Client::connect(&[etcd.endpoint()], Default::default())
         .await
         .expect("raw etcd client")
+}
+
+/// The lease a key is attached to.
+async fn lease_of(etcd: &Etcd, key: &str) -> i64 {
+    raw_client(etcd).await.get(key).await.unwrap().kvs[0].lease
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,10 +302,9 @@ async fn node_is_registered_again_after_long_etcd_outage() {
         DiscoveryEvent::Added(node("a", 1))
     );
     // The key is attached to a live lease.
-    let mut raw = raw_client(&etcd).await;
-    let got = raw.get(format!("{PREFIX}a"), None).await.unwrap();
-    let lease = got.kvs()[0].lease();
-    let ttl_left = raw.lease_time_to_live(lease, None).await.unwrap().ttl();
+    let raw = raw_client(&etcd).await;
+    let lease = lease_of(&etcd, &format!("{PREFIX}a")).await;
+    let ttl_left = raw.lease_time_to_live(lease).await.unwrap();
     assert!(ttl_left > 0, "lease {lease} alive, ttl {ttl_left}");
 }
 
@@ -384,13 +388,7 @@ async fn lease_lost_during_partition_is_replaced_with_latest_info() {
     let a = Arc::new(connect(&proxy.endpoint(), ttl).await);
     let w = connect(&etcd.endpoint(), ttl).await;
     a.register(&node("a", 1)).await.unwrap();
-    let lease_before = raw_client(&etcd)
-        .await
-        .get(format!("{PREFIX}a"), None)
-        .await
-        .unwrap()
-        .kvs()[0]
-        .lease();
+    let lease_before = lease_of(&etcd, &format!("{PREFIX}a")).await;
     let mut rx = w.watch().await.unwrap();
     assert_eq!(
         next(&mut rx, Duration::from_secs(5)).await,
@@ -422,13 +420,7 @@ async fn lease_lost_during_partition_is_replaced_with_latest_info() {
     // The update either saw etcd again in time or timed out; either way its info is what got
     // published (checked above).
     let _ = updater.await.unwrap();
-    let lease_after = raw_client(&etcd)
-        .await
-        .get(format!("{PREFIX}a"), None)
-        .await
-        .unwrap()
-        .kvs()[0]
-        .lease();
+    let lease_after = lease_of(&etcd, &format!("{PREFIX}a")).await;
     assert_ne!(lease_before, lease_after, "a new lease was granted");
 
     // And it is kept alive: time is the subject again; nothing happens to it for longer than
@@ -475,15 +467,15 @@ async fn cut_off_watcher_resyncs_the_difference() {
     a.update(&node("a", 10)).await.unwrap();
     b.deregister().await.unwrap();
     d.register(&node("d", 4)).await.unwrap();
-    let mut raw = raw_client(&etcd).await;
-    let rev = raw
-        .get("x", None)
+    let raw = raw_client(&etcd).await;
+    let revision = raw.get("x").await.unwrap().header.unwrap().revision;
+    raw.kv_client()
+        .compact(rookery_etcd::pb::etcdserverpb::CompactionRequest {
+            revision,
+            physical: false,
+        })
         .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
-    raw.compact(rev, None).await.unwrap();
+        .unwrap();
     proxy.unblock();
 
     // The three differences, in any order, then the marker (a change made afterwards).
@@ -524,9 +516,8 @@ async fn revoked_lease_is_replaced() {
         next(&mut rx, Duration::from_secs(5)).await,
         DiscoveryEvent::Added(node("a", 1))
     );
-    let mut raw = raw_client(&etcd).await;
-    let lease = raw.get(format!("{PREFIX}a"), None).await.unwrap().kvs()[0].lease();
-    raw.lease_revoke(lease).await.unwrap();
+    let lease = lease_of(&etcd, &format!("{PREFIX}a")).await;
+    raw_client(&etcd).await.lease_revoke(lease).await.unwrap();
     assert_eq!(
         next(&mut rx, Duration::from_secs(2)).await,
         DiscoveryEvent::Removed("a".into())
@@ -583,14 +574,14 @@ async fn unreachable_etcd_fails_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_that_are_not_nodes_are_skipped() {
     let etcd = start_etcd();
-    let mut raw = raw_client(&etcd).await;
-    raw.put(format!("{PREFIX}junk"), "not json", None)
+    let raw = raw_client(&etcd).await;
+    raw.put(format!("{PREFIX}junk"), "not json", 0)
         .await
         .unwrap();
     raw.put(
         format!("{PREFIX}liar"),
         r#"{"id":"someone-else","type":"room"}"#,
-        None,
+        0,
     )
     .await
     .unwrap();
@@ -604,8 +595,8 @@ async fn values_that_are_not_nodes_are_skipped() {
         DiscoveryEvent::Added(node("a", 1))
     );
     // Garbage put while watching is skipped, and the watcher keeps working.
-    raw.put(format!("{PREFIX}junk2"), "{", None).await.unwrap();
-    raw.put(format!("{PREFIX}junk"), vec![0xff, 0xfe], None)
+    raw.put(format!("{PREFIX}junk2"), "{", 0).await.unwrap();
+    raw.put(format!("{PREFIX}junk"), vec![0xff, 0xfe], 0)
         .await
         .unwrap();
     let b = connect(&etcd.endpoint(), 3).await;
@@ -615,7 +606,7 @@ async fn values_that_are_not_nodes_are_skipped() {
         DiscoveryEvent::Added(node("b", 2))
     );
     // Deleting garbage is no event either.
-    raw.delete(format!("{PREFIX}junk"), None).await.unwrap();
+    raw.delete(format!("{PREFIX}junk")).await.unwrap();
     b.deregister().await.unwrap();
     assert_eq!(
         next(&mut rx, Duration::from_secs(5)).await,
@@ -626,10 +617,22 @@ async fn values_that_are_not_nodes_are_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_are_checked() {
     let etcd = start_etcd();
-    let mut raw = raw_client(&etcd).await;
-    raw.user_add("root", "rootpw", None).await.unwrap();
-    raw.user_grant_role("root", "root").await.unwrap();
-    raw.auth_enable().await.unwrap();
+    use rookery_etcd::pb::etcdserverpb as pb;
+    let mut auth = raw_client(&etcd).await.auth_client();
+    auth.user_add(pb::AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(pb::AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(pb::AuthEnableRequest {}).await.unwrap();
 
     let with = |user: Option<&str>, password: Option<&str>| EtcdConfig {
         user: user.map(str::to_string),
@@ -654,5 +657,42 @@ async fn credentials_are_checked() {
     assert_eq!(
         next(&mut rx, Duration::from_secs(2)).await,
         DiscoveryEvent::Removed("a".into())
+    );
+}
+
+/// A node id that a live node holds is refused, naming the id, and the holder's entry is left as
+/// it was; once the holder leaves, the id is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_id_held_by_a_live_node_is_refused() {
+    let etcd = start_etcd();
+    let a = connect(&etcd.endpoint(), 3).await;
+    let b = connect(&etcd.endpoint(), 3).await;
+    a.register(&node("a", 1)).await.unwrap();
+    let lease = lease_of(&etcd, &format!("{PREFIX}a")).await;
+
+    let r = b.register(&node("a", 2)).await;
+    match &r {
+        Err(e @ DiscoveryError::DuplicateId { id, .. }) => {
+            assert_eq!(id, "a");
+            assert!(e.to_string().contains("\"a\""), "{e}");
+        }
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+    let raw = raw_client(&etcd).await;
+    let kv = raw.get(format!("{PREFIX}a")).await.unwrap().kvs.remove(0);
+    assert_eq!(kv.lease, lease, "the holder's lease is untouched");
+    let held: NodeInfo = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(held, node("a", 1), "the holder's info is untouched");
+    // Registering again through the holder's own handle is an update, not a conflict.
+    a.register(&node("a", 3)).await.unwrap();
+
+    a.deregister().await.unwrap();
+    b.register(&node("a", 2))
+        .await
+        .expect("free once the holder left");
+    let kv = raw.get(format!("{PREFIX}a")).await.unwrap().kvs.remove(0);
+    assert_eq!(
+        serde_json::from_slice::<NodeInfo>(&kv.value).unwrap(),
+        node("a", 2)
     );
 }

@@ -1,7 +1,7 @@
 //! Embedded discovery: an in-memory membership list shared by the nodes of one process.
 //!
 //! The default for a single process (it then knows only itself), and a convenient way to run
-//! several nodes in one test process: give them clones of the same `EmbeddedDiscovery`.
+//! several nodes in one test process: give each a [`EmbeddedDiscovery::handle`] of the same list.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -55,8 +55,31 @@ impl EmbeddedDiscovery {
 #[async_trait]
 impl Discovery for EmbeddedDiscovery {
     async fn register(&self, node: &NodeInfo) -> Result<(), DiscoveryError> {
-        *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.id.clone());
+        let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = self.lock();
+        match me.as_deref() {
+            Some(mine) if mine != node.id => {
+                return Err(DiscoveryError::Config(format!(
+                    "embedded discovery: this handle registered {mine}; deregister before \
+                     registering {}",
+                    node.id
+                )))
+            }
+            Some(_) => {}
+            None => {
+                if let Some(holder) = s.nodes.get(&node.id) {
+                    return Err(DiscoveryError::DuplicateId {
+                        id: node.id.clone(),
+                        detail: format!(
+                            "type {}, address {}, registered through another handle in this \
+                             process",
+                            holder.node_type, holder.address
+                        ),
+                    });
+                }
+                *me = Some(node.id.clone());
+            }
+        }
         let event = match s.nodes.insert(node.id.clone(), node.clone()) {
             Some(_) => DiscoveryEvent::Updated(node.clone()),
             None => DiscoveryEvent::Added(node.clone()),
@@ -90,5 +113,26 @@ impl Discovery for EmbeddedDiscovery {
         }
         s.watchers.push(tx);
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_id_held_through_another_handle_is_refused() {
+        let list = EmbeddedDiscovery::new();
+        let (a, b) = (list.handle(), list.handle());
+        a.register(&NodeInfo::new("n", "room")).await.unwrap();
+        let e = b.register(&NodeInfo::new("n", "room")).await.unwrap_err();
+        assert!(
+            matches!(&e, DiscoveryError::DuplicateId { id, .. } if id == "n"),
+            "{e}"
+        );
+        // The holder may register again (an update); once it leaves, the id is free.
+        a.register(&NodeInfo::new("n", "room")).await.unwrap();
+        a.deregister().await.unwrap();
+        b.register(&NodeInfo::new("n", "room")).await.unwrap();
     }
 }

@@ -28,9 +28,8 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, GetResponse, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, WatchOptions, WatchStream,
+use rookery_etcd::{
+    Client, ConnectOptions, EventType, KeepAliveStream, LeaseKeeper, RangeResponse, WatchStream,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Notify};
@@ -207,24 +206,18 @@ impl EtcdDiscovery {
     /// here too.
     pub async fn connect(config: EtcdConfig) -> Result<Self, DiscoveryError> {
         let connect_timeout = config.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(connect_timeout)
-            .with_keep_alive(H2_KEEPALIVE_INTERVAL, H2_KEEPALIVE_TIMEOUT)
-            .with_keep_alive_while_idle(false);
-        if let Some(user) = &config.user {
-            options = options
-                .with_user(user.clone(), config.password.clone().unwrap_or_default())
-                .with_auto_token_refresh(true);
-        }
+        let options = ConnectOptions {
+            connect_timeout,
+            keep_alive: Some((H2_KEEPALIVE_INTERVAL, H2_KEEPALIVE_TIMEOUT)),
+            credentials: config
+                .user
+                .as_ref()
+                .map(|u| (u.clone(), config.password.clone().unwrap_or_default())),
+        };
         let probe = async {
-            let mut client = Client::connect(&config.endpoints, Some(options)).await?;
-            client
-                .get(
-                    config.prefix.as_bytes(),
-                    Some(GetOptions::new().with_prefix().with_count_only()),
-                )
-                .await?;
-            Ok::<_, etcd_client::Error>(client)
+            let client = Client::connect(&config.endpoints, options).await?;
+            client.get_prefix(config.prefix.as_bytes(), true).await?;
+            Ok::<_, rookery_etcd::Error>(client)
         };
         let client = match tokio::time::timeout(connect_timeout, probe).await {
             Ok(Ok(client)) => client,
@@ -317,19 +310,29 @@ impl Discovery for EtcdDiscovery {
             }
             return self.publish(reg, node).await;
         }
-        let mut client = self.client.clone();
-        let grant = call(&self.cancel, OP_TIMEOUT, client.lease_grant(self.ttl, None))
+        let client = self.client.clone();
+        let grant = call(&self.cancel, OP_TIMEOUT, client.lease_grant(self.ttl))
             .await
             .map_err(CallError::into_discovery)?;
-        let lease = grant.id();
-        let put = client.put(
-            key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        );
-        if let Err(e) = call(&self.cancel, OP_TIMEOUT, put).await {
-            // The lease expires by itself after the TTL.
-            return Err(e.into_discovery());
+        let lease = grant.id;
+        // Create-if-absent: a node id held by a live node is never overwritten.
+        let created = call(
+            &self.cancel,
+            OP_TIMEOUT,
+            client.create(key.clone(), value, lease),
+        )
+        .await;
+        let existing = match created {
+            Ok(existing) => existing,
+            Err(e) => {
+                // The lease expires by itself after the TTL.
+                return Err(e.into_discovery());
+            }
+        };
+        if let Some(existing) = existing {
+            // Not needed any more; if the revoke fails it expires after the TTL.
+            let _ = call(&self.cancel, OP_TIMEOUT, client.lease_revoke(lease)).await;
+            return Err(duplicate_id(&node.id, &existing, self.ttl));
         }
         let (published, _) = watch::channel(1);
         let shared = Arc::new(RegShared {
@@ -342,10 +345,11 @@ impl Discovery for EtcdDiscovery {
             client,
             key,
             ttl: self.ttl,
+            id: node.id.clone(),
             shared: shared.clone(),
             cancel: cancel.clone(),
         };
-        let task = tokio::spawn(keeper.run(lease, grant.ttl()));
+        let task = tokio::spawn(keeper.run(lease, grant.ttl));
         slot.active = Some(Registration {
             id: node.id.clone(),
             shared,
@@ -394,7 +398,7 @@ impl Discovery for EtcdDiscovery {
         let Some(lease) = lease else {
             return Ok(());
         };
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         // Not tied to `self.cancel`: deregister after close() still revokes.
         match call(
             &CancellationToken::new(),
@@ -404,7 +408,7 @@ impl Discovery for EtcdDiscovery {
         .await
         {
             Ok(_) => Ok(()),
-            Err(CallError::Etcd(e)) if lease_gone(&e) => Ok(()),
+            Err(CallError::Etcd(e)) if e.is_lease_not_found() => Ok(()),
             Err(e) => {
                 slot.unrevoked = Some(lease);
                 Err(DiscoveryError::Unavailable(format!(
@@ -418,11 +422,11 @@ impl Discovery for EtcdDiscovery {
 
     async fn watch(&self) -> Result<mpsc::Receiver<DiscoveryEvent>, DiscoveryError> {
         self.ensure_open()?;
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let resp = call(
             &self.cancel,
             OP_TIMEOUT,
-            get_prefix(&mut client, &self.prefix),
+            client.get_prefix(self.prefix.as_bytes(), false),
         )
         .await
         .map_err(CallError::into_discovery)?;
@@ -446,18 +450,23 @@ struct Keeper {
     client: Client,
     key: String,
     ttl: i64,
+    /// The node id (for the message when another node took it while our lease was lost).
+    id: String,
     shared: Arc<RegShared>,
     cancel: CancellationToken,
 }
 
 impl Keeper {
     /// Keeps the node registered until cancelled; returns the lease it holds then.
-    async fn run(mut self, lease: i64, granted_ttl: i64) -> Option<i64> {
+    async fn run(self, lease: i64, granted_ttl: i64) -> Option<i64> {
         let mut lease = Some(lease);
         let mut period = keepalive_period(granted_ttl, self.ttl);
         let mut published = *self.shared.published.borrow();
         let mut need_put = false;
-        let mut stream: Option<(LeaseKeeper, LeaseKeepAliveStream)> = None;
+        let mut stream: Option<(LeaseKeeper, KeepAliveStream)> = None;
+        // After a lost lease the key is written again only if absent: another node may have
+        // taken the id while this one was cut off.
+        let mut must_create = false;
         let mut next_keepalive = Instant::now() + period;
         let mut backoff = Backoff::new();
         let mut failing = false;
@@ -465,29 +474,26 @@ impl Keeper {
             // 1. A lease.
             let id = match lease {
                 Some(id) => id,
-                None => match call(
-                    &self.cancel,
-                    OP_TIMEOUT,
-                    self.client.lease_grant(self.ttl, None),
-                )
-                .await
-                {
-                    Ok(grant) => {
-                        lease = Some(grant.id());
-                        period = keepalive_period(grant.ttl(), self.ttl);
-                        need_put = true;
-                        stream = None;
-                        grant.id()
-                    }
-                    Err(CallError::Cancelled) => return lease,
-                    Err(e) => {
-                        self.failure("granting a lease", &e, &mut failing);
-                        if !backoff.wait(&self.cancel).await {
-                            return lease;
+                None => {
+                    match call(&self.cancel, OP_TIMEOUT, self.client.lease_grant(self.ttl)).await {
+                        Ok(grant) => {
+                            lease = Some(grant.id);
+                            period = keepalive_period(grant.ttl, self.ttl);
+                            need_put = true;
+                            must_create = true;
+                            stream = None;
+                            grant.id
                         }
-                        continue;
+                        Err(CallError::Cancelled) => return lease,
+                        Err(e) => {
+                            self.failure("granting a lease", &e, &mut failing);
+                            if !backoff.wait(&self.cancel).await {
+                                return lease;
+                            }
+                            continue;
+                        }
                     }
-                },
+                }
             };
 
             // 2. The latest info written under it.
@@ -503,20 +509,34 @@ impl Keeper {
                         continue;
                     }
                 };
-                let put = self.client.put(
-                    self.key.clone(),
-                    value,
-                    Some(PutOptions::new().with_lease(id)),
-                );
+                let put = async {
+                    if must_create {
+                        self.client.create(self.key.clone(), value, id).await
+                    } else {
+                        self.client
+                            .put(self.key.clone(), value, id)
+                            .await
+                            .map(|_| None)
+                    }
+                };
                 match call(&self.cancel, OP_TIMEOUT, put).await {
-                    Ok(_) => {
+                    Ok(Some(existing)) => {
+                        let error = duplicate_id(&self.id, &existing, self.ttl);
+                        self.failure("registering again", &error, &mut failing);
+                        if !backoff.wait(&self.cancel).await {
+                            return lease;
+                        }
+                        continue;
+                    }
+                    Ok(None) => {
                         need_put = false;
+                        must_create = false;
                         wrote = true;
                         published = generation;
                         self.shared.published.send_replace(generation);
                     }
                     Err(CallError::Cancelled) => return lease,
-                    Err(CallError::Etcd(e)) if lease_gone(&e) => {
+                    Err(CallError::Etcd(e)) if e.is_lease_not_found() => {
                         self.lease_lost(id);
                         lease = None;
                         continue;
@@ -539,7 +559,7 @@ impl Keeper {
                         next_keepalive = Instant::now() + period;
                     }
                     Err(CallError::Cancelled) => return lease,
-                    Err(CallError::Etcd(e)) if lease_gone(&e) => {
+                    Err(CallError::Etcd(e)) if e.is_lease_not_found() => {
                         self.lease_lost(id);
                         lease = None;
                         continue;
@@ -581,7 +601,7 @@ impl Keeper {
             };
             let limit = period.clamp(Duration::from_secs(1), OP_TIMEOUT);
             match call(&self.cancel, limit, answer).await {
-                Ok(Some(resp)) if resp.ttl() > 0 => {
+                Ok(Some(resp)) if resp.ttl > 0 => {
                     next_keepalive = Instant::now() + period;
                 }
                 Ok(Some(_)) => {
@@ -696,7 +716,7 @@ impl Watcher {
                 match call(
                     &self.cancel,
                     OP_TIMEOUT,
-                    get_prefix(&mut self.client, &self.prefix),
+                    self.client.get_prefix(self.prefix.as_bytes(), false),
                 )
                 .await
                 {
@@ -747,15 +767,11 @@ impl Watcher {
         revision: &mut i64,
         backoff: &mut Backoff,
     ) -> WatchEnd {
-        let mut options = WatchOptions::new().with_prefix();
-        if *revision > 0 {
-            options = options.with_start_revision(*revision);
-        }
-        let prefix = self.prefix.clone();
+        let start = (*revision).max(0);
         let mut stream: WatchStream = match call(
             &self.cancel,
             OP_TIMEOUT,
-            self.client.watch(prefix.as_bytes(), Some(options)),
+            self.client.watch_prefix(self.prefix.as_bytes(), start),
         )
         .await
         {
@@ -786,30 +802,30 @@ impl Watcher {
                 Err(e) => return WatchEnd::Resync(format!("watch stream: {e}")),
             };
             probing = false;
-            if resp.canceled() {
-                let why = if resp.compact_revision() > 0 {
-                    format!("revision {} compacted", resp.compact_revision())
+            if resp.canceled {
+                let why = if resp.compact_revision > 0 {
+                    format!("revision {} compacted", resp.compact_revision)
                 } else {
-                    format!("watch cancelled: {}", resp.cancel_reason())
+                    format!("watch cancelled: {}", resp.cancel_reason)
                 };
                 return WatchEnd::Resync(why);
             }
-            if resp.created() && !created {
+            if resp.created && !created {
                 created = true;
                 backoff.reset();
             }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                *revision = (*revision).max(kv.mod_revision() + 1);
-                let change = match event.event_type() {
-                    EventType::Put => match parse_entry(&self.prefix, kv.key(), kv.value()) {
+            for event in &resp.events {
+                let Some(kv) = &event.kv else { continue };
+                *revision = (*revision).max(kv.mod_revision + 1);
+                let change = match EventType::try_from(event.r#type).unwrap_or(EventType::Put) {
+                    EventType::Put => match parse_entry(&self.prefix, &kv.key, &kv.value) {
                         Entry::Node(id, info) => apply_put(&mut self.known, id, info),
                         Entry::Bad(id) => {
                             self.known.remove(&id).map(|_| DiscoveryEvent::Removed(id))
                         }
                         Entry::Foreign => None,
                     },
-                    EventType::Delete => match node_id(&self.prefix, kv.key()) {
+                    EventType::Delete => match node_id(&self.prefix, &kv.key) {
                         Some(id) => self
                             .known
                             .remove(id)
@@ -907,16 +923,16 @@ fn parse_entry(prefix: &str, key: &[u8], value: &[u8]) -> Entry {
 }
 
 /// The nodes of a prefix read and the revision to watch from.
-fn read_snapshot(prefix: &str, resp: &GetResponse) -> (BTreeMap<String, NodeInfo>, i64) {
+fn read_snapshot(prefix: &str, resp: &RangeResponse) -> (BTreeMap<String, NodeInfo>, i64) {
     let nodes = resp
-        .kvs()
+        .kvs
         .iter()
-        .filter_map(|kv| match parse_entry(prefix, kv.key(), kv.value()) {
+        .filter_map(|kv| match parse_entry(prefix, &kv.key, &kv.value) {
             Entry::Node(id, info) => Some((id, info)),
             Entry::Bad(_) | Entry::Foreign => None,
         })
         .collect();
-    let revision = resp.header().map_or(0, |h| h.revision() + 1);
+    let revision = resp.header.as_ref().map_or(0, |h| h.revision + 1);
     (nodes, revision)
 }
 
@@ -925,14 +941,18 @@ fn encode(node: &NodeInfo) -> Result<String, DiscoveryError> {
         .map_err(|e| DiscoveryError::Config(format!("cannot encode node info: {e}")))
 }
 
-fn get_prefix<'c>(
-    client: &'c mut Client,
-    prefix: &str,
-) -> impl Future<Output = Result<GetResponse, etcd_client::Error>> + 'c {
-    client.get(
-        prefix.as_bytes().to_vec(),
-        Some(GetOptions::new().with_prefix()),
-    )
+/// The error for a node id that another live node holds (`existing` is its entry).
+fn duplicate_id(id: &str, existing: &rookery_etcd::KeyValue, ttl: i64) -> DiscoveryError {
+    let holder = serde_json::from_slice::<NodeInfo>(&existing.value)
+        .map(|n| format!("type {}, address {}", n.node_type, n.address))
+        .unwrap_or_else(|_| "an entry that is not node info".to_string());
+    DiscoveryError::DuplicateId {
+        id: id.to_string(),
+        detail: format!(
+            "{holder}; choose another node.id, or if that node was killed, start again once its \
+             registration expires (within {ttl} s)"
+        ),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -946,7 +966,7 @@ enum CallError {
     /// No answer within the deadline.
     TimedOut(Duration),
     /// etcd (or the transport) answered with an error.
-    Etcd(etcd_client::Error),
+    Etcd(rookery_etcd::Error),
 }
 
 impl fmt::Display for CallError {
@@ -973,7 +993,7 @@ impl CallError {
 async fn call<T>(
     cancel: &CancellationToken,
     limit: Duration,
-    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    fut: impl Future<Output = Result<T, rookery_etcd::Error>>,
 ) -> Result<T, CallError> {
     tokio::select! {
         biased;
@@ -996,11 +1016,11 @@ const GRPC_PERMISSION_DENIED: i32 = 7;
 const GRPC_UNAUTHENTICATED: i32 = 16;
 
 /// Maps an etcd client error to a discovery error.
-fn classify(e: etcd_client::Error) -> DiscoveryError {
-    use etcd_client::Error as E;
+fn classify(e: rookery_etcd::Error) -> DiscoveryError {
+    use rookery_etcd::Error as E;
     match &e {
-        E::InvalidArgs(_) | E::InvalidUri(_) => DiscoveryError::Config(format!("etcd: {e}")),
-        E::GRpcStatus(status) => {
+        E::InvalidEndpoint { .. } | E::NoEndpoints => DiscoveryError::Config(format!("{e}")),
+        E::Status(status) => {
             let code = i32::from(status.code());
             let message = status.message();
             let auth = code == GRPC_PERMISSION_DENIED
@@ -1016,15 +1036,6 @@ fn classify(e: etcd_client::Error) -> DiscoveryError {
             }
         }
         _ => DiscoveryError::Unavailable(format!("etcd: {e}")),
-    }
-}
-
-/// True if etcd says the lease does not exist (any more).
-fn lease_gone(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(s) => s.message().contains("lease not found"),
-        etcd_client::Error::LeaseKeepAliveError(m) => m.contains("lease not found"),
-        _ => false,
     }
 }
 

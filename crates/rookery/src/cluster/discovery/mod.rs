@@ -38,6 +38,14 @@ pub enum DiscoveryError {
     /// Static configuration is wrong.
     #[error("invalid discovery configuration: {0}")]
     Config(String),
+    /// Another live node is registered under this node's id; nothing was overwritten.
+    #[error("node id {id:?} is already registered by a live node ({detail})")]
+    DuplicateId {
+        /// The id asked for.
+        id: String,
+        /// Who holds it, and what to do.
+        detail: String,
+    },
 }
 
 /// Capacity of event channels handed out by [`Discovery::watch`].
@@ -47,7 +55,8 @@ pub const EVENT_QUEUE: usize = 1024;
 #[async_trait]
 pub trait Discovery: Send + Sync + 'static {
     /// Registers this node and keeps it registered (lease keepalive, re-register after loss)
-    /// until [`Discovery::deregister`].
+    /// until [`Discovery::deregister`]. Fails with [`DiscoveryError::DuplicateId`] when another
+    /// live node holds the id (registering again under the same handle is an update).
     async fn register(&self, node: &NodeInfo) -> Result<(), DiscoveryError>;
 
     /// Publishes a change of this node's info.

@@ -65,7 +65,33 @@ impl StaticDiscovery {
 
 #[async_trait]
 impl Discovery for StaticDiscovery {
+    /// The list has no liveness to check, so an id is refused when the list itself makes it
+    /// ambiguous: listed twice, or listed for a node of another type.
     async fn register(&self, node: &NodeInfo) -> Result<(), DiscoveryError> {
+        let mut listed = self.nodes.iter().filter(|n| n.id == node.id);
+        if let (Some(first), Some(second)) = (listed.next(), listed.next()) {
+            return Err(DiscoveryError::DuplicateId {
+                id: node.id.clone(),
+                detail: format!(
+                    "the static node list holds it twice, at {} and {}",
+                    first.address, second.address
+                ),
+            });
+        }
+        if let Some(other) = self
+            .nodes
+            .iter()
+            .find(|n| n.id == node.id && n.node_type != node.node_type)
+        {
+            return Err(DiscoveryError::DuplicateId {
+                id: node.id.clone(),
+                detail: format!(
+                    "the static node list gives it to a node of type {} at {}, this node is of \
+                     type {}",
+                    other.node_type, other.address, node.node_type
+                ),
+            });
+        }
         *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.clone());
         Ok(())
     }
@@ -87,5 +113,37 @@ impl Discovery for StaticDiscovery {
         // Keep the channel open for the life of the receiver: static membership never changes.
         tokio::spawn(async move { tx.closed().await });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ambiguous_ids_are_refused() {
+        let listed = |id: &str, ty: &str, addr: &str| {
+            let mut n = NodeInfo::new(id, ty);
+            n.address = addr.into();
+            n
+        };
+        let d = StaticDiscovery::new(vec![
+            listed("room-1", "room", "127.0.0.1:4001"),
+            listed("room-1", "room", "127.0.0.1:4002"),
+            listed("gate-1", "connector", "127.0.0.1:4003"),
+        ]);
+        let e = d.register(&listed("room-1", "room", "")).await.unwrap_err();
+        assert!(
+            matches!(&e, DiscoveryError::DuplicateId { id, .. } if id == "room-1"),
+            "{e}"
+        );
+        let e = d.register(&listed("gate-1", "room", "")).await.unwrap_err();
+        assert!(e.to_string().contains("type connector"), "{e}");
+        d.register(&listed("gate-1", "connector", "127.0.0.1:9"))
+            .await
+            .expect("its own entry");
+        d.register(&listed("room-9", "room", ""))
+            .await
+            .expect("unlisted");
     }
 }

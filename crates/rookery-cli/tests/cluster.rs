@@ -206,6 +206,28 @@ async fn demo_over(example: &str, with_nats: bool) {
     until_ok(&alice, "room.room.list", json!({}), WAIT).await;
     until_ok(&bob, "room.room.list", json!({}), WAIT).await;
 
+    // Both gateways hand out the same dictionary, the room nodes' routes included, and a room
+    // route works by code through either.
+    let (fresh1, fresh2) = (connect(&gates[0]).await, connect(&gates[1]).await);
+    let dict = |c: &Client| c.handshake().sys.as_ref().unwrap().dict.clone();
+    assert_eq!(dict(&fresh1), dict(&fresh2));
+    for route in [
+        "connector.entry.login",
+        "room.room.join",
+        "room.room.say",
+        "room.room.list",
+    ] {
+        assert!(
+            dict(&fresh1).contains_key(route),
+            "{route}: {:?}",
+            dict(&fresh1)
+        );
+    }
+    let code = dict(&fresh2)["room.room.list"];
+    let list: Value =
+        serde_json::from_slice(&fresh2.request_code(code, "{}".into()).await.unwrap()).unwrap();
+    assert!(list["rooms"].is_array(), "{list}");
+
     let v = alice
         .request_json("room.room.join", json!({"room": "lobby"}))
         .await

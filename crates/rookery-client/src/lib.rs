@@ -267,9 +267,25 @@ impl Client {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Bytes, ClientError> {
+        let route = Route::Name(RouteName::try_from(route)?);
+        self.request_route(route, payload, timeout).await
+    }
+
+    /// Sends a request by route code (a compressed route, as pomelo clients send the routes of
+    /// the handshake dictionary) and waits for the response payload.
+    pub async fn request_code(&self, code: u16, payload: Bytes) -> Result<Bytes, ClientError> {
+        self.request_route(Route::Code(code), payload, self.inner.request_timeout)
+            .await
+    }
+
+    async fn request_route(
+        &self,
+        route: Route,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let packet = Message::request(id, Route::Name(RouteName::try_from(route)?), payload)
-            .to_packet_bytes()?;
+        let packet = Message::request(id, route, payload).to_packet_bytes()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         {
             let mut state = lock(&self.inner.pending);

@@ -21,4 +21,4 @@ pub use error::ProtocolError;
 pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeSys, Serializer};
 pub use message::{Message, MessageType, Route};
 pub use packet::{Packet, PacketCodec, PacketType, DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
-pub use route::{RouteDict, RouteName};
+pub use route::{hashed_code, DictError, RouteDict, RouteName};

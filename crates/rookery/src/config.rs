@@ -52,6 +52,10 @@ pub struct Config {
     pub processes: BTreeMap<String, toml::Value>,
     /// The async runtime a node's process builds ([`RuntimeConfig::build`]).
     pub runtime: RuntimeConfig,
+    /// Route codes fixed by the user (`[routes]`, `"room.room.join" = 12`): they win over the
+    /// codes derived from route names, and every gateway hands them out, whether or not a node
+    /// running their module is up yet.
+    pub routes: BTreeMap<String, u16>,
 }
 
 /// Which discovery back end a node uses.
@@ -498,7 +502,23 @@ impl Config {
         if !g.ws_path.starts_with('/') {
             return bad("gateway.ws_path must start with '/'");
         }
+        if let Err(e) = self.route_dict([]) {
+            return Err(ConfigError::Invalid(format!("[routes]: {e}")));
+        }
         Ok(())
+    }
+
+    /// The route dictionary of `routes` with the codes pinned in `[routes]` (which it also
+    /// holds); an error names two routes given the same code.
+    pub fn route_dict<'a>(
+        &'a self,
+        routes: impl IntoIterator<Item = &'a str>,
+    ) -> Result<rookery_protocol::RouteDict, rookery_protocol::DictError> {
+        let pinned = self.routes.iter().map(|(r, c)| (r.as_str(), *c));
+        rookery_protocol::RouteDict::stable(
+            pinned,
+            self.routes.keys().map(String::as_str).chain(routes),
+        )
     }
 
     /// Settings of one module (`[modules.NAME]`), if any.
@@ -557,6 +577,29 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn pinned_route_codes_are_checked() {
+        let cfg = Config::from_toml_with_env(
+            "[routes]\n\"room.room.join\" = 12\n\"room.room.say\" = 13\n",
+            vec![],
+        )
+        .unwrap();
+        let dict = cfg.route_dict(["connector.entry.login"]).unwrap();
+        assert_eq!(dict.code("room.room.join"), Some(12));
+        assert_eq!(dict.code("room.room.say"), Some(13));
+        assert!(dict.code("connector.entry.login").is_some());
+        let e = Config::from_toml_with_env(
+            "[routes]\n\"room.room.join\" = 12\n\"room.room.say\" = 12\n",
+            vec![],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("room.room.join") && e.contains("room.room.say") && e.contains("12"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -91,12 +91,17 @@ pub struct Router {
     by_name: RouteMap<Box<[u8]>>,
     by_code: RouteMap<u16>,
     dict: Arc<RouteDict>,
+    pushes: Vec<String>,
 }
 
 impl Router {
-    /// Builds the table and the route dictionary: every client-callable route and every declared
-    /// push route gets a code.
-    pub(crate) fn new(entries: Vec<RouteEntry>, push_routes: &[String]) -> Result<Self, String> {
+    /// Builds the table and the route dictionary: every client-callable route, every declared
+    /// push route and every route pinned in `[routes]` gets a code (see [`RouteDict::stable`]).
+    pub(crate) fn new(
+        entries: Vec<RouteEntry>,
+        push_routes: &[String],
+        config: &crate::Config,
+    ) -> Result<Self, String> {
         let mut by_name = HashMap::new();
         for e in &entries {
             if by_name.insert(e.route.clone(), ()).is_some() {
@@ -106,11 +111,14 @@ impl Router {
         let names = entries
             .iter()
             .filter(|e| !e.internal)
-            .map(|e| e.route.to_string())
-            .chain(push_routes.iter().cloned());
-        let dict = RouteDict::from_routes(names);
+            .map(|e| &*e.route)
+            .chain(push_routes.iter().map(String::as_str));
+        let dict = config
+            .route_dict(names)
+            .map_err(|e| format!("[routes]: {e}"))?;
         let mut router = Router {
             dict: Arc::new(dict),
+            pushes: push_routes.to_vec(),
             ..Router::default()
         };
         for mut e in entries {
@@ -142,9 +150,25 @@ impl Router {
         (!e.internal).then_some(e)
     }
 
-    /// The route dictionary sent in handshakes.
+    /// The dictionary of this node's own routes (and the pinned ones). Gateways hand out the
+    /// cluster's ([`crate::SessionPool::dict`]), which extends it and never changes its codes.
     pub fn dict(&self) -> &Arc<RouteDict> {
         &self.dict
+    }
+
+    /// The routes this node serves to clients and the push routes its modules declared: what it
+    /// publishes so that every gateway's dictionary holds them.
+    pub fn client_routes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .by_name
+            .values()
+            .filter(|e| !e.internal)
+            .map(|e| e.route.to_string())
+            .chain(self.pushes.iter().cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// All routes, sorted by name.

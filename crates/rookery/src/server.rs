@@ -156,7 +156,7 @@ impl ServerBuilder {
                     error,
                 })?;
         }
-        let router = Router::new(routes, &push_routes).map_err(StartError::Setup)?;
+        let router = Router::new(routes, &push_routes, &self.config).map_err(StartError::Setup)?;
         let sessions = SessionPool::new(router.dict().clone());
 
         let gw = &self.config.gateway;
@@ -166,7 +166,8 @@ impl ServerBuilder {
         let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
         let limit = Arc::new(Semaphore::new(gw.max_connections));
 
-        let node = node_info(&self.config, &self.modules, tcp.is_some() || ws.is_some())?;
+        let mut node = node_info(&self.config, &self.modules, tcp.is_some() || ws.is_some())?;
+        node.routes = router.client_routes();
         let (discovery, transport) = match (self.discovery, self.transport) {
             (Some(d), Some(t)) => (d, t),
             (d, t) => {

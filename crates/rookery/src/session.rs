@@ -247,6 +247,11 @@ impl Session {
         self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The route dictionary this client was given (a code it sends means what this says).
+    pub(crate) fn dict(&self) -> &Arc<RouteDict> {
+        &self.inner.dict
+    }
+
     /// Pushes a message to this client. The route is compressed when the dictionary has it.
     /// Fails if the session is closed, or if its outbound queue is full (the client is then
     /// disconnected as too slow).
@@ -400,6 +405,8 @@ pub(crate) struct NewSession {
     pub client: HandshakeSys,
     /// Capacity of the outbound queue.
     pub outbound: usize,
+    /// The route dictionary the client was given in the handshake.
+    pub dict: Arc<RouteDict>,
 }
 
 impl Session {
@@ -485,7 +492,12 @@ pub struct SessionPool {
 struct PoolInner {
     next_id: AtomicU64,
     maps: RwLock<Maps>,
+    /// This node's own dictionary: every session's dictionary extends it with the same codes,
+    /// so a payload encoded once with it is valid for all (fan-out).
     dict: OnceLock<Arc<RouteDict>>,
+    /// The cluster's dictionary: this node's, plus the routes learned from other nodes. New
+    /// sessions are handed it; entries are added, never changed.
+    cluster_dict: RwLock<Arc<RouteDict>>,
 }
 
 #[derive(Default)]
@@ -497,8 +509,47 @@ struct Maps {
 impl SessionPool {
     pub(crate) fn new(dict: Arc<RouteDict>) -> Self {
         let pool = Self::default();
+        *pool
+            .inner
+            .cluster_dict
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = dict.clone();
         let _ = pool.inner.dict.set(dict);
         pool
+    }
+
+    /// The route dictionary a new client gets: the routes of every node of the cluster known so
+    /// far, with codes that never change while this node runs.
+    pub fn dict(&self) -> Arc<RouteDict> {
+        self.inner
+            .cluster_dict
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds routes another node serves (or pushes) to the cluster dictionary; returns how many
+    /// were new. Sessions already open keep the dictionary they were given.
+    pub(crate) fn learn_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) -> usize {
+        let mut current = self
+            .inner
+            .cluster_dict
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut routes = routes
+            .into_iter()
+            .filter(|r| current.code(r).is_none())
+            .peekable();
+        if routes.peek().is_none() {
+            return 0;
+        }
+        let mut next = RouteDict::clone(&current);
+        let added = next.extend_stable(routes);
+        for (route, code) in &added {
+            tracing::debug!(%route, code, "route learned from the cluster");
+        }
+        *current = Arc::new(next);
+        added.len()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Maps> {
@@ -518,7 +569,7 @@ impl SessionPool {
             new.serializer,
             new.client,
             Link::Local(crate::outbound::Outbound::new(new.outbound)),
-            self.inner.dict.get().cloned().unwrap_or_default(),
+            new.dict,
         );
         self.write().by_id.insert(id, session.clone());
         session
@@ -720,6 +771,7 @@ mod tests {
             serializer: Serializer::Json,
             client: HandshakeSys::default(),
             outbound: 4,
+            dict: Arc::default(),
         })
     }
 

@@ -131,3 +131,8 @@ async fn configured_and_custom_selectors() {
     .await;
     assert!(nodes_seen(&custom, 6).await.iter().all(|n| n == "game-1"));
 }
+
+#[tokio::test]
+async fn route_dictionary() {
+    cluster_suite::route_dictionary(hub()).await;
+}

@@ -81,3 +81,9 @@ async fn graceful_drain_in_flight() {
     let (_server, t) = nats().await;
     cluster_suite::graceful_drain_in_flight(t).await;
 }
+
+#[tokio::test]
+async fn route_dictionary() {
+    let (_server, t) = nats().await;
+    cluster_suite::route_dictionary(t).await;
+}

@@ -126,3 +126,8 @@ async fn static_discovery_from_config() {
     game.shutdown().await;
     let _ = std::fs::remove_file(file);
 }
+
+#[tokio::test]
+async fn route_dictionary() {
+    cluster_suite::route_dictionary(tcp()).await;
+}

@@ -144,6 +144,10 @@ pub struct NodeInfo {
     /// Modules this node runs (routes `module.*` can be served here).
     #[serde(default)]
     pub modules: Vec<String>,
+    /// Client routes and declared push routes of its modules, so that every gateway's route
+    /// dictionary holds them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
     /// True if this node accepts client connections.
     #[serde(default)]
     pub frontend: bool,
@@ -172,6 +176,7 @@ impl NodeInfo {
             address: String::new(),
             logical: LogicalAddr::default(),
             modules: Vec::new(),
+            routes: Vec::new(),
             frontend: false,
             weight: default_weight(),
             state: NodeState::Available,

@@ -154,6 +154,12 @@ pub(crate) async fn watch_discovery(
             _ = stop.cancelled() => return,
         };
         let c = &app.inner().cluster;
+        // Its routes get codes before it joins the registry: once a node can be picked, the
+        // dictionary new clients get holds its routes.
+        if let super::DiscoveryEvent::Added(n) | super::DiscoveryEvent::Updated(n) = &ev {
+            app.sessions()
+                .learn_routes(n.routes.iter().map(String::as_str));
+        }
         let Some(change) = c.registry.apply(ev) else {
             continue;
         };

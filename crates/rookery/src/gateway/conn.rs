@@ -25,7 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rookery_protocol::handshake::{HandshakeResponseSys, CODE_BAD_REQUEST, CODE_OK};
 use rookery_protocol::{
     HandshakeRequest, HandshakeResponse, HandshakeSys, Message, MessageType, Packet, PacketType,
-    Serializer,
+    RouteDict, Serializer,
 };
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout, Instant};
@@ -89,9 +89,11 @@ pub(crate) async fn serve(
         mut writer,
     } = transport;
     let cfg = &app.config().gateway;
+    // The dictionary the client is given; the session keeps it to read the codes it sends.
+    let dict = app.sessions().dict();
     let hs = tokio::select! {
         // Boxed so that the handshake's state is not kept for the connection's whole life.
-        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &mut reader, &mut writer))) => r,
+        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &dict, &mut reader, &mut writer))) => r,
         _ = app.inner().draining.cancelled() => Ok(Err("server shutting down".into())),
     };
     let (serializer, client) = match hs {
@@ -118,6 +120,7 @@ pub(crate) async fn serve(
         serializer,
         client,
         outbound: cfg.outbound_queue,
+        dict,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
     let sessions_gauge =
@@ -160,6 +163,7 @@ async fn next_packet(reader: &mut PacketReader) -> Result<Packet, String> {
 /// Runs the handshake; returns the chosen serializer and the client's self-description.
 async fn handshake(
     app: &App,
+    dict: &RouteDict,
     reader: &mut PacketReader,
     writer: &mut PacketWriter,
 ) -> Result<(Serializer, HandshakeSys), String> {
@@ -187,12 +191,7 @@ async fn handshake(
         code: CODE_OK,
         sys: Some(HandshakeResponseSys {
             heartbeat: cfg.heartbeat,
-            dict: app
-                .router()
-                .dict()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            dict: dict.iter().map(|(k, v)| (k.to_string(), v)).collect(),
             serializer,
         }),
         msg: None,
@@ -310,7 +309,7 @@ pub(super) fn resolve(
         .expect("requests and notifies carry a route");
     let dest = match app.router().resolve_client(route) {
         Some(entry) => Dest::Local(entry.clone()),
-        None => match remote_route(app, route) {
+        None => match remote_route(app, session, route) {
             Some(name) => Dest::Remote(name),
             None => {
                 let name = match route {
@@ -333,15 +332,23 @@ pub(super) fn resolve(
 
 /// A client route served by another node: its module is not local, some node runs it, and it
 /// is not a system route.
-fn remote_route(app: &App, route: &rookery_protocol::Route) -> Option<rookery_protocol::RouteName> {
-    let rookery_protocol::Route::Name(name) = route else {
-        return None;
+/// A code is read in the dictionary the client was given (which holds the cluster's routes).
+fn remote_route(
+    app: &App,
+    session: &Session,
+    route: &rookery_protocol::Route,
+) -> Option<rookery_protocol::RouteName> {
+    let name = match route {
+        rookery_protocol::Route::Name(name) => name.clone(),
+        rookery_protocol::Route::Code(code) => {
+            rookery_protocol::RouteName::try_from(session.dict().name(*code)?).ok()?
+        }
     };
     let module = crate::rpc::route_module(name.as_str())?;
     if module == "sys" || app.modules().iter().any(|m| m.name() == module) {
         return None;
     }
-    (!app.cluster().running(module).is_empty()).then(|| name.clone())
+    (!app.cluster().running(module).is_empty()).then_some(name)
 }
 
 fn reply_error(session: &Session, msg: &Message, err: Error) {

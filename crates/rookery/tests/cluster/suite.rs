@@ -429,3 +429,66 @@ pub async fn graceful_drain_in_flight(transport: impl Fn() -> Arc<dyn Transport>
     assert_eq!(v["node"], "game-2");
     stop(c).await;
 }
+
+/// Both gateways hand out the cluster's whole dictionary (their own routes, the backends'
+/// client routes and declared pushes), the same on each; a client calls every client route of
+/// the remote module by its code; internal routes have none; an unknown code is `RK-404`.
+pub async fn route_dictionary(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let (cl, cl2) = (client(&c).await, client2(&c).await);
+    let dict = |cl: &Client| {
+        cl.handshake()
+            .sys
+            .as_ref()
+            .unwrap()
+            .dict
+            .iter()
+            .map(|(r, code)| (r.clone(), *code))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (d1, d2) = (dict(&cl), dict(&cl2));
+    assert_eq!(d1, d2, "both gateways hand out the same dictionary");
+    let remote = c.backends[0].app().router().client_routes();
+    assert!(remote.iter().any(|r| r == "game.info.node"), "{remote:?}");
+    for route in &remote {
+        assert!(
+            d1.contains_key(route),
+            "{route} has no code on the gateways: {d1:?}"
+        );
+    }
+    assert!(d1.contains_key("front.ping.ping"));
+    for internal in ["game.rpc.echo", "game.trace.id", "game.rpc.fail"] {
+        assert!(!d1.contains_key(internal), "{internal} is internal");
+    }
+    let mut codes: Vec<u16> = d1.values().copied().collect();
+    codes.sort_unstable();
+    codes.dedup();
+    assert_eq!(codes.len(), d1.len(), "codes are unique");
+
+    // By code, through either gateway, to a backend.
+    let v: Value = serde_json::from_slice(
+        &cl.request_code(d1["game.info.node"], "{}".into())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(v["node"].as_str().unwrap().starts_with("game-"), "{v}");
+    for route in remote
+        .iter()
+        .filter(|r| r.starts_with("game.") && *r != "game.kick.me")
+    {
+        match cl2.request_code(d1[route], "{}".into()).await {
+            Ok(_) => {}
+            Err(ClientError::Server { code, .. }) => {
+                assert_ne!(code, "RK-404", "{route} by code {}", d1[route])
+            }
+            Err(other) => panic!("{route}: {other:?}"),
+        }
+    }
+    let unused = (1..=u16::MAX).find(|c| !codes.contains(c)).unwrap();
+    match cl.request_code(unused, "{}".into()).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "RK-404"),
+        other => panic!("unknown code {unused}: {other:?}"),
+    }
+    stop(c).await;
+}

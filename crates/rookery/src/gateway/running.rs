@@ -247,7 +247,8 @@ impl<'a> Running<'a> {
                     .kick_as(DisconnectReason::ProtocolError, reason);
             }
             End::RateLimited => {
-                // Counted as a protocol error as it always was, and as a disconnect of its own.
+                // Also a protocol error: that metric counts every violation that closes a
+                // connection, and dashboards built on it keep seeing floods.
                 metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
                 self.session
                     .kick_as(DisconnectReason::RateLimit, REASON_RATE_LIMIT);

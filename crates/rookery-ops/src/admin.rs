@@ -201,7 +201,9 @@ async fn groups(State(s): St) -> Response {
 /// counts of the oldest snapshot kept from earlier calls within the last 30 s are subtracted
 /// (on the first call, nothing: the figure covers everything since start), and the 0.99 rank is
 /// interpolated linearly inside its bucket, as Prometheus' `histogram_quantile` does. `null`
-/// when the route handled nothing in the window or metrics are not installed.
+/// when the route handled nothing in the window or metrics are not installed. `disconnects`
+/// lists every reason the server closes connections for, with its total (from the node's own
+/// counters, so present without metrics too).
 async fn stats(State(s): St) -> Response {
     let text = s.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
     let now = prom::parse_buckets(&text, t::HANDLER_DURATION_SECONDS, "route");
@@ -253,6 +255,13 @@ async fn stats(State(s): St) -> Response {
         "requests_total": requests_total,
         "pushes_sent_total": prom::sum_series(&text, t::PUSHES_SENT_TOTAL) as u64,
         "routes": routes,
+        "disconnects": s
+            .app
+            .disconnects()
+            .totals()
+            .iter()
+            .map(|(reason, total)| json!({ "reason": reason, "total": total }))
+            .collect::<Vec<_>>(),
         "errors": s.app.recent_errors(),
     }))
     .into_response()

@@ -89,6 +89,10 @@ fn describe() {
         t::PROTOCOL_ERRORS_TOTAL,
         "Protocol violations that closed a connection."
     );
+    describe_counter!(
+        t::DISCONNECTS_TOTAL,
+        "Connections the server closed on its own initiative, by reason."
+    );
     describe_counter!(t::RPC_CALLS_TOTAL, "RPC calls made, by target and outcome.");
     describe_histogram!(
         t::RPC_DURATION_SECONDS,

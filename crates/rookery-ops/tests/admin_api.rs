@@ -109,6 +109,30 @@ async fn read_endpoints_have_their_shapes() {
         (Some("ops.fail.custom"), Some("ROOM-FULL"))
     );
     assert_eq!(e["trace_id"].as_str().unwrap().len(), 16);
+    // Every reason, in a fixed order, none yet.
+    let reasons: Vec<_> = stats["disconnects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            assert_eq!(d["total"], 0, "{d}");
+            d["reason"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "rate_limit",
+            "slow_client",
+            "protocol_error",
+            "heartbeat_timeout",
+            "handshake_timeout",
+            "handshake_refused",
+            "kick",
+            "duplicate_login",
+            "shutdown"
+        ]
+    );
 
     // The dashboard and unknown endpoints.
     let page = http(node.admin, "GET", "/", &[], b"").await;
@@ -175,6 +199,29 @@ async fn kick_with_the_token_kicks_the_client() {
         .expect("bob closed");
     assert!(closed.kicked, "{closed:?}");
     assert_eq!(closed.reason.as_deref(), Some("maintenance"));
+    // The kick is a disconnect by the server: in the stats (once bob's connection has ended)
+    // and in the metric.
+    let app = node.server.app().clone();
+    let kick = rookery::telemetry::DisconnectReason::Kick;
+    common::eventually("the kick counted", || app.disconnects().total(kick) == 1).await;
+    let stats = get_json(node.admin, "/api/stats").await;
+    let total = |reason: &str| {
+        stats["disconnects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["reason"] == reason)
+            .unwrap_or_else(|| panic!("{reason} missing: {stats}"))["total"]
+            .as_u64()
+    };
+    assert_eq!(total("kick"), Some(1), "{stats}");
+    assert_eq!(total("duplicate_login"), Some(0), "{stats}");
+    let metrics = http(node.admin, "GET", "/metrics", &[], b"").await.text();
+    assert!(
+        common::series(&metrics, r#"rookery_disconnects_total{reason="kick"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
     node.shutdown().await;
 }
 

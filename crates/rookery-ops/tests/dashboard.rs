@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, config, start};
+use common::{client, config, eventually, start, WAIT};
+use rookery::telemetry::DisconnectReason;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCRIPT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dashboard");
 
@@ -58,6 +60,25 @@ async fn dashboard_shows_the_node_and_live_numbers() {
     let node = start(config()).await;
     let node_id = node.server.app().node_id().to_string();
 
+    // Two disconnects by the server for the disconnects table: a kick, and a client that sends
+    // data before its handshake (a protocol error).
+    let app = node.server.app().clone();
+    let kicked = client(&node, Some("kicked")).await;
+    assert!(app.kick_uid("kicked", "bye"));
+    kicked.closed().await;
+    let mut rude = tokio::net::TcpStream::connect(&node.tcp).await.unwrap();
+    rude.write_all(&[4, 0, 0, 3, 0, 1, b'x']).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, rude.read_to_end(&mut rest))
+        .await
+        .expect("the server closes the connection")
+        .unwrap();
+    eventually("both disconnects counted", || {
+        app.disconnects().total(DisconnectReason::Kick) == 1
+            && app.disconnects().total(DisconnectReason::ProtocolError) == 1
+    })
+    .await;
+
     // Traffic with a varying rate, some pushes and some errors, until the check is done
     // (bounded: at most 90 s).
     let stop = Arc::new(AtomicBool::new(false));
@@ -91,6 +112,7 @@ async fn dashboard_shows_the_node_and_live_numbers() {
         .current_dir(SCRIPT_DIR)
         .env("DASHBOARD_URL", format!("http://{}/", node.admin))
         .env("NODE_ID", &node_id)
+        .env("DISCONNECTS", "kick=1,protocol_error=1")
         .env("SCREENSHOT", &shot)
         .env("CHROMIUM", &browser)
         .stdin(Stdio::null())

@@ -36,6 +36,11 @@ pub(crate) struct AppInner {
     pub validator: Option<HandshakeValidator>,
     pub cluster: crate::cluster::runtime::ClusterState,
     pub errors: crate::telemetry::RecentErrors,
+    /// Connections the gateway closed on its own initiative: counts and their log lines.
+    pub disconnects: crate::telemetry::Disconnects,
+    /// `rookery_requests_total{route="*",outcome="rate_limited"}`: messages refused by the rate
+    /// limit whose route is not local (registered at start, like the routes' handles).
+    pub rate_limited_elsewhere: metrics::Counter,
 }
 
 impl App {
@@ -167,6 +172,11 @@ impl App {
     /// The modules of this node, in registration order.
     pub fn modules(&self) -> &[Arc<dyn Module>] {
         &self.inner.modules
+    }
+
+    /// Connections this node's gateway closed on its own initiative, by reason.
+    pub fn disconnects(&self) -> &crate::telemetry::Disconnects {
+        &self.inner.disconnects
     }
 
     /// True once graceful shutdown has begun.

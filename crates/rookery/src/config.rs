@@ -12,6 +12,10 @@ use std::time::Duration;
 use rookery_protocol::{Serializer, DEFAULT_MAX_PACKET_SIZE};
 use serde::{Deserialize, Serialize};
 
+/// The most `gateway.disconnect_log_per_second` may be: a cap higher than any log can take is
+/// a mistake (a missing digit separator, a value meant for another setting), not a choice.
+pub const MAX_DISCONNECT_LOG_PER_SECOND: u32 = 1_000_000;
+
 /// Prefix of environment overrides.
 pub const ENV_PREFIX: &str = "ROOKERY_";
 
@@ -235,6 +239,11 @@ pub struct GatewayConfig {
     pub serializer: Serializer,
     /// Per-connection message rate limit.
     pub rate_limit: RateLimitConfig,
+    /// Lines logged per second, at most, for connections the server closes (one line per
+    /// connection); beyond it they are counted, and one summary line a second says how many
+    /// were left out by reason, so that a flood of disconnects cannot flood the log. 0 logs
+    /// only the summaries. The `rookery_disconnects_total` metric counts every one.
+    pub disconnect_log_per_second: u32,
 }
 
 impl Default for GatewayConfig {
@@ -252,6 +261,7 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             serializer: Serializer::Json,
             rate_limit: RateLimitConfig::default(),
+            disconnect_log_per_second: 100,
         }
     }
 }
@@ -502,6 +512,9 @@ impl Config {
         if !g.ws_path.starts_with('/') {
             return bad("gateway.ws_path must start with '/'");
         }
+        if g.disconnect_log_per_second > MAX_DISCONNECT_LOG_PER_SECOND {
+            return bad("gateway.disconnect_log_per_second must be at most 1000000");
+        }
         if let Err(e) = self.route_dict([]) {
             return Err(ConfigError::Invalid(format!("[routes]: {e}")));
         }
@@ -750,6 +763,33 @@ mod tests {
         let d = Config::from_toml_with_env("", env(&[])).unwrap();
         assert_eq!(d.gateway.max_packet_size, 64 * 1024);
         assert_eq!(d.gateway.heartbeat, 30);
+    }
+
+    #[test]
+    fn disconnect_log_cap() {
+        let d = Config::from_toml_with_env("", env(&[])).unwrap();
+        assert_eq!(d.gateway.disconnect_log_per_second, 100);
+        let cfg =
+            Config::from_toml_with_env("[gateway]\ndisconnect_log_per_second = 5\n", env(&[]))
+                .unwrap();
+        assert_eq!(cfg.gateway.disconnect_log_per_second, 5);
+        // 0: summaries only.
+        let cfg = Config::from_toml_with_env(
+            "",
+            env(&[("ROOKERY_GATEWAY__DISCONNECT_LOG_PER_SECOND", "0")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.gateway.disconnect_log_per_second, 0);
+        for bad in ["-1", "1.5", "\"many\"", "1000001"] {
+            assert!(
+                Config::from_toml_with_env(
+                    &format!("[gateway]\ndisconnect_log_per_second = {bad}\n"),
+                    env(&[]),
+                )
+                .is_err(),
+                "{bad} accepted"
+            );
+        }
     }
 
     #[test]

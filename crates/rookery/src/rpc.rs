@@ -1004,7 +1004,10 @@ impl App {
                 if let Some(s) = sessions.by_uid(&m.uid) {
                     // The newer binding wins; ties go to the larger gateway id.
                     if (s.bound_at(), self.node_id()) < (m.bound_at, m.gateway.as_str()) {
-                        s.kick(crate::REASON_DUPLICATE_LOGIN);
+                        s.kick_as(
+                            crate::telemetry::DisconnectReason::DuplicateLogin,
+                            crate::REASON_DUPLICATE_LOGIN,
+                        );
                     }
                 }
             }),
@@ -1053,7 +1056,8 @@ impl App {
     /// A session of another gateway closed: this node's modules and groups let go of it.
     async fn remote_session_closed(&self, r: &SessionRef, reason: &str) -> Result<(), Error> {
         let s = self.remote_session(r)?;
-        s.close(reason);
+        // The gateway counted the disconnect; this copy only records that it is closed.
+        s.close_as(None, reason);
         for module in self.modules() {
             module.session_closed(self, &s).await;
         }

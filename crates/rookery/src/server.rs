@@ -16,10 +16,11 @@ use crate::cluster::runtime::{self, ClusterState};
 use crate::cluster::selector::Selector;
 use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
-use crate::gateway::{accept_loop, close_idle, Listeners, REASON_SHUTDOWN};
+use crate::gateway::{accept_loop, close_idle, summarise_disconnects, Listeners, REASON_SHUTDOWN};
 use crate::module::ModuleInit;
 use crate::router::Router;
 use crate::rpc::RpcServer;
+use crate::telemetry::DisconnectReason;
 use crate::{App, Config, Groups, Module, SessionPool};
 
 /// Why a node could not start.
@@ -186,6 +187,7 @@ impl ServerBuilder {
         )
         .map_err(StartError::Setup)?;
 
+        let disconnect_log = self.config.gateway.disconnect_log_per_second;
         let app = App::new(AppInner {
             config: self.config,
             router,
@@ -198,6 +200,12 @@ impl ServerBuilder {
             validator: self.validator,
             cluster,
             errors: Default::default(),
+            disconnects: crate::telemetry::Disconnects::new(disconnect_log),
+            rate_limited_elsewhere: metrics::counter!(
+                crate::telemetry::REQUESTS_TOTAL,
+                "route" => crate::telemetry::ROUTE_NOT_LOCAL,
+                "outcome" => crate::telemetry::OUTCOME_RATE_LIMITED
+            ),
         });
         join_cluster(&app).await?;
 
@@ -213,6 +221,9 @@ impl ServerBuilder {
             acceptors.spawn(close_idle(app.clone(), stop_accept.clone()));
         }
         let stop_modules = CancellationToken::new();
+        // Until the modules stop: the drain's disconnects are summarised too.
+        let disconnect_summary = (tcp_addr.is_some() || ws_addr.is_some())
+            .then(|| tokio::spawn(summarise_disconnects(app.clone(), stop_modules.clone())));
         let mut module_tasks = JoinSet::new();
         for m in app.modules() {
             module_tasks.spawn(m.clone().run(app.clone(), stop_modules.clone()));
@@ -232,6 +243,7 @@ impl ServerBuilder {
             stop_modules,
             acceptors,
             module_tasks,
+            disconnect_summary,
         })
     }
 }
@@ -310,6 +322,8 @@ pub struct RunningServer {
     stop_modules: CancellationToken,
     acceptors: JoinSet<()>,
     module_tasks: JoinSet<()>,
+    /// Writes the summary of suppressed disconnect lines once a second (with a gateway).
+    disconnect_summary: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a graceful shutdown did.
@@ -370,7 +384,7 @@ impl RunningServer {
         if !drained {
             tracing::warn!("drain timeout; closing remaining sessions");
             for s in self.app.sessions().all() {
-                s.close(REASON_SHUTDOWN);
+                s.close_as(Some(DisconnectReason::Shutdown), REASON_SHUTDOWN);
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
         }
@@ -383,6 +397,11 @@ impl RunningServer {
         let _ = tokio::time::timeout(Duration::from_secs(5), c.tasks.wait()).await;
         self.stop_modules.cancel();
         while self.module_tasks.join_next().await.is_some() {}
+        if let Some(summary) = self.disconnect_summary.take() {
+            let _ = summary.await;
+        }
+        // What the last second suppressed, which no later second will summarise.
+        self.app.disconnects().flush();
         for m in self.app.modules().iter().rev() {
             m.destroy(&self.app).await;
         }

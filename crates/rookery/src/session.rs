@@ -14,6 +14,7 @@ use rookery_protocol::handshake::HandshakeSys;
 use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName, Serializer};
 use tokio_util::sync::CancellationToken;
 
+use crate::telemetry::DisconnectReason;
 use crate::{Code, Error, ToPayload};
 
 /// Session id, unique within a node for its lifetime.
@@ -86,7 +87,9 @@ struct Inner {
     bound_at: AtomicU64,
     /// Cancelled once the session closes, for [`Session::closed`] waiters.
     closing: CancellationToken,
-    close_reason: OnceLock<String>,
+    /// The first reason given to close the session: the text (sent in a Kick, if one was) and
+    /// why the server closed it (None when the client's side ended it).
+    close_reason: OnceLock<(Option<DisconnectReason>, String)>,
     dict: Arc<RouteDict>,
 }
 
@@ -281,17 +284,25 @@ impl Session {
         match out.push(packet) {
             Ok(()) => Ok(()),
             Err(PushError::Full) => {
-                tracing::warn!(session = self.id(), "outbound queue full; disconnecting");
+                // The connection's end logs it (one line per connection, rate-capped).
+                tracing::debug!(session = self.id(), "outbound queue full; disconnecting");
                 metrics::counter!(crate::telemetry::SLOW_CLIENT_DISCONNECTS_TOTAL).increment(1);
-                self.close(REASON_SLOW_CLIENT);
+                self.close_as(Some(DisconnectReason::SlowClient), REASON_SLOW_CLIENT);
                 Err(Error::new(Code::Unavailable, REASON_SLOW_CLIENT))
             }
             Err(PushError::Closed) => Err(Error::new(Code::Unavailable, "session closed")),
         }
     }
 
-    /// Sends the client a Kick packet with a reason, then closes the session.
+    /// Sends the client a Kick packet with a reason, then closes the session. Counted (and
+    /// logged) as a disconnect with reason [`DisconnectReason::Kick`].
     pub fn kick(&self, reason: &str) {
+        self.kick_as(DisconnectReason::Kick, reason);
+    }
+
+    /// [`Session::kick`] for a reason of the framework's own (duplicate login, heartbeat
+    /// timeout, a protocol error, shutdown), which `why` names for the disconnect metric.
+    pub(crate) fn kick_as(&self, why: DisconnectReason, reason: &str) {
         if !self.is_closed() {
             match &self.inner.link {
                 Link::Local(out) => {
@@ -307,12 +318,21 @@ impl Session {
                 Link::Detached => {}
             }
         }
-        self.close(reason);
+        self.close_as(Some(why), reason);
     }
 
-    /// Closes the session without a Kick packet. The first reason given is kept.
+    /// Closes the session without a Kick packet. The first reason given is kept. Counted as a
+    /// disconnect with reason [`DisconnectReason::Kick`] (the application closed it).
     pub fn close(&self, reason: &str) {
-        let _ = self.inner.close_reason.set(reason.to_string());
+        self.close_as(Some(DisconnectReason::Kick), reason);
+    }
+
+    /// Closes the session; `why` is None when the client's side ended it (it left, or writing
+    /// to it failed), which is not a disconnect by the server. The first reason given is kept.
+    pub(crate) fn close_as(&self, why: Option<DisconnectReason>, reason: &str) {
+        if self.inner.close_reason.get().is_none() {
+            let _ = self.inner.close_reason.set((why, reason.to_string()));
+        }
         if !self.inner.closed.swap(true, Ordering::AcqRel) {
             self.inner.closing.cancel();
             // The connection task does not wait on the token: it is woken through its queue.
@@ -363,7 +383,13 @@ impl Session {
 
     /// Why the session was closed, once it is.
     pub fn close_reason(&self) -> Option<&str> {
-        self.inner.close_reason.get().map(String::as_str)
+        self.inner.close_reason.get().map(|(_, text)| text.as_str())
+    }
+
+    /// Why the server closed the session, once it is closed; None while it is open and when
+    /// the client's side ended it.
+    pub fn disconnect_reason(&self) -> Option<DisconnectReason> {
+        self.inner.close_reason.get().and_then(|(why, _)| *why)
     }
 
     /// Resolves when the session starts closing.
@@ -608,8 +634,9 @@ impl SessionPool {
                 .filter(|old| old.id() != session.id())
         };
         if let Some(old) = older {
-            tracing::info!(uid, old = old.id(), new = session.id(), "duplicate login");
-            old.kick(REASON_DUPLICATE_LOGIN);
+            // The older connection's end logs it, with the uid and the reason.
+            tracing::debug!(uid, old = old.id(), new = session.id(), "duplicate login");
+            old.kick_as(DisconnectReason::DuplicateLogin, REASON_DUPLICATE_LOGIN);
         }
         Ok(())
     }

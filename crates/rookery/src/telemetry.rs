@@ -34,6 +34,18 @@ pub const PUSHES_DROPPED_TOTAL: &str = "rookery_pushes_dropped_total";
 pub const SLOW_CLIENT_DISCONNECTS_TOTAL: &str = "rookery_slow_client_disconnects_total";
 /// Protocol violations that closed a connection.
 pub const PROTOCOL_ERRORS_TOTAL: &str = "rookery_protocol_errors_total";
+/// Connections the server closed on its own initiative, by reason (a [`DisconnectReason`]
+/// label).
+pub const DISCONNECTS_TOTAL: &str = "rookery_disconnects_total";
+/// The `outcome` of [`REQUESTS_TOTAL`] for messages refused by the connection's rate limit
+/// (never handled; `route` is the local route, or [`ROUTE_NOT_LOCAL`]).
+pub const OUTCOME_RATE_LIMITED: &str = "rate_limited";
+/// The `route` label of refused messages whose route is not one of this node's: the route a
+/// client names is not a bounded label.
+pub const ROUTE_NOT_LOCAL: &str = "*";
+/// Target of the line logged for each connection the server closes, and of the summary of
+/// the lines suppressed beyond `gateway.disconnect_log_per_second`.
+pub const DISCONNECT_LOG_TARGET: &str = "rookery::disconnect";
 /// RPC calls made, by target and outcome.
 pub const RPC_CALLS_TOTAL: &str = "rookery_rpc_calls_total";
 /// RPC latency, by target.
@@ -49,6 +61,9 @@ pub struct RouteStats {
     duration: Histogram,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Registered with the route, so that a refusal under a flood registers nothing. Last:
+    /// the fields before it are the ones every request touches.
+    rate_limited: Counter,
 }
 
 impl RouteStats {
@@ -56,6 +71,11 @@ impl RouteStats {
         let route = route.to_string();
         Self {
             ok: metrics::counter!(REQUESTS_TOTAL, "route" => route.clone(), "outcome" => "ok"),
+            rate_limited: metrics::counter!(
+                REQUESTS_TOTAL,
+                "route" => route.clone(),
+                "outcome" => OUTCOME_RATE_LIMITED
+            ),
             duration: metrics::histogram!(HANDLER_DURATION_SECONDS, "route" => route),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -74,6 +94,12 @@ impl RouteStats {
                     .increment(1);
             }
         }
+    }
+
+    /// Records one message refused by the rate limit (not handled, so not in
+    /// [`requests`](Self::requests)).
+    pub(crate) fn record_rate_limited(&self) {
+        self.rate_limited.increment(1);
     }
 
     /// Requests handled so far.
@@ -138,6 +164,289 @@ impl RecentErrors {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// Why the server closed a connection on its own initiative: the `reason` label of
+/// [`DISCONNECTS_TOTAL`]. A fixed set, so that the label stays bounded: the text sent to the
+/// client in its Kick packet (which may come from the application, or describe what a client
+/// sent) is logged as the line's `detail`, never used as a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The client kept sending beyond `gateway.rate_limit` after `max_violations` refusals.
+    RateLimit,
+    /// The client did not read what it was sent: its outbound queue overflowed.
+    SlowClient,
+    /// The client broke the protocol: a malformed packet or message, or one out of place.
+    ProtocolError,
+    /// The client sent nothing for two heartbeat intervals.
+    HeartbeatTimeout,
+    /// The client did not finish the handshake (or the WebSocket upgrade) in
+    /// `gateway.handshake_timeout`.
+    HandshakeTimeout,
+    /// The handshake validator refused the client.
+    HandshakeRefused,
+    /// The application or an operator kicked or closed the session (`Session::kick`,
+    /// `Session::close`, `kick_uid`, the admin API).
+    Kick,
+    /// The user logged in again (on this gateway or another one); the older session goes.
+    DuplicateLogin,
+    /// The node shut down.
+    Shutdown,
+}
+
+/// Number of [`DisconnectReason`]s.
+const REASONS: usize = DisconnectReason::ALL.len();
+
+impl DisconnectReason {
+    /// Every reason, in the order the admin API lists them.
+    pub const ALL: [DisconnectReason; 9] = [
+        Self::RateLimit,
+        Self::SlowClient,
+        Self::ProtocolError,
+        Self::HeartbeatTimeout,
+        Self::HandshakeTimeout,
+        Self::HandshakeRefused,
+        Self::Kick,
+        Self::DuplicateLogin,
+        Self::Shutdown,
+    ];
+
+    /// The metric label (and the log line's `reason`).
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::RateLimit => "rate_limit",
+            Self::SlowClient => "slow_client",
+            Self::ProtocolError => "protocol_error",
+            Self::HeartbeatTimeout => "heartbeat_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeRefused => "handshake_refused",
+            Self::Kick => "kick",
+            Self::DuplicateLogin => "duplicate_login",
+            Self::Shutdown => "shutdown",
+        }
+    }
+
+    /// Logged at `warn`: a client misbehaving towards the server (flooding it, not reading,
+    /// sending garbage), which may be an attack. The others are logged at `info`.
+    pub const fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Self::RateLimit | Self::SlowClient | Self::ProtocolError
+        )
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The connections a node closed on its own initiative: totals by reason (for the admin API),
+/// [`DISCONNECTS_TOTAL`], and one log line per connection (target [`DISCONNECT_LOG_TARGET`]).
+///
+/// Lines are capped at `gateway.disconnect_log_per_second` in each second; beyond it they are
+/// only counted by reason, and the counts are written as one summary line when the second is
+/// over ([`Disconnects::summarise`], called every second). A flood of disconnects (an attack,
+/// many clients dropped at once) then costs a counter each rather than a line each, and the log
+/// still says how many there were.
+///
+/// Only touched when a connection ends, never per request.
+pub struct Disconnects {
+    totals: [AtomicU64; REASONS],
+    per_second: u32,
+    started: std::time::Instant,
+    window: std::sync::Mutex<LogWindow>,
+}
+
+/// The lines of one second: how many were written, how many suppressed by reason.
+#[derive(Debug, Default)]
+struct LogWindow {
+    /// Whole seconds since [`Disconnects::started`].
+    second: u64,
+    logged: u32,
+    suppressed: [u64; REASONS],
+}
+
+impl LogWindow {
+    /// Moves the window on to `second` if that is later; returns what the closed window
+    /// suppressed, if anything.
+    fn roll(&mut self, second: u64) -> Option<[u64; REASONS]> {
+        if second <= self.second {
+            return None;
+        }
+        self.second = second;
+        self.logged = 0;
+        let suppressed = std::mem::take(&mut self.suppressed);
+        suppressed.iter().any(|&n| n > 0).then_some(suppressed)
+    }
+
+    /// Whether a line for `reason` may be written in `second` (otherwise it is counted as
+    /// suppressed), and what the window it closed suppressed.
+    fn admit(
+        &mut self,
+        reason: DisconnectReason,
+        second: u64,
+        per_second: u32,
+    ) -> (bool, Option<[u64; REASONS]>) {
+        let closed = self.roll(second);
+        if self.logged < per_second {
+            self.logged += 1;
+            (true, closed)
+        } else {
+            self.suppressed[reason.index()] += 1;
+            (false, closed)
+        }
+    }
+}
+
+impl Disconnects {
+    /// Logs at most `per_second` lines a second (0: only the summaries).
+    pub(crate) fn new(per_second: u32) -> Self {
+        Self {
+            totals: Default::default(),
+            per_second,
+            started: std::time::Instant::now(),
+            window: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogWindow> {
+        self.window.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one connection closed by the server and logs it (or counts its line as
+    /// suppressed). `session` and `uid` are absent for a connection closed during its
+    /// handshake; `detail` is the text the client was sent.
+    pub(crate) fn record(
+        &self,
+        reason: DisconnectReason,
+        session: Option<u64>,
+        addr: std::net::SocketAddr,
+        uid: Option<&str>,
+        detail: &str,
+    ) {
+        self.totals[reason.index()].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(DISCONNECTS_TOTAL, "reason" => reason.label()).increment(1);
+        let (log, closed) = {
+            let mut w = self.lock();
+            // Read under the lock, so that the windows only move forward.
+            let second = self.started.elapsed().as_secs();
+            w.admit(reason, second, self.per_second)
+        };
+        if let Some(suppressed) = closed {
+            log_suppressed(&suppressed);
+        }
+        if !log {
+            return;
+        }
+        let (session, uid) = (OrDash(session), OrDash(uid));
+        if reason.is_warning() {
+            tracing::warn!(
+                target: DISCONNECT_LOG_TARGET,
+                %session, %addr, %uid, %reason, detail, "disconnected by the server"
+            );
+        } else {
+            tracing::info!(
+                target: DISCONNECT_LOG_TARGET,
+                %session, %addr, %uid, %reason, detail, "disconnected by the server"
+            );
+        }
+    }
+
+    /// Writes the summary of the previous second's suppressed lines, if there were any and no
+    /// disconnect has written it yet. Called once a second.
+    pub(crate) fn summarise(&self) {
+        let closed = {
+            let mut w = self.lock();
+            let second = self.started.elapsed().as_secs();
+            w.roll(second)
+        };
+        if let Some(suppressed) = closed {
+            log_suppressed(&suppressed);
+        }
+    }
+
+    /// Writes what the current second suppressed so far (at shutdown, after the last
+    /// connection ended).
+    pub(crate) fn flush(&self) {
+        let suppressed = std::mem::take(&mut self.lock().suppressed);
+        if suppressed.iter().any(|&n| n > 0) {
+            log_suppressed(&suppressed);
+        }
+    }
+
+    /// Connections closed by the server since the node started, by reason (every reason,
+    /// in the order of [`DisconnectReason::ALL`]).
+    pub fn totals(&self) -> [(DisconnectReason, u64); REASONS] {
+        DisconnectReason::ALL.map(|r| (r, self.totals[r.index()].load(Ordering::Relaxed)))
+    }
+
+    /// Connections closed by the server for `reason` since the node started.
+    pub fn total(&self, reason: DisconnectReason) -> u64 {
+        self.totals[reason.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// The summary line: at `warn` if a warning reason is among the suppressed.
+fn log_suppressed(suppressed: &[u64; REASONS]) {
+    let total: u64 = suppressed.iter().sum();
+    let by_reason = ByReason(suppressed);
+    let warn = DisconnectReason::ALL
+        .iter()
+        .any(|r| r.is_warning() && suppressed[r.index()] > 0);
+    if warn {
+        tracing::warn!(
+            target: DISCONNECT_LOG_TARGET,
+            suppressed = total, %by_reason,
+            "disconnect lines suppressed in the last second (gateway.disconnect_log_per_second)"
+        );
+    } else {
+        tracing::info!(
+            target: DISCONNECT_LOG_TARGET,
+            suppressed = total, %by_reason,
+            "disconnect lines suppressed in the last second (gateway.disconnect_log_per_second)"
+        );
+    }
+}
+
+/// Suppressed counts as `reason:count` pairs joined by commas (the non-zero ones), written
+/// where the line is formatted.
+struct ByReason<'a>(&'a [u64; REASONS]);
+
+impl std::fmt::Display for ByReason<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut first = true;
+        for r in DisconnectReason::ALL {
+            let n = self.0[r.index()];
+            if n > 0 {
+                if !first {
+                    f.write_str(",")?;
+                }
+                first = false;
+                write!(f, "{}:{n}", r.label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value, or `-` when there is none (a connection closed before it had a session or a uid).
+struct OrDash<T>(Option<T>);
+
+impl<T: std::fmt::Display> std::fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
     }
 }
 
@@ -338,6 +647,96 @@ mod tests {
             r#"rookery_rpc_duration_seconds_count{target="chat"} 1"#,
             // A target's "ok" counter is registered with its first call, failed or not.
             r#"rookery_rpc_calls_total{target="chat",outcome="ok"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line} in:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn disconnect_lines_are_capped_per_second_and_summarised() {
+        use DisconnectReason::*;
+        let mut w = LogWindow::default();
+        assert_eq!(w.admit(RateLimit, 0, 2), (true, None));
+        assert_eq!(w.admit(Kick, 0, 2), (true, None));
+        // Beyond two lines in second 0: counted by reason, not written.
+        assert_eq!(w.admit(RateLimit, 0, 2), (false, None));
+        assert_eq!(w.admit(RateLimit, 0, 2), (false, None));
+        assert_eq!(w.admit(SlowClient, 0, 2), (false, None));
+        // The next second writes lines again and hands over second 0's counts once.
+        let (log, closed) = w.admit(Kick, 1, 2);
+        assert!(log);
+        let closed = closed.expect("second 0 suppressed lines");
+        assert_eq!(ByReason(&closed).to_string(), "rate_limit:2,slow_client:1");
+        assert_eq!(closed.iter().sum::<u64>(), 3);
+        // A second with nothing suppressed has no summary; an earlier second (read by a thread
+        // that was late to the lock) does not move the window back.
+        assert_eq!(w.roll(2), None);
+        assert_eq!(w.roll(1), None);
+        assert_eq!(w.second, 2);
+        // 0: every line suppressed.
+        let mut w = LogWindow::default();
+        assert_eq!(w.admit(Shutdown, 0, 0), (false, None));
+        assert_eq!(w.admit(Shutdown, 0, 0), (false, None));
+        let closed = w.roll(5).unwrap();
+        assert_eq!(ByReason(&closed).to_string(), "shutdown:2");
+    }
+
+    #[test]
+    fn disconnect_reasons_are_a_fixed_set_of_labels() {
+        let labels: Vec<_> = DisconnectReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            [
+                "rate_limit",
+                "slow_client",
+                "protocol_error",
+                "heartbeat_timeout",
+                "handshake_timeout",
+                "handshake_refused",
+                "kick",
+                "duplicate_login",
+                "shutdown"
+            ]
+        );
+        for (i, r) in DisconnectReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::Value::from(r.label())
+            );
+        }
+        let warned: Vec<_> = DisconnectReason::ALL
+            .iter()
+            .filter(|r| r.is_warning())
+            .map(|r| r.label())
+            .collect();
+        assert_eq!(warned, ["rate_limit", "slow_client", "protocol_error"]);
+    }
+
+    #[test]
+    fn disconnects_count_by_reason() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let d = Disconnects::new(100);
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 9).into();
+        metrics::with_local_recorder(&recorder, || {
+            d.record(DisconnectReason::Kick, Some(1), addr, Some("u"), "bye");
+            d.record(DisconnectReason::Kick, Some(2), addr, None, "bye");
+            d.record(DisconnectReason::HandshakeTimeout, None, addr, None, "late");
+        });
+        assert_eq!(d.total(DisconnectReason::Kick), 2);
+        assert_eq!(d.total(DisconnectReason::Shutdown), 0);
+        let totals = d.totals();
+        assert_eq!(totals.len(), DisconnectReason::ALL.len());
+        assert_eq!(totals[6], (DisconnectReason::Kick, 2));
+        assert_eq!(totals[4], (DisconnectReason::HandshakeTimeout, 1));
+        let text = handle.render();
+        for line in [
+            r#"rookery_disconnects_total{reason="kick"} 2"#,
+            r#"rookery_disconnects_total{reason="handshake_timeout"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

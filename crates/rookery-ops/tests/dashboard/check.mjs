@@ -1,20 +1,34 @@
 // Browser check of the Rookery dashboard, run by crates/rookery-ops/tests/dashboard.rs.
 //
 // Env: DASHBOARD_URL (http://ADDR/), NODE_ID (the id the page must show), SCREENSHOT (PNG path),
-// CHROMIUM (browser binary, default /usr/bin/chromium).
+// CHROMIUM (browser binary, default /usr/bin/chromium), DISCONNECTS (the totals the
+// disconnects table must show, e.g. "kick=1,protocol_error=1"; every other reason shows 0).
 // Opens the page in headless Chromium, waits for the node id, reads #rps twice 3 s apart
-// (it must be a number > 0 that changed), checks the nodes and routes tables, saves a
-// screenshot. Exits non-zero with a reason on any failure.
+// (it must be a number > 0 that changed), checks the nodes, routes and disconnects tables,
+// saves a screenshot. Exits non-zero with a reason on any failure.
 import { chromium } from "playwright-core";
 
 const url = process.env.DASHBOARD_URL;
 const nodeId = process.env.NODE_ID;
 const shot = process.env.SCREENSHOT;
 const executablePath = process.env.CHROMIUM || "/usr/bin/chromium";
-if (!url || !nodeId || !shot) {
-  console.error("set DASHBOARD_URL, NODE_ID and SCREENSHOT");
+if (!url || !nodeId || !shot || process.env.DISCONNECTS === undefined) {
+  console.error("set DASHBOARD_URL, NODE_ID, SCREENSHOT and DISCONNECTS");
   process.exit(2);
 }
+const expectedDisconnects = Object.fromEntries(
+  process.env.DISCONNECTS.split(",")
+    .filter((p) => p)
+    .map((p) => {
+      const [reason, n] = p.split("=");
+      return [reason, Number(n)];
+    }),
+);
+// The reasons the API lists, in its order.
+const REASONS = [
+  "rate_limit", "slow_client", "protocol_error", "heartbeat_timeout", "handshake_timeout",
+  "handshake_refused", "kick", "duplicate_login", "shutdown",
+];
 
 // Never hang: the whole check has a deadline.
 setTimeout(() => {
@@ -90,6 +104,20 @@ try {
   if (!p99 || !(Number(p99[4]) > 0)) fail(`no p99 for ops.echo.json: ${JSON.stringify(p99)}`);
   const errors = await page.textContent("#errors");
   if (!errors.includes("ROOM-FULL")) fail(`#errors does not show the failed requests: ${errors}`);
+  const disconnects = await page.$$eval("#disconnects tr", (rows) =>
+    rows.map((r) => Array.from(r.children).map((c) => c.textContent)),
+  );
+  const shown = disconnects.map((cells) => cells[0]);
+  if (JSON.stringify(shown) !== JSON.stringify(REASONS)) {
+    fail(`#disconnects lists ${JSON.stringify(shown)}, not ${JSON.stringify(REASONS)}`);
+  }
+  for (const [reason, rate, total] of disconnects) {
+    const want = expectedDisconnects[reason] || 0;
+    if (Number(total) !== want) fail(`#disconnects shows ${total} for ${reason}, not ${want}`);
+    // A rate once two polls were seen (#rps has one by now).
+    if (!(Number(rate) >= 0) || rate.trim() === "") fail(`no rate for ${reason}: ${rate}`);
+  }
+  console.log(`disconnects: ${disconnects.map((c) => `${c[0]}=${c[2]}`).join(" ")}`);
   if (consoleErrors.length) fail(`console errors: ${consoleErrors.join("; ")}`);
   console.log(`sessions ${sessions}, echo p99 ${p99[4]} ms; all checks passed`);
 } catch (e) {

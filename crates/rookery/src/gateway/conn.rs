@@ -34,6 +34,7 @@ use super::running::Running;
 use super::transport::{PacketReader, PacketWriter, Transport};
 use crate::router::RouteEntry;
 use crate::session::{Acceptor, NewSession};
+use crate::telemetry::DisconnectReason;
 use crate::{telemetry, App, Code, Error, Session};
 
 /// How long the writer keeps trying to deliver what was queued before a close (e.g. a Kick).
@@ -43,6 +44,10 @@ pub(super) const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
 pub const REASON_SHUTDOWN: &str = "server shutting down";
 /// Reason for closing a connection that sent nothing for two heartbeat intervals.
 pub const REASON_IDLE: &str = "heartbeat timeout";
+/// Reason sent to a client disconnected for exceeding its rate limit.
+pub(super) const REASON_RATE_LIMIT: &str = "rate limit exceeded";
+/// Reason sent to a client that did not finish its handshake in time.
+const REASON_HANDSHAKE_TIMEOUT: &str = "handshake timeout";
 
 /// Why the reader ended.
 pub(super) enum End {
@@ -50,6 +55,8 @@ pub(super) enum End {
     ClientGone,
     /// The client broke the protocol: kick with this reason.
     Violation(String),
+    /// The client exceeded its rate limit more than `max_violations` times.
+    RateLimited,
     /// The node is draining.
     Drain,
     /// The session was closed from elsewhere (kick, duplicate login, slow client).
@@ -94,22 +101,34 @@ pub(crate) async fn serve(
     let hs = tokio::select! {
         // Boxed so that the handshake's state is not kept for the connection's whole life.
         r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &dict, &mut reader, &mut writer))) => r,
-        _ = app.inner().draining.cancelled() => Ok(Err("server shutting down".into())),
+        _ = app.inner().draining.cancelled() => Ok(Err(Refusal {
+            why: Some(DisconnectReason::Shutdown),
+            reason: REASON_SHUTDOWN.into(),
+        })),
     };
     let (serializer, client) = match hs {
         Ok(Ok(v)) => v,
-        Ok(Err(reason)) => {
+        Ok(Err(Refusal { why, reason })) => {
             tracing::debug!(%remote, %reason, "handshake failed");
             metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "refused")
                 .increment(1);
+            if let Some(why) = why {
+                app.disconnects().record(why, None, remote, None, &reason);
+            }
             kick_raw(&mut writer, &reason).await;
             return;
         }
         Err(_) => {
-            tracing::debug!(%remote, "handshake timeout");
             metrics::counter!(telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "timeout")
                 .increment(1);
-            kick_raw(&mut writer, "handshake timeout").await;
+            app.disconnects().record(
+                DisconnectReason::HandshakeTimeout,
+                None,
+                remote,
+                None,
+                REASON_HANDSHAKE_TIMEOUT,
+            );
+            kick_raw(&mut writer, REASON_HANDSHAKE_TIMEOUT).await;
             return;
         }
     };
@@ -134,7 +153,18 @@ pub(crate) async fn serve(
     // Reader and writer until both have ended. A session made by `create` always has its queue.
     match session.outbound() {
         Some(queue) => Running::new(&app, &session, queue, reader, writer).await,
-        None => session.close("no outbound queue"),
+        None => session.close_as(None, "no outbound queue"),
+    }
+    // Counted and logged here, where each connection ends once, rather than where it is
+    // closed (anywhere, possibly more than once): one count and at most one line each.
+    if let Some(why) = session.disconnect_reason() {
+        app.disconnects().record(
+            why,
+            Some(session.id()),
+            remote,
+            session.uid().as_deref(),
+            session.close_reason().unwrap_or_default(),
+        );
     }
 
     for m in app.modules() {
@@ -152,11 +182,38 @@ pub(crate) async fn serve(
     );
 }
 
-async fn next_packet(reader: &mut PacketReader) -> Result<Packet, String> {
+/// Why a handshake did not succeed: the text the client is sent, and why the server refused
+/// it (None when it is not a disconnect by the server: the client left, the socket failed, or
+/// the answer could not be encoded, which is logged as an error).
+struct Refusal {
+    why: Option<DisconnectReason>,
+    reason: String,
+}
+
+impl Refusal {
+    fn client_gone(reason: impl Into<String>) -> Self {
+        Self {
+            why: None,
+            reason: reason.into(),
+        }
+    }
+
+    fn protocol(reason: impl Into<String>) -> Self {
+        Self {
+            why: Some(DisconnectReason::ProtocolError),
+            reason: reason.into(),
+        }
+    }
+}
+
+async fn next_packet(reader: &mut PacketReader) -> Result<Packet, Refusal> {
     match reader.next().await {
         Some(Ok(p)) => Ok(p),
-        Some(Err(e)) => Err(e.to_string()),
-        None => Err("connection closed during handshake".into()),
+        Some(Err(e @ super::transport::ConnError::Io(_))) => {
+            Err(Refusal::client_gone(e.to_string()))
+        }
+        Some(Err(e)) => Err(Refusal::protocol(e.to_string())),
+        None => Err(Refusal::client_gone("connection closed during handshake")),
     }
 }
 
@@ -166,23 +223,35 @@ async fn handshake(
     dict: &RouteDict,
     reader: &mut PacketReader,
     writer: &mut PacketWriter,
-) -> Result<(Serializer, HandshakeSys), String> {
+) -> Result<(Serializer, HandshakeSys), Refusal> {
     let request = loop {
         let p = next_packet(reader).await?;
         match p.kind {
             PacketType::Handshake => break p,
             PacketType::Heartbeat => continue,
-            PacketType::Data => return Err("data before handshake".into()),
-            other => return Err(format!("unexpected {other:?} before handshake")),
+            PacketType::Data => return Err(Refusal::protocol("data before handshake")),
+            other => {
+                return Err(Refusal::protocol(format!(
+                    "unexpected {other:?} before handshake"
+                )))
+            }
         }
     };
     let req = match HandshakeRequest::decode(&request.body) {
         Ok(r) => r,
-        Err(e) => return refuse(writer, CODE_BAD_REQUEST, e.to_string()).await,
+        Err(e) => {
+            let reason = e.to_string();
+            refuse(writer, CODE_BAD_REQUEST, &reason).await;
+            return Err(Refusal::protocol(reason));
+        }
     };
     if let Some(validate) = &app.inner().validator {
         if let Err(reason) = validate(&req) {
-            return refuse(writer, CODE_BAD_REQUEST, reason).await;
+            refuse(writer, CODE_BAD_REQUEST, &reason).await;
+            return Err(Refusal {
+                why: Some(DisconnectReason::HandshakeRefused),
+                reason,
+            });
         }
     }
     let cfg = &app.config().gateway;
@@ -198,30 +267,36 @@ async fn handshake(
     };
     let bytes = Packet::new(PacketType::Handshake, answer.encode())
         .to_bytes()
-        .map_err(|e| e.to_string())?;
-    writer.write(&[bytes]).await.map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // The route dictionary is larger than a packet may be: the node's fault.
+            tracing::error!(error = %e, "handshake answer cannot be encoded");
+            Refusal::client_gone(e.to_string())
+        })?;
+    writer
+        .write(&[bytes])
+        .await
+        .map_err(|e| Refusal::client_gone(e.to_string()))?;
     loop {
         let p = next_packet(reader).await?;
         match p.kind {
             PacketType::HandshakeAck => return Ok((serializer, req.sys)),
             PacketType::Heartbeat => continue,
-            PacketType::Data => return Err("data before handshake ack".into()),
-            other => return Err(format!("unexpected {other:?} before handshake ack")),
+            PacketType::Data => return Err(Refusal::protocol("data before handshake ack")),
+            other => {
+                return Err(Refusal::protocol(format!(
+                    "unexpected {other:?} before handshake ack"
+                )))
+            }
         }
     }
 }
 
 /// Answers a handshake with a refusal; the caller then closes the connection.
-async fn refuse(
-    writer: &mut PacketWriter,
-    code: u16,
-    msg: String,
-) -> Result<(Serializer, HandshakeSys), String> {
-    let body = HandshakeResponse::refuse(code, msg.clone()).encode();
+async fn refuse(writer: &mut PacketWriter, code: u16, msg: &str) {
+    let body = HandshakeResponse::refuse(code, msg.to_string()).encode();
     if let Ok(b) = Packet::new(PacketType::Handshake, body).to_bytes() {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
     }
-    Err(msg)
 }
 
 /// Best-effort Kick with a reason on a connection that has no session (yet), then close.
@@ -289,11 +364,12 @@ pub(super) fn resolve(
     }
     if let Some(rate) = rate {
         if rate.limiter.check().is_err() {
+            count_rate_limited(app, &msg);
             rate.violations += 1;
             if rate.violations > rate.max_violations {
-                return Err(End::Violation("rate limit exceeded".into()));
+                return Err(End::RateLimited);
             }
-            let err = Error::new(Code::RateLimited, "rate limit exceeded");
+            let err = Error::new(Code::RateLimited, REASON_RATE_LIMIT);
             reply_error(session, &msg, err);
             return Ok(None);
         }
@@ -328,6 +404,20 @@ pub(super) fn resolve(
         payload: msg.payload,
         received,
     }))
+}
+
+/// Counts a message refused by the rate limit in `rookery_requests_total{outcome="rate_limited"}`
+/// under its route if it is one of this node's, else under `*`: a route a client names is not
+/// a bounded label. Through handles registered at start, so a flood registers nothing.
+fn count_rate_limited(app: &App, msg: &Message) {
+    match msg
+        .route
+        .as_ref()
+        .and_then(|r| app.router().resolve_client(r))
+    {
+        Some(entry) => entry.stats.record_rate_limited(),
+        None => app.inner().rate_limited_elsewhere.increment(1),
+    }
 }
 
 /// A client route served by another node: its module is not local, some node runs it, and it

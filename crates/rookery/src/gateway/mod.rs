@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 pub use conn::{REASON_IDLE, REASON_SHUTDOWN};
 
 use crate::session::Acceptor;
+use crate::telemetry::DisconnectReason;
 use crate::App;
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
@@ -108,8 +109,21 @@ pub(crate) async fn close_idle(app: App, stop: CancellationToken) {
             .sessions()
             .idle(tokio::time::Instant::now().into_std(), idle)
         {
-            tracing::debug!(session = s.id(), "heartbeat timeout");
-            s.kick(REASON_IDLE);
+            s.kick_as(DisconnectReason::HeartbeatTimeout, REASON_IDLE);
+        }
+    }
+}
+
+/// Writes the summary of the disconnect lines suppressed in each second (beyond
+/// `gateway.disconnect_log_per_second`) once that second is over, until `stop` fires. A tick
+/// with nothing suppressed writes nothing.
+pub(crate) async fn summarise_disconnects(app: App, stop: CancellationToken) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => app.disconnects().summarise(),
+            _ = stop.cancelled() => return,
         }
     }
 }
@@ -147,7 +161,13 @@ async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr, permit: Owned
             return;
         }
         Err(_) => {
-            tracing::debug!(%remote, "websocket upgrade timeout");
+            app.disconnects().record(
+                DisconnectReason::HandshakeTimeout,
+                None,
+                remote,
+                None,
+                "websocket upgrade timeout",
+            );
             return;
         }
     };

@@ -22,10 +22,13 @@ use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
-use super::conn::{self, Dest, End, Job, RateCheck, FLUSH_DEADLINE, REASON_SHUTDOWN};
+use super::conn::{
+    self, Dest, End, Job, RateCheck, FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN,
+};
 use super::transport::{ConnError, PacketReader, PacketWriter};
 use crate::outbound::{Batch, Outbound};
 use crate::router::Dispatch;
+use crate::telemetry::DisconnectReason;
 use crate::{telemetry, App, Session};
 
 /// Packets written per batch at most.
@@ -237,15 +240,26 @@ impl<'a> Running<'a> {
     /// The reader is done: kick with a reason where there is one, and close the session once
     /// the concurrent requests already accepted have finished.
     fn end_reading(&mut self, end: End) {
-        if let End::Violation(reason) = &end {
-            metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
-            self.session.kick(reason);
+        match &end {
+            End::Violation(reason) => {
+                metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
+                self.session
+                    .kick_as(DisconnectReason::ProtocolError, reason);
+            }
+            End::RateLimited => {
+                // Also a protocol error: that metric counts every violation that closes a
+                // connection, and dashboards built on it keep seeing floods.
+                metrics::counter!(telemetry::PROTOCOL_ERRORS_TOTAL).increment(1);
+                self.session
+                    .kick_as(DisconnectReason::RateLimit, REASON_RATE_LIMIT);
+            }
+            End::Drain | End::ClientGone | End::Closed => {}
         }
         let session = self.session;
         let close = move || match end {
-            End::Drain => session.kick(REASON_SHUTDOWN),
-            End::ClientGone => session.close("client closed"),
-            End::Violation(_) | End::Closed => {}
+            End::Drain => session.kick_as(DisconnectReason::Shutdown, REASON_SHUTDOWN),
+            End::ClientGone => session.close_as(None, "client closed"),
+            End::Violation(_) | End::RateLimited | End::Closed => {}
         };
         self.reading = match self.concurrent.take() {
             None => {
@@ -340,7 +354,7 @@ impl<'a> Running<'a> {
 
     /// A write failed: the session closes (which ends the reader too) and the socket is shut.
     fn write_failed(&mut self) {
-        self.session.close("write failed");
+        self.session.close_as(None, "write failed");
         self.queue.close();
         self.writing = match self.writer.take() {
             Some(mut writer) => {

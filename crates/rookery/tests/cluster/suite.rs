@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rookery::cluster::Transport;
+use rookery::telemetry::DisconnectReason;
 use rookery::{CallOptions, Json, RpcError, Target};
 use rookery_client::{Client, ClientError, ClientOptions};
 use serde_json::{json, Value};
@@ -219,6 +220,21 @@ pub async fn duplicate_login_across_gateways(transport: impl Fn() -> Arc<dyn Tra
         .unwrap();
     let closed = first.closed().await;
     assert_eq!(closed.reason.as_deref(), Some("duplicate login"));
+    // Counted by the gateway that held the older session, as a duplicate login (the kick
+    // came from the other gateway), once.
+    let counted = |reason| c.gate.app().disconnects().total(reason);
+    eventually("the duplicate login counted", || {
+        counted(DisconnectReason::DuplicateLogin) == 1
+    })
+    .await;
+    assert_eq!(counted(DisconnectReason::Kick), 0);
+    assert_eq!(
+        c.gate2
+            .app()
+            .disconnects()
+            .total(DisconnectReason::DuplicateLogin),
+        0
+    );
     assert!(second
         .request_json("game.auth.whoami", json!({}))
         .await

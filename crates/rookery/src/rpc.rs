@@ -548,16 +548,51 @@ impl<'a> Rpc<'a> {
     }
 
     /// Tells the other gateways a uid was bound here, so that older sessions of the same uid
-    /// elsewhere are kicked (the newest binding wins everywhere).
+    /// elsewhere are kicked (the binding with the larger stamp wins everywhere).
     pub(crate) async fn announce_bind(&self, session: &Session) {
-        let Some(uid) = session.uid() else { return };
-        let msg = SysBound {
-            uid: uid.to_string(),
-            bound_at: session.bound_at(),
-            gateway: self.app.node_id().to_string(),
+        let Some(msg) = self.bound_msg(session) else {
+            return;
         };
         self.notify_other_frontends("sys.uid.bound", prost::Message::encode_to_vec(&msg))
             .await;
+    }
+
+    /// Tells one gateway of a binding here (that it has an older session of the uid to kick),
+    /// or, for `None`, only this gateway's binding clock (a gateway that joins).
+    pub(crate) async fn announce_bind_to(&self, gateway: &str, session: Option<&Session>) {
+        let msg = match session {
+            Some(s) => match self.bound_msg(s) {
+                Some(m) => m,
+                None => return,
+            },
+            None => SysBound {
+                uid: String::new(),
+                bound_at: self.app.sessions().binding_clock(),
+                gateway: self.app.node_id().to_string(),
+            },
+        };
+        let Some(node) = self.cluster().registry.get(gateway) else {
+            return;
+        };
+        let env = self.envelope(
+            Kind::Notify,
+            Bytes::from_static(b"sys.uid.bound"),
+            Bytes::from(prost::Message::encode_to_vec(&msg)),
+            Serializer::Json,
+            None,
+            None,
+        );
+        if let Err(e) = self.cluster().transport.notify(&node, env.to_bytes()).await {
+            tracing::debug!(%gateway, error = %e, "binding notify failed");
+        }
+    }
+
+    fn bound_msg(&self, session: &Session) -> Option<SysBound> {
+        Some(SysBound {
+            uid: session.uid()?.to_string(),
+            bound_at: session.bound_at(),
+            gateway: self.app.node_id().to_string(),
+        })
     }
 
     async fn notify_other_frontends(&self, route: &str, body: Vec<u8>) {
@@ -957,6 +992,31 @@ impl FrameHandler for RpcServer {
 }
 
 impl App {
+    /// Another gateway bound a uid (or, with an empty uid, told its binding clock). Of two
+    /// sessions of the same uid, the one with the smaller (stamp, gateway id) is kicked; both
+    /// gateways compare the same pair, and the one keeping its session tells the other, so
+    /// exactly one survives whatever order the messages arrive in.
+    async fn uid_bound_elsewhere(&self, m: SysBound) {
+        self.sessions().observe_binding(m.bound_at);
+        if m.uid.is_empty() || m.gateway == self.node_id() {
+            return;
+        }
+        let Some(s) = self.sessions().by_uid(&m.uid) else {
+            return;
+        };
+        let mine = (s.bound_at(), self.node_id());
+        if mine < (m.bound_at, m.gateway.as_str()) {
+            s.kick_as(
+                crate::telemetry::DisconnectReason::DuplicateLogin,
+                crate::REASON_DUPLICATE_LOGIN,
+            );
+        } else {
+            // Ours is newer: the other gateway may have bound its session after it heard of
+            // ours, and then nobody else would tell it.
+            self.rpc().announce_bind_to(&m.gateway, Some(&s)).await;
+        }
+    }
+
     /// Handles the built-in `sys.*` routes of gateways; None for any other route.
     async fn system(&self, route: &str, payload: &Bytes) -> Option<Result<Bytes, Error>> {
         fn decode<M: prost::Message + Default>(b: &Bytes) -> Result<M, Error> {
@@ -1000,17 +1060,13 @@ impl App {
                     }
                 }
             }),
-            "sys.uid.bound" => decode::<SysBound>(payload).map(|m| {
-                if let Some(s) = sessions.by_uid(&m.uid) {
-                    // The newer binding wins; ties go to the larger gateway id.
-                    if (s.bound_at(), self.node_id()) < (m.bound_at, m.gateway.as_str()) {
-                        s.kick_as(
-                            crate::telemetry::DisconnectReason::DuplicateLogin,
-                            crate::REASON_DUPLICATE_LOGIN,
-                        );
-                    }
+            "sys.uid.bound" => match decode::<SysBound>(payload) {
+                Ok(m) => {
+                    self.uid_bound_elsewhere(m).await;
+                    Ok(())
                 }
-            }),
+                Err(e) => Err(e),
+            },
             "sys.session.closed" => match decode::<SysClosed>(payload) {
                 Ok(SysClosed {
                     session: Some(r),

@@ -150,7 +150,7 @@ impl Session {
             .clone()
     }
 
-    /// When the uid was bound, unix nanoseconds (0 if never).
+    /// The binding's stamp on the gateways' logical clock (0 if never bound).
     pub(crate) fn bound_at(&self) -> u64 {
         self.inner.bound_at.load(Ordering::Acquire)
     }
@@ -524,6 +524,10 @@ struct PoolInner {
     /// The cluster's dictionary: this node's, plus the routes learned from other nodes. New
     /// sessions are handed it; entries are added, never changed.
     cluster_dict: RwLock<Arc<RouteDict>>,
+    /// The uid-binding clock (a Lamport clock): a binding's stamp is above every stamp this
+    /// gateway has bound or heard of, so a login made after the gateway heard of another binding
+    /// of the same uid is ordered after it whatever the machines' clocks say.
+    clock: AtomicU64,
 }
 
 #[derive(Default)]
@@ -601,6 +605,19 @@ impl SessionPool {
         session
     }
 
+    /// Takes a binding stamp heard from another gateway into the clock; returns the clock.
+    pub(crate) fn observe_binding(&self, stamp: u64) -> u64 {
+        self.inner
+            .clock
+            .fetch_max(stamp, Ordering::AcqRel)
+            .max(stamp)
+    }
+
+    /// The binding clock now (sent to gateways that join).
+    pub(crate) fn binding_clock(&self) -> u64 {
+        self.inner.clock.load(Ordering::Acquire)
+    }
+
     /// Binds a user id to a session. If another session holds the uid, that older session is
     /// kicked with reason `duplicate login`. Binding the same uid again is a no-op; binding a
     /// different uid to an already bound session is refused.
@@ -624,11 +641,8 @@ impl SessionPool {
             }
             let uid: Arc<str> = Arc::from(uid);
             session.set_uid(Some(uid.clone()));
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1);
-            session.inner.bound_at.store(now, Ordering::Release);
+            let stamp = self.inner.clock.fetch_add(1, Ordering::AcqRel) + 1;
+            session.inner.bound_at.store(stamp, Ordering::Release);
             maps.by_uid
                 .insert(uid, session.clone())
                 .filter(|old| old.id() != session.id())

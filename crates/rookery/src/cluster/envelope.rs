@@ -406,13 +406,14 @@ pub struct SysClosed {
     pub reason: String,
 }
 
-/// `sys.uid.bound`: a gateway bound a uid; older sessions of the uid elsewhere are kicked.
+/// `sys.uid.bound`: a gateway bound a uid; older sessions of the uid elsewhere are kicked. With
+/// an empty uid it only carries the sender's binding clock (sent to a gateway that joins).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SysBound {
     /// User id.
     #[prost(string, tag = "1")]
     pub uid: String,
-    /// When it was bound (unix nanoseconds).
+    /// The binding's stamp on the gateways' logical clock (see `SessionPool::bind`).
     #[prost(uint64, tag = "2")]
     pub bound_at: u64,
     /// The gateway that bound it.

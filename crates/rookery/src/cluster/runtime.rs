@@ -191,7 +191,12 @@ pub(crate) async fn watch_discovery(
                 c.drop_link(&n.id);
             }
             NodeEvent::Found(n) => {
-                tracing::info!(node = %n.id, node_type = %n.node_type, "node found")
+                tracing::info!(node = %n.id, node_type = %n.node_type, "node found");
+                // A gateway that joins learns the binding clock, so its first bindings are
+                // ordered after the ones made before it joined.
+                if n.frontend && n.id != app.node_id() && c.me().frontend {
+                    app.rpc().announce_bind_to(&n.id, None).await;
+                }
             }
             NodeEvent::Updated(n) => tracing::debug!(node = %n.id, "node updated"),
         }

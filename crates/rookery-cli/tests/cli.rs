@@ -247,3 +247,65 @@ fn serve_rejects_bad_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("heartbeat"));
 }
+
+/// `rookery bench` against a server whose rate limit it breaks: the JSON reports the
+/// connections the server closed and the errors by code, a hint names the setting, and the
+/// run fails unless `--allow-disconnects` is given.
+#[test]
+fn bench_fails_when_the_server_closes_connections() {
+    let Served {
+        child: mut server,
+        tcp,
+        ..
+    } = serve_with_env(&[
+        ("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND", "50"),
+        ("ROOKERY_GATEWAY__RATE_LIMIT__BURST", "50"),
+        ("ROOKERY_GATEWAY__RATE_LIMIT__MAX_VIOLATIONS", "5"),
+    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--json",
+            "--addr",
+            &tcp,
+            "--connections",
+            "2",
+            "--route",
+            "room.room.echo",
+            "--duration",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+        (out.status.success(), report, stderr)
+    };
+    for allow in [false, true] {
+        let (ok, r, stderr) = bench(if allow { &["--allow-disconnects"] } else { &[] });
+        assert_eq!(ok, allow, "{r} {stderr}");
+        assert_eq!(r["closed_by_server"], 2, "{r}");
+        assert_eq!(
+            r["closed_by_server_reasons"],
+            serde_json::json!({"rate limit exceeded": 2}),
+            "{r}"
+        );
+        assert_eq!(
+            r["errors_by_code"],
+            serde_json::json!({"RK-429": 10, "CLOSED": 2}),
+            "{r}"
+        );
+        let hints: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hint: ")).collect();
+        assert_eq!(hints.len(), 1, "{stderr}");
+        assert!(
+            hints[0].contains("gateway.rate_limit.per_second")
+                && hints[0].contains("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND=0"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.contains("--allow-disconnects"), !allow, "{stderr}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -10,7 +10,7 @@
 //! driver then sends everything due at that instant. tokio's 1 ms timer only serves
 //! housekeeping (heartbeats, timeouts, phase changes), and pacing when there is no pacer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -82,6 +82,10 @@ pub(crate) struct TaskStats {
     pub errors: u64,
     pub timeouts: u64,
     pub pushes: u64,
+    /// `errors` by the code of the error response, or [`TIMEOUT`] / [`CLOSED`].
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// The server ended this connection before the generator did: why, and when.
+    pub closed: Option<(String, Instant)>,
 }
 
 impl TaskStats {
@@ -90,8 +94,58 @@ impl TaskStats {
         self.errors += o.errors;
         self.timeouts += o.timeouts;
         self.pushes += o.pushes;
+        for (code, n) in &o.errors_by_code {
+            self.count_error(code, *n);
+        }
+    }
+
+    /// Adds `n` errors of `code` to `errors_by_code` (not to `errors`), allocating the key only
+    /// the first time a code is seen.
+    pub(crate) fn count_error(&mut self, code: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        match self.errors_by_code.get_mut(code) {
+            Some(c) => *c += n,
+            None => {
+                self.errors_by_code.insert(code.to_string(), n);
+            }
+        }
     }
 }
+
+/// `errors_by_code` key of requests left unanswered after `--timeout` or the final drain.
+pub const TIMEOUT: &str = "TIMEOUT";
+/// `errors_by_code` key of requests lost because the server closed their connection.
+pub const CLOSED: &str = "CLOSED";
+/// `errors_by_code` key of error responses whose payload carries no readable code.
+pub const UNKNOWN: &str = "UNKNOWN";
+
+/// Why the server ended a connection: what a Kick packet says, or how the socket ended.
+fn kick_reason(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Kick {
+        reason: Option<String>,
+    }
+    match serde_json::from_slice::<Kick>(body) {
+        Ok(Kick {
+            reason: Some(reason),
+        }) if !reason.is_empty() => reason,
+        _ => "kicked without a reason".into(),
+    }
+}
+
+/// The code of an error response (`{"code": "...", "msg": "..."}`).
+fn error_code(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Err {
+        code: String,
+    }
+    serde_json::from_slice::<Err>(payload).ok().map(|e| e.code)
+}
+
+/// Close reason of a socket the server closed without a Kick.
+pub(crate) const CLOSED_WITHOUT_KICK: &str = "closed without a kick";
 
 /// How long a connection waits for its outstanding requests after the window.
 pub(crate) fn drain_time(timeout: Duration) -> Duration {
@@ -320,15 +374,22 @@ pub(crate) async fn connection(
             return None;
         }
     };
+    shared.running.fetch_add(1, Ordering::AcqRel);
     let _ = ready.send(Ok(()));
     drop(ready);
-    let conn = Conn::new(idx, plan, shared, session);
+    let conn = Conn::new(idx, plan, shared.clone(), session);
     // Without a pacer the signal is never raised (and its branch stays disabled).
     let wake = wake.unwrap_or_default();
-    Some(match link {
+    let stats = match link {
         Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, &wake, codec).await,
         Link::Ws(ws) => drive_ws(conn, *ws, start, &wake, codec).await,
-    })
+    };
+    if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // The last connection ended (before the window's end when the server closed them all):
+        // the coordinator stops waiting for the window.
+        shared.all_ended.notify_one();
+    }
+    Some(stats)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,24 +592,29 @@ impl Conn {
         self.live += 1;
     }
 
-    /// Handles one inbound packet; `Err` means the connection must end.
-    fn on_packet(&mut self, p: Packet, now: Instant, wbuf: &mut BytesMut) -> Result<(), ()> {
+    /// Handles one inbound packet; `Err` (why) means the connection must end.
+    fn on_packet(&mut self, p: Packet, now: Instant, wbuf: &mut BytesMut) -> Result<(), String> {
         match p.kind {
             PacketType::Data => {
-                let m = Message::decode(p.body).map_err(|_| ())?;
+                let m = Message::decode(p.body)
+                    .map_err(|e| format!("undecodable message from the server: {e}"))?;
                 match m.kind {
-                    MessageType::Response => self.on_response(m.id, m.error, now, wbuf),
+                    MessageType::Response => {
+                        let error = m.error.then_some(&m.payload[..]);
+                        self.on_response(m.id, error, now, wbuf)
+                    }
                     MessageType::Push => self.on_push(&m, now),
                     MessageType::Request | MessageType::Notify => {}
                 }
                 Ok(())
             }
-            PacketType::Kick => Err(()),
+            PacketType::Kick => Err(kick_reason(&p.body)),
             PacketType::Handshake | PacketType::HandshakeAck | PacketType::Heartbeat => Ok(()),
         }
     }
 
-    fn on_response(&mut self, id: u64, error: bool, now: Instant, wbuf: &mut BytesMut) {
+    /// A response arrived; `error` holds the payload of an error response.
+    fn on_response(&mut self, id: u64, error: Option<&[u8]>, now: Instant, wbuf: &mut BytesMut) {
         // Ids are sent in increasing order and leave from the front: the queue is sorted.
         let Ok(i) = self.pending.binary_search_by_key(&id, |p| p.id) else {
             return; // timed out already, or not ours
@@ -566,8 +632,12 @@ impl Conn {
         self.unreported += 1;
         if self.in_window(now) {
             self.stats.requests += 1;
-            if error {
+            if let Some(payload) = error {
                 self.stats.errors += 1;
+                match error_code(payload) {
+                    Some(code) => self.stats.count_error(&code, 1),
+                    None => self.stats.count_error(UNKNOWN, 1),
+                }
             }
             self.samples
                 .push(now.saturating_duration_since(at).as_micros() as u64);
@@ -661,6 +731,7 @@ impl Conn {
             if self.in_window(at) {
                 self.stats.timeouts += 1;
                 self.stats.errors += 1;
+                self.stats.count_error(TIMEOUT, 1);
             }
             if self.closed_loop && self.state == State::Running && now < self.measure_end {
                 self.send_request(now, wbuf);
@@ -722,6 +793,7 @@ impl Conn {
                     .count() as u64;
                 self.stats.timeouts += lost;
                 self.stats.errors += lost;
+                self.stats.count_error(TIMEOUT, lost);
                 self.pending.clear();
                 self.live = 0;
                 self.state = State::Done;
@@ -730,7 +802,15 @@ impl Conn {
         }
     }
 
-    /// The connection closed under us: requests sent in the window and unanswered are errors.
+    /// The server ended the connection (`reason`) before this side was done with it.
+    fn closed_by_server(&mut self, reason: String, now: Instant) {
+        if self.state != State::Done && self.stats.closed.is_none() {
+            self.stats.closed = Some((reason, now));
+        }
+    }
+
+    /// The connection ended before this side was done with it (closed by the server, or the run
+    /// was abandoned): requests sent in the window and unanswered are errors.
     fn lost(&mut self) {
         if self.state != State::Done {
             let lost = self
@@ -739,6 +819,7 @@ impl Conn {
                 .filter(|p| p.live && self.in_window(p.at))
                 .count() as u64;
             self.stats.errors += lost;
+            self.stats.count_error(CLOSED, lost);
             self.pending.clear();
             self.live = 0;
             self.state = State::Done;
@@ -803,7 +884,14 @@ async fn drive_tcp(
         let mut read_at = None;
         tokio::select! {
             res = rd.read_buf(&mut rbuf) => match res {
-                Ok(0) | Err(_) => ok = false,
+                Ok(0) => {
+                    conn.closed_by_server(CLOSED_WITHOUT_KICK.into(), Instant::now());
+                    ok = false;
+                }
+                Err(e) => {
+                    conn.closed_by_server(format!("read error: {e}"), Instant::now());
+                    ok = false;
+                }
                 Ok(n) => {
                     if n >= spare && read_chunk < MAX_READ {
                         read_chunk *= 2;
@@ -812,13 +900,16 @@ async fn drive_tcp(
                     loop {
                         match codec.decode(&mut rbuf) {
                             Ok(Some(p)) => {
-                                if conn.on_packet(p, now, &mut wbuf).is_err() {
+                                if let Err(reason) = conn.on_packet(p, now, &mut wbuf) {
+                                    conn.closed_by_server(reason, now);
                                     ok = false;
                                     break;
                                 }
                             }
                             Ok(None) => break,
-                            Err(_) => {
+                            Err(e) => {
+                                let reason = format!("undecodable packet from the server: {e}");
+                                conn.closed_by_server(reason, now);
                                 ok = false;
                                 break;
                             }
@@ -830,7 +921,10 @@ async fn drive_tcp(
             },
             res = wr.write(&wbuf), if !wbuf.is_empty() => match res {
                 Ok(n) => wbuf.advance(n),
-                Err(_) => ok = false,
+                Err(e) => {
+                    conn.closed_by_server(format!("write error: {e}"), Instant::now());
+                    ok = false;
+                }
             },
             _ = &mut sleep => {}
             // A request is due: poll_timers below sends it.
@@ -857,7 +951,10 @@ async fn drive_tcp(
             match wr.try_write(&wbuf) {
                 Ok(n) => wbuf.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => break,
+                Err(e) => {
+                    conn.closed_by_server(format!("write error: {e}"), Instant::now());
+                    break;
+                }
             }
         }
     }
@@ -878,7 +975,8 @@ async fn ws_flush(tx: &mut WsSink, wbuf: &mut BytesMut) -> Result<(), tungstenit
     tx.flush().await
 }
 
-/// Handles one WebSocket read result; false when the connection must end.
+/// Handles one WebSocket read result; false when the connection must end (the server ended
+/// it, recorded with its reason).
 fn on_ws(
     conn: &mut Conn,
     m: Option<Result<WsMessage, tungstenite::Error>>,
@@ -886,14 +984,20 @@ fn on_ws(
     wbuf: &mut BytesMut,
     codec: &PacketCodec,
 ) -> bool {
-    match m {
+    let end = match m {
         Some(Ok(WsMessage::Binary(b))) => match codec.decode_frame(b) {
-            Ok(p) => conn.on_packet(p, now, wbuf).is_ok(),
-            Err(_) => false,
+            Ok(p) => match conn.on_packet(p, now, wbuf) {
+                Ok(()) => return true,
+                Err(reason) => reason,
+            },
+            Err(e) => format!("undecodable packet from the server: {e}"),
         },
-        Some(Ok(WsMessage::Close(_))) | Some(Err(_)) | None => false,
-        Some(Ok(_)) => true,
-    }
+        Some(Ok(WsMessage::Close(_))) | None => CLOSED_WITHOUT_KICK.into(),
+        Some(Err(e)) => format!("read error: {e}"),
+        Some(Ok(_)) => return true,
+    };
+    conn.closed_by_server(end, now);
+    false
 }
 
 async fn drive_ws(
@@ -953,9 +1057,14 @@ async fn drive_ws(
             break;
         }
         if !wbuf.is_empty() {
-            match timeout(conn.plan.timeout, ws_flush(&mut tx, &mut wbuf)).await {
-                Ok(Ok(())) => {}
-                _ => break,
+            let end = match timeout(conn.plan.timeout, ws_flush(&mut tx, &mut wbuf)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("write error: {e}")),
+                Err(_) => Some("the server stopped reading (write timed out)".to_string()),
+            };
+            if let Some(reason) = end {
+                conn.closed_by_server(reason, Instant::now());
+                break;
             }
         }
     }

@@ -14,15 +14,23 @@
 //!
 //! Figures: `requests` counts responses (including error responses) received inside the
 //! measurement window (`--warmup` seconds after the start, for `--duration` seconds); `errors`
-//! counts error responses, timeouts and requests lost with a closed connection; latencies are in
-//! microseconds.
+//! counts error responses, timeouts and requests lost with a closed connection, and
+//! `errors_by_code` splits them by code; latencies are in microseconds.
+//!
+//! A connection the server ends (a Kick, e.g. for breaking its rate limit, or a closed socket)
+//! measures nothing from then on, so a rate over the whole window would be a figure nobody
+//! measured: such connections are counted in `closed_by_server` with their reasons, the rates
+//! are taken over `measured_secs` (the part of the window during which connections were open),
+//! the run stops waiting once every connection has ended, and [`check`] fails the run unless
+//! `--allow-disconnects` says disconnects are expected.
 
 mod ceiling;
 mod conn;
 mod pacer;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +42,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 pub use ceiling::{serve_ceiling, serve_ceiling_with, start_nats_echo, Answer, RAW_NATS_SUBJECT};
+pub use conn::{CLOSED, TIMEOUT, UNKNOWN};
 
 use conn::{Plan, Start, TaskStats};
 use pacer::{Pacer, Schedule};
@@ -106,6 +115,10 @@ pub struct BenchArgs {
     /// generator throughput with thousands of connections; for latency comparisons.
     #[arg(long)]
     pub fair: bool,
+    /// Succeed even when the server closed connections before the end of the run (by default
+    /// that fails the run: those connections measured nothing after they closed).
+    #[arg(long)]
+    pub allow_disconnects: bool,
 }
 
 /// Global-queue interval of the generator's runtime with `--fair` (see
@@ -141,9 +154,23 @@ pub struct Report {
     /// Requests unanswered after `--timeout`, or still unanswered when the drain after the
     /// window ended (also counted in `errors`).
     pub timeouts: u64,
+    /// `errors` by cause: the code of each error response (e.g. `RK-429`), `TIMEOUT` for
+    /// requests unanswered in time, `CLOSED` for requests lost when the server closed their
+    /// connection, `UNKNOWN` for error responses without a readable code.
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// Established connections that the server closed before the generator was done with them
+    /// (kicked, socket closed or broken).
+    pub closed_by_server: u64,
+    /// `closed_by_server` by reason: the Kick's reason (e.g. `rate limit exceeded`), or how the
+    /// socket ended (`closed without a kick`, `read error: ...`).
+    pub closed_by_server_reasons: BTreeMap<String, u64>,
     /// Length of the measurement window, seconds (0 when no connection was established).
     pub duration_secs: f64,
-    /// `requests / duration_secs`.
+    /// The part of the window during which connections were open, seconds: `duration_secs`
+    /// unless the server closed every connection before the window's end (then up to the last
+    /// close; 0 if they were all closed before the window began).
+    pub measured_secs: f64,
+    /// `requests / measured_secs` (0 when `measured_secs` is 0).
     pub requests_per_sec: f64,
     /// Median request latency, microseconds.
     pub p50_us: u64,
@@ -160,7 +187,7 @@ pub struct Report {
     /// Pushes received on `--push-route` in the window (from the handshake on when there is no
     /// warm-up).
     pub pushes: u64,
-    /// `pushes / duration_secs`.
+    /// `pushes / measured_secs`.
     pub pushes_per_sec: f64,
     /// Median push latency (from the push's `ts_us`), microseconds.
     pub push_p50_us: u64,
@@ -181,6 +208,10 @@ pub(crate) struct Shared {
     /// Open loop: the largest delay (microseconds) between a request's scheduled time and its
     /// sending since the pacer last took it (the pacer adapts its cadence to it).
     pub(crate) send_lag_us: Arc<AtomicU64>,
+    /// Connections set up and not yet ended.
+    pub(crate) running: AtomicUsize,
+    /// Raised when `running` drops to 0.
+    pub(crate) all_ended: Notify,
 }
 
 /// Highest latency a histogram records (larger values are clamped): 60 s in microseconds.
@@ -203,6 +234,8 @@ impl Shared {
             completed: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
             send_lag_us: Arc::new(AtomicU64::new(0)),
+            running: AtomicUsize::new(0),
+            all_ended: Notify::new(),
         }
     }
 
@@ -417,7 +450,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
             0,
             connect_errors,
             TaskStats::default(),
-            0.0,
+            Window::default(),
         ));
     }
 
@@ -471,8 +504,19 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
     let mut last = (0u64, 0u64);
     let mut next_tick = start + Duration::from_secs(1);
     let mut second = 0u64;
+    let mut all_ended = false;
     while next_tick < measure_end + Duration::from_millis(1) {
-        tokio::time::sleep_until(next_tick.min(measure_end)).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_tick.min(measure_end)) => {}
+            // Every connection ended (the server closed them): nothing is left to measure.
+            _ = shared.all_ended.notified() => {
+                if shared.running.load(Ordering::Acquire) == 0 {
+                    all_ended = true;
+                    break;
+                }
+                continue;
+            }
+        }
         second += 1;
         let done = shared.completed.load(Ordering::Relaxed);
         let pushes = shared.pushes.load(Ordering::Relaxed);
@@ -492,31 +536,61 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
         }
         next_tick += Duration::from_secs(1);
     }
-    if measure_end > Instant::now() {
-        tokio::time::sleep_until(measure_end).await;
+    if !all_ended && measure_end > Instant::now() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(measure_end) => {}
+            _ = shared.all_ended.notified() => {}
+        }
     }
     pb.finish_and_clear();
 
     // Collect: every task ends by itself within the drain; abort any straggler after a grace.
     let deadline = measure_end + conn::drain_time(plan.timeout) + STRAGGLER_GRACE;
     let mut totals = TaskStats::default();
+    let mut closed = BTreeMap::<String, u64>::new();
+    // The end of the part of the window during which connections were open: the window's end
+    // while any connection stayed (or is not accounted for), else the last close.
+    let mut last_open = None::<Instant>;
+    let mut accounted = 0usize;
     for mut h in handles {
         match tokio::time::timeout_at(deadline, &mut h).await {
-            Ok(Ok(Some(stats))) => totals.add(&stats),
+            Ok(Ok(Some(stats))) => {
+                totals.add(&stats);
+                accounted += 1;
+                let end = match &stats.closed {
+                    Some((reason, at)) => {
+                        *closed.entry(reason.clone()).or_default() += 1;
+                        *at
+                    }
+                    None => measure_end,
+                };
+                last_open = Some(last_open.map_or(end, |l| l.max(end)));
+            }
             Ok(_) => {}
             Err(_) => h.abort(),
         }
     }
     drop(start_tx);
     drop(pacer);
-    Ok(report(
-        &plan,
-        &shared,
-        live,
-        connect_errors,
-        totals,
-        plan.duration.as_secs_f64(),
-    ))
+    let window_start = start + plan.warmup;
+    let open_until = match last_open {
+        Some(t) if accounted == live => t.clamp(window_start, measure_end),
+        _ => measure_end,
+    };
+    let window = Window {
+        duration_secs: plan.duration.as_secs_f64(),
+        measured_secs: open_until.duration_since(window_start).as_secs_f64(),
+        closed,
+    };
+    Ok(report(&plan, &shared, live, connect_errors, totals, window))
+}
+
+/// How much of the measurement window was measured, and which connections the server closed.
+#[derive(Default)]
+struct Window {
+    duration_secs: f64,
+    measured_secs: f64,
+    closed: BTreeMap<String, u64>,
 }
 
 fn report(
@@ -525,8 +599,13 @@ fn report(
     live: usize,
     connect_errors: u64,
     t: TaskStats,
-    duration_secs: f64,
+    window: Window,
 ) -> Report {
+    let Window {
+        duration_secs,
+        measured_secs,
+        closed,
+    } = window;
     let lat = shared.merged(false);
     let push = if plan.push_route.is_some() {
         shared.merged(true)
@@ -534,8 +613,8 @@ fn report(
         new_histogram()
     };
     let per_sec = |n: u64| {
-        if duration_secs > 0.0 {
-            n as f64 / duration_secs
+        if measured_secs > 0.0 {
+            n as f64 / measured_secs
         } else {
             0.0
         }
@@ -553,7 +632,11 @@ fn report(
         requests: t.requests,
         errors: t.errors,
         timeouts: t.timeouts,
+        errors_by_code: t.errors_by_code,
+        closed_by_server: closed.values().sum(),
+        closed_by_server_reasons: closed,
         duration_secs,
+        measured_secs,
         requests_per_sec: per_sec(t.requests),
         p50_us: q(&lat, 0.5),
         p90_us: q(&lat, 0.9),
@@ -570,26 +653,113 @@ fn report(
 
 /// Prints a report as a small human-readable table on stdout.
 pub fn print_table(r: &Report) {
-    println!(
+    print!("{}", table(r));
+}
+
+/// The human-readable table of a report. When the server closed connections it says so, and
+/// what the throughput is over (or that there is none to give).
+pub fn table(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut t = String::new();
+    let list = |m: &BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        t,
         "connections   {:>12}   ({} failed)",
         r.connections, r.connect_errors
     );
-    println!("duration      {:>12.2} s", r.duration_secs);
-    println!(
+    if r.closed_by_server > 0 {
+        let _ = writeln!(
+            t,
+            "closed by the server {:>5}   ({})",
+            r.closed_by_server,
+            list(&r.closed_by_server_reasons)
+        );
+    }
+    if r.measured_secs < r.duration_secs {
+        let _ = writeln!(
+            t,
+            "duration      {:>12.2} s   (connections open for {:.3} s of it)",
+            r.duration_secs, r.measured_secs
+        );
+    } else {
+        let _ = writeln!(t, "duration      {:>12.2} s", r.duration_secs);
+    }
+    let _ = writeln!(
+        t,
         "requests      {:>12}   ({} errors, {} timeouts)",
         r.requests, r.errors, r.timeouts
     );
-    println!("throughput    {:>12.0} req/s", r.requests_per_sec);
-    println!(
+    if !r.errors_by_code.is_empty() {
+        let _ = writeln!(t, "errors by code  {}", list(&r.errors_by_code));
+    }
+    if r.closed_by_server > 0 && r.measured_secs <= 0.0 {
+        let _ = writeln!(
+            t,
+            "throughput    void: the server closed every connection before the window began"
+        );
+    } else if r.closed_by_server > 0 {
+        let _ = writeln!(
+            t,
+            "throughput    {:>12.0} req/s   over the {:.3} s connections were open; NOT a figure \
+             for {} connections: the server closed {} of them before the end",
+            r.requests_per_sec, r.measured_secs, r.connections, r.closed_by_server
+        );
+    } else {
+        let _ = writeln!(t, "throughput    {:>12.0} req/s", r.requests_per_sec);
+    }
+    let _ = writeln!(
+        t,
         "latency (us)  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  mean {:.1}",
         r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us, r.mean_us
     );
     if r.pushes > 0 {
-        println!(
+        let _ = writeln!(
+            t,
             "pushes        {:>12}   ({:.0}/s; latency p50 {} us, p99 {} us)",
             r.pushes, r.pushes_per_sec, r.push_p50_us, r.push_p99_us
         );
     }
+    t
+}
+
+/// The one-line hint printed when the server rate-limited the generator.
+pub const RATE_LIMIT_HINT: &str = "hint: the server rate-limited these connections (RK-429): \
+     raise gateway.rate_limit.per_second in its configuration, or start it with \
+     ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND=0 to switch the limit off";
+
+/// A hint for the user when the figures show the server's rate limit at work: error responses
+/// `RK-429`, or connections kicked for exceeding the limit.
+pub fn hint(r: &Report) -> Option<&'static str> {
+    let refused = r.errors_by_code.contains_key("RK-429");
+    let kicked = r
+        .closed_by_server_reasons
+        .keys()
+        .any(|reason| reason.contains("rate limit"));
+    (refused || kicked).then_some(RATE_LIMIT_HINT)
+}
+
+/// Whether the run counts as a success: it does not when the server closed connections before
+/// the end, unless `--allow-disconnects` was given (their figures stop where they closed).
+pub fn check(r: &Report, args: &BenchArgs) -> Result<(), String> {
+    if r.closed_by_server == 0 || args.allow_disconnects {
+        return Ok(());
+    }
+    let reasons = r
+        .closed_by_server_reasons
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(format!(
+        "the server closed {} of {} connections before the end ({reasons}); \
+         pass --allow-disconnects if that is expected",
+        r.closed_by_server, r.connections
+    ))
 }
 
 /// Appends a base-128 varint (low 7 bits first), as in the message layer.

@@ -49,6 +49,14 @@ async fn closed_loop_against_ceiling() {
     assert!(r.requests_per_sec > 0.0);
     assert!(r.mean_us > 0.0);
     assert_ordered(&r);
+    assert_eq!(r.closed_by_server, 0, "{r:?}");
+    assert!(r.errors_by_code.is_empty(), "{r:?}");
+    assert_eq!(r.measured_secs, r.duration_secs);
+    assert_eq!(
+        r.requests_per_sec,
+        r.requests as f64 / r.duration_secs,
+        "{r:?}"
+    );
     // Printing must not panic.
     rookery_bench::print_table(&r);
     let json = serde_json::to_value(&r).unwrap();
@@ -241,6 +249,12 @@ async fn error_responses_are_counted() {
     assert!(r.requests > 0, "{r:?}");
     assert_eq!(r.errors, r.requests, "{r:?}");
     assert_eq!(r.timeouts, 0, "{r:?}");
+    assert_eq!(
+        r.errors_by_code,
+        [("PIT-500".to_string(), r.errors)].into_iter().collect(),
+        "{r:?}"
+    );
+    assert_eq!(rookery_bench::hint(&r), None);
     // Error responses are still measured.
     assert!(r.max_us > 0 || r.mean_us > 0.0, "{r:?}");
 }
@@ -298,6 +312,14 @@ async fn unanswered_requests_time_out_without_hanging() {
     // Closed loop replaces each timed-out request: several rounds of 2 x 3 in 0.6 s.
     assert!(r.timeouts >= 6, "{r:?}");
     assert_eq!(r.errors, r.timeouts, "{r:?}");
+    assert_eq!(
+        r.errors_by_code,
+        [(rookery_bench::TIMEOUT.to_string(), r.timeouts)]
+            .into_iter()
+            .collect(),
+        "{r:?}"
+    );
+    assert_eq!(r.closed_by_server, 0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

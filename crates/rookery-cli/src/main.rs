@@ -62,13 +62,16 @@ fn init_logs(default: &str) {
 async fn bench(
     args: rookery_bench::BenchArgs,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let json = args.json;
-    let report = rookery_bench::run(args).await?;
-    if json {
+    let report = rookery_bench::run(args.clone()).await?;
+    if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         rookery_bench::print_table(&report);
     }
+    if let Some(hint) = rookery_bench::hint(&report) {
+        eprintln!("{hint}");
+    }
+    rookery_bench::check(&report, &args)?;
     Ok(())
 }
 

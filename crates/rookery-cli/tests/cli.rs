@@ -92,8 +92,15 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
 }
 
 fn client(addr: &str, script: &str) -> (String, bool) {
+    let (stdout, _, ok) = client_with(&[addr], script);
+    (stdout, ok)
+}
+
+/// `rookery client ARGS` reading `script` from a pipe: stdout, stderr, success.
+fn client_with(args: &[&str], script: &str) -> (String, String, bool) {
     let mut child = Command::new(BIN)
-        .args(["client", addr])
+        .arg("client")
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -108,6 +115,7 @@ fn client(addr: &str, script: &str) -> (String, bool) {
     let out = child.wait_with_output().unwrap();
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.success(),
     )
 }
@@ -293,5 +301,315 @@ fn building_the_binary_needs_no_protoc() {
                 "{needs_protoc} is built with the binary ({features:?}): it needs protoc"
             );
         }
+    }
+}
+
+/// `rookery bench` against a server whose rate limit it breaks: the JSON reports the
+/// connections the server closed and the errors by code, a hint names the setting, and the
+/// run fails unless `--allow-disconnects` is given.
+#[test]
+fn bench_fails_when_the_server_closes_connections() {
+    let Served {
+        child: mut server,
+        tcp,
+        ..
+    } = serve_with_env(&[
+        ("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND", "50"),
+        ("ROOKERY_GATEWAY__RATE_LIMIT__BURST", "50"),
+        ("ROOKERY_GATEWAY__RATE_LIMIT__MAX_VIOLATIONS", "5"),
+    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--json",
+            "--addr",
+            &tcp,
+            "--connections",
+            "2",
+            "--route",
+            "room.room.echo",
+            "--duration",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{e}: {stdout} {stderr}"));
+        (out.status.success(), report, stderr)
+    };
+    for allow in [false, true] {
+        let (ok, r, stderr) = bench(if allow { &["--allow-disconnects"] } else { &[] });
+        assert_eq!(ok, allow, "{r} {stderr}");
+        assert_eq!(r["closed_by_server"], 2, "{r}");
+        assert_eq!(
+            r["closed_by_server_reasons"],
+            serde_json::json!({"rate limit exceeded": 2}),
+            "{r}"
+        );
+        assert_eq!(
+            r["errors_by_code"],
+            serde_json::json!({"RK-429": 10, "CLOSED": 2}),
+            "{r}"
+        );
+        let hints: Vec<&str> = stderr.lines().filter(|l| l.starts_with("hint: ")).collect();
+        assert_eq!(hints.len(), 1, "{stderr}");
+        assert!(
+            hints[0].contains("gateway.rate_limit.per_second")
+                && hints[0].contains("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND=0"),
+            "{stderr}"
+        );
+        assert_eq!(stderr.contains("--allow-disconnects"), !allow, "{stderr}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A script may start disconnected, `connect` and `disconnect` (TCP, then WebSocket); commands
+/// that need a connection fail without one, and a `connect` that fails ends the script with an
+/// error.
+#[test]
+fn client_pipe_connects_and_disconnects() {
+    let Served {
+        child: mut server,
+        tcp,
+        ws,
+        ..
+    } = serve();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let script = format!(
+        "routes\n\
+         connect {tcp}\n\
+         request connector.entry.login {{\"uid\":\"carol\"}}\n\
+         disconnect\n\
+         request room.room.list {{}}\n\
+         connect {ws}\n\
+         request connector.entry.login {{\"uid\":\"dave\"}}\n\
+         connect {tcp}\n\
+         request room.room.list {{}}\n\
+         disconnect\n\
+         disconnect\n\
+         connect {dead}\n\
+         request room.room.list {{}}\n"
+    );
+    let (out, err, ok) = client_with(&[], &script);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(!ok, "a failed connect fails the script: {out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let want = [
+        format!("connected to {tcp} (serializer json, heartbeat 5s, "),
+        r#"< connector.entry.login {"uid":"carol"}"#.to_string(),
+        format!("disconnected from {tcp}"),
+        format!("connected to {ws} (serializer json, heartbeat 5s, "),
+        r#"< connector.entry.login {"uid":"dave"}"#.to_string(),
+        format!("disconnected from {ws}"),
+        format!("connected to {tcp} (serializer json, heartbeat 5s, "),
+        r#"< room.room.list {"rooms":[]}"#.to_string(),
+        format!("disconnected from {tcp}"),
+    ];
+    assert_eq!(lines.len(), want.len(), "{out}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "{line:?} is not {want:?}:\n{out}"
+        );
+    }
+    let errors: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        errors[..3],
+        [
+            "error: not connected (connect ADDR)",
+            "error: not connected (connect ADDR)",
+            "error: not connected",
+        ],
+        "{err}"
+    );
+    assert!(
+        errors[3].starts_with(&format!("error: cannot connect to {dead}")),
+        "{err}"
+    );
+    assert_eq!(errors.len(), 4, "{err}");
+}
+
+/// The interactive client on a pseudo-terminal: prompt, Tab completion of commands and routes,
+/// a push printed while a line is being typed (the line is drawn again after it), history kept
+/// in `~/.rookery_history` across runs.
+#[cfg(unix)]
+mod tty {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Instant;
+
+    /// Everything the client wrote to the terminal, and a signal for each new chunk.
+    type Screen = Arc<(Mutex<Vec<u8>>, Condvar)>;
+
+    struct Terminal {
+        /// `None` once it has exited.
+        child: Option<Child>,
+        input: std::fs::File,
+        screen: Screen,
+    }
+
+    /// A test that fails leaves no client behind.
+    impl Drop for Terminal {
+        fn drop(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// A test that fails leaves no server behind.
+    struct Server(Child);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Terminal {
+        fn start(addr: &str, home: &std::path::Path) -> Terminal {
+            let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+            let io = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+            let child = Command::new(BIN)
+                .args(["client", addr])
+                .env("HOME", home)
+                .env("TERM", "xterm")
+                .stdin(io(&pty.slave))
+                .stdout(io(&pty.slave))
+                .stderr(io(&pty.slave))
+                .spawn()
+                .unwrap();
+            drop(pty.slave);
+            let input = std::fs::File::from(pty.master.try_clone().unwrap());
+            let mut output = std::fs::File::from(pty.master);
+            let screen: Screen = Default::default();
+            let sink = screen.clone();
+            // Ends when the client has exited (the terminal's other side is then closed).
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = output.read(&mut buf) {
+                    sink.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                    sink.1.notify_all();
+                }
+            });
+            Terminal {
+                child: Some(child),
+                input,
+                screen,
+            }
+        }
+
+        fn type_keys(&mut self, keys: &str) {
+            self.input.write_all(keys.as_bytes()).unwrap();
+        }
+
+        /// Waits until `text` shows up after byte `from` of the output; returns where it ends.
+        fn wait_for(&self, text: &str, from: usize) -> usize {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut screen = self.screen.0.lock().unwrap();
+            loop {
+                if let Some(i) = screen[from.min(screen.len())..]
+                    .windows(text.len())
+                    .position(|w| w == text.as_bytes())
+                {
+                    return from + i + text.len();
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                assert!(
+                    !left.is_zero(),
+                    "{text:?} not shown; the terminal shows:\n{}",
+                    String::from_utf8_lossy(&screen[from.min(screen.len())..])
+                );
+                screen = self.screen.1.wait_timeout(screen, left).unwrap().0;
+            }
+        }
+
+        fn quit(mut self, at: usize) {
+            // Ctrl-U clears whatever is typed.
+            self.type_keys("\x15quit\r");
+            self.wait_for("quit", at);
+            let child = self.child.take().unwrap();
+            let status = wait_exit(child, Duration::from_secs(10)).expect("exits on quit");
+            assert!(status.success());
+        }
+    }
+
+    #[test]
+    fn interactive_client_on_a_terminal() {
+        let Served { child, tcp, .. } = serve();
+        let _server = Server(child);
+        let home = std::env::temp_dir().join(format!(
+            "rookery-tty-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&home).unwrap();
+        let prompt = format!("{tcp}> ");
+
+        let mut t = Terminal::start(&tcp, &home);
+        let at = t.wait_for(&prompt, 0);
+        // Commands, then routes from the handshake dictionary.
+        t.type_keys("req\t");
+        let at = t.wait_for(&format!("{prompt}request "), at);
+        t.type_keys("connector.entry.l\t");
+        let at = t.wait_for(&format!("{prompt}request connector.entry.login "), at);
+        t.type_keys("{\"uid\":\"tty\"}\r");
+        let at = t.wait_for(r#"< connector.entry.login {"uid":"tty"}"#, at);
+        t.type_keys("request room.room.join {\"room\":\"tty\"}\r");
+        let at = t.wait_for(r#"< room.room.join {"members":["tty"],"room":"tty"}"#, at);
+        let at = t.wait_for(&prompt, at);
+        // A push while a line is being typed: printed, then the line drawn again.
+        t.type_keys("request room.ro");
+        let at = t.wait_for("request room.ro", at);
+        let (out, ok) = client(
+            &tcp,
+            "request connector.entry.login {\"uid\":\"other\"}\n\
+             request room.room.join {\"room\":\"tty\"}\n\
+             request room.room.say {\"room\":\"tty\",\"text\":\"hello\"}\n",
+        );
+        assert!(ok, "{out}");
+        let at = t.wait_for(
+            r#"push onMessage {"from":"other","room":"tty","text":"hello"}"#,
+            at,
+        );
+        let at = t.wait_for(&format!("{prompt}request room.ro"), at);
+        // The other client has left (a push too); the line goes on where it was.
+        let at = t.wait_for(r#"push onLeave {"room":"tty","uid":"other"}"#, at);
+        let at = t.wait_for(&format!("{prompt}request room.ro"), at);
+        t.type_keys("om.list\r");
+        let at = t.wait_for(
+            r#"< room.room.list {"rooms":[{"members":1,"room":"tty"}]}"#,
+            at,
+        );
+        t.quit(at);
+
+        let history = std::fs::read_to_string(home.join(".rookery_history")).unwrap();
+        assert!(
+            history.contains(r#"request connector.entry.login {"uid":"tty"}"#),
+            "{history}"
+        );
+        assert!(history.contains("request room.room.list"), "{history}");
+
+        // A second run finds the first one's lines (arrow up: the latest first).
+        let mut t = Terminal::start(&tcp, &home);
+        let at = t.wait_for(&prompt, 0);
+        t.type_keys("\x1b[A\x1b[A");
+        let at = t.wait_for(&format!("{prompt}request room.room.list"), at);
+        t.quit(at);
+        let _ = std::fs::remove_dir_all(&home);
     }
 }

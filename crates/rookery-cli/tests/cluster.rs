@@ -16,6 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_rookery");
 const WAIT: Duration = Duration::from_secs(10);
 /// Lease TTL used by the test (the examples use 5 s).
 const TTL: u64 = 2;
+/// Members a room holds in these tests (`ROOM-FULL` beyond).
+const MAX_MEMBERS: usize = 3;
 
 /// Child processes, killed on drop.
 struct Procs(Vec<(String, Child)>);
@@ -72,6 +74,10 @@ fn spawn(config: &Path, process: &str) -> (Child, Option<String>) {
 fn spawn_with(mut command: Command, config: &Path, process: &str) -> (Child, Option<String>) {
     let mut child = command
         .args(["serve", "--config"])
+        .env(
+            "ROOKERY_MODULES__ROOM__MAX_MEMBERS",
+            MAX_MEMBERS.to_string(),
+        )
         .arg(config)
         .args(["--process", process])
         .env(
@@ -393,6 +399,45 @@ async fn demo_over(example: &str, with_nats: bool) {
     assert!(start.elapsed() < WAIT);
     let list = until_ok(&alice2, "room.room.list", json!({}), WAIT).await;
     assert_eq!(list["rooms"].as_array().unwrap().len(), 9, "{list}");
+
+    // A gateway dies (kill -9) with users in a shared room: within the lease TTL plus a margin
+    // the room nodes let go of its sessions: the other members get `onLeave` for each of them,
+    // and their seats (rooms hold MAX_MEMBERS) go to new users.
+    let g1a = login(&gates[0], "g1a").await;
+    let g1b = login(&gates[0], "g1b").await;
+    let g2a = login(&gates[1], "g2a").await;
+    for c in [&g1a, &g1b, &g2a] {
+        until_ok(c, "room.room.join", json!({"room": "seats"}), WAIT).await;
+    }
+    let late = login(&gates[1], "late").await;
+    match late
+        .request_json("room.room.join", json!({"room": "seats"}))
+        .await
+    {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "ROOM-FULL"),
+        other => panic!("a full room let a fourth member in: {other:?}"),
+    }
+    let killed = Instant::now();
+    procs.kill9("gate-1");
+    let mut left = std::collections::BTreeSet::new();
+    while left.len() < 2 {
+        let v: Value = g2a
+            .next_push("onLeave", Duration::from_secs(TTL * 3 + 5))
+            .await
+            .expect("onLeave for the dead gateway's users")
+            .json()
+            .unwrap();
+        assert_eq!(v["room"], "seats", "{v}");
+        left.insert(v["uid"].as_str().unwrap().to_string());
+    }
+    assert_eq!(left, ["g1a".to_string(), "g1b".to_string()].into());
+    let took = killed.elapsed();
+    assert!(
+        took < Duration::from_secs(TTL + 4),
+        "ghosts stayed {took:?} (TTL {TTL} s)"
+    );
+    let v = until_ok(&late, "room.room.join", json!({"room": "seats"}), WAIT).await;
+    assert_eq!(v["members"], json!(["g2a", "late"]), "{v}");
 }
 
 fn tempfile_dir() -> TempDir {

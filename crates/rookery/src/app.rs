@@ -41,6 +41,8 @@ pub(crate) struct AppInner {
     /// `rookery_requests_total{route="*",outcome="rate_limited"}`: messages refused by the rate
     /// limit whose route is not local (registered at start, like the routes' handles).
     pub rate_limited_elsewhere: metrics::Counter,
+    /// Sessions of other gateways this node served (let go of when their gateway leaves).
+    pub remote_sessions: crate::remote_sessions::RemoteSessions,
 }
 
 impl App {

@@ -42,6 +42,7 @@ pub mod logs;
 mod module;
 mod outbound;
 mod payload;
+mod remote_sessions;
 mod router;
 mod rpc;
 mod server;

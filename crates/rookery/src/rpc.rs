@@ -945,7 +945,11 @@ impl RpcServer {
             .ok_or_else(|| Error::not_found(route))?;
         let ser = ser_from_u32(env.serializer);
         let session = match &env.session {
-            Some(s) => app.remote_session(s)?,
+            Some(s) => {
+                let session = app.remote_session(s)?;
+                app.inner().remote_sessions.seen(&session);
+                session
+            }
             None => Session::detached(ser),
         };
         let timeout = match env.timeout_ms {
@@ -1109,16 +1113,42 @@ impl App {
         ))
     }
 
-    /// A session of another gateway closed: this node's modules and groups let go of it.
+    /// A session of another gateway closed: this node's modules and groups let go of it (once:
+    /// not again if its gateway's loss let go of it already).
     async fn remote_session_closed(&self, r: &SessionRef, reason: &str) -> Result<(), Error> {
+        if !self.inner().remote_sessions.forget(text(&r.gateway)?, r.id) {
+            return Ok(());
+        }
         let s = self.remote_session(r)?;
-        // The gateway counted the disconnect; this copy only records that it is closed.
+        self.let_go(&s, reason).await;
+        Ok(())
+    }
+
+    /// A gateway left the cluster: this node lets go of every session it brought here, as if
+    /// each had closed (a gateway that dies cannot say so itself).
+    pub(crate) async fn gateway_gone(&self, gateway: &str) {
+        let sessions = self.inner().remote_sessions.gateway_gone(gateway);
+        if sessions.is_empty() {
+            return;
+        }
+        tracing::info!(
+            %gateway,
+            sessions = sessions.len(),
+            "gateway left the cluster; its sessions are closed here"
+        );
+        for s in &sessions {
+            self.let_go(s, "gateway lost").await;
+        }
+    }
+
+    async fn let_go(&self, s: &Session, reason: &str) {
+        // The gateway counted the disconnect (if it could); this copy only records that it is
+        // closed.
         s.close_as(None, reason);
         for module in self.modules() {
-            module.session_closed(self, &s).await;
+            module.session_closed(self, s).await;
         }
-        self.groups().remove_session(&s);
-        Ok(())
+        self.groups().remove_session(s);
     }
 }
 

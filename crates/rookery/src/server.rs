@@ -206,6 +206,7 @@ impl ServerBuilder {
                 "route" => crate::telemetry::ROUTE_NOT_LOCAL,
                 "outcome" => crate::telemetry::OUTCOME_RATE_LIMITED
             ),
+            remote_sessions: Default::default(),
         });
         join_cluster(&app).await?;
 

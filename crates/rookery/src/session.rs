@@ -405,6 +405,13 @@ impl Session {
         }
     }
 
+    /// True if both sessions are bound to the same uid (or neither is).
+    pub(crate) fn same_uid(&self, other: &Session) -> bool {
+        let mine = self.inner.uid.read().unwrap_or_else(|e| e.into_inner());
+        let theirs = other.inner.uid.read().unwrap_or_else(|e| e.into_inner());
+        mine.as_deref() == theirs.as_deref()
+    }
+
     pub(crate) fn set_uid(&self, uid: Option<Arc<str>>) {
         *self.inner.uid.write().unwrap_or_else(|e| e.into_inner()) = uid;
     }

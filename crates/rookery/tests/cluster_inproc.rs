@@ -136,3 +136,8 @@ async fn configured_and_custom_selectors() {
 async fn route_dictionary() {
     cluster_suite::route_dictionary(hub()).await;
 }
+
+#[tokio::test]
+async fn gateway_loss_closes_its_sessions() {
+    cluster_suite::gateway_loss_closes_its_sessions(hub()).await;
+}

@@ -87,3 +87,9 @@ async fn route_dictionary() {
     let (_server, t) = nats().await;
     cluster_suite::route_dictionary(t).await;
 }
+
+#[tokio::test]
+async fn gateway_loss_closes_its_sessions() {
+    let (_server, t) = nats().await;
+    cluster_suite::gateway_loss_closes_its_sessions(t).await;
+}

@@ -131,3 +131,8 @@ async fn static_discovery_from_config() {
 async fn route_dictionary() {
     cluster_suite::route_dictionary(tcp()).await;
 }
+
+#[tokio::test]
+async fn gateway_loss_closes_its_sessions() {
+    cluster_suite::gateway_loss_closes_its_sessions(tcp()).await;
+}

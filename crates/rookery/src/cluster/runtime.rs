@@ -189,6 +189,9 @@ pub(crate) async fn watch_discovery(
                     c.transport.node_lost(&n.id);
                 }
                 c.drop_link(&n.id);
+                if n.frontend {
+                    let_go_of_gateway(&app, n);
+                }
             }
             NodeEvent::Found(n) => {
                 tracing::info!(node = %n.id, node_type = %n.node_type, "node found");
@@ -204,6 +207,35 @@ pub(crate) async fn watch_discovery(
             m.node_event(&app, &change).await;
         }
     }
+}
+
+/// Lets go of the sessions a gateway that left had brought here. A gateway that died goes at
+/// once; one that left while draining is still closing its sessions (each close reaches this
+/// node and is handled then), so its leftovers go after a grace of this node's drain timeout,
+/// and only if it has not come back meanwhile.
+fn let_go_of_gateway(app: &App, node: &NodeInfo) {
+    let c = &app.inner().cluster;
+    let grace = if node.state == super::NodeState::Draining {
+        std::time::Duration::try_from_secs_f64(app.config().node.drain_timeout).unwrap_or_default()
+            + std::time::Duration::from_secs(2)
+    } else {
+        std::time::Duration::ZERO
+    };
+    let app = app.clone();
+    let gateway = node.id.clone();
+    let stop = c.stop.clone();
+    c.tasks.spawn(async move {
+        if !grace.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = stop.cancelled() => return,
+            }
+            if app.inner().cluster.registry.get(&gateway).is_some() {
+                return;
+            }
+        }
+        app.gateway_gone(&gateway).await;
+    });
 }
 
 /// Builds the discovery back end and transport a configuration names.

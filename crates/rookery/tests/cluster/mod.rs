@@ -22,6 +22,8 @@ pub struct Seen {
     pub seq: Mutex<Vec<u64>>,
     /// Sessions whose close the backends were told of: (gateway, uid, reason).
     pub closed: Mutex<Vec<(String, String, String)>>,
+    /// The same closes by backend: (backend node id, uid).
+    pub closed_on: Mutex<Vec<(String, String)>>,
 }
 
 /// Module `game`, run by backend nodes.
@@ -128,7 +130,11 @@ impl Module for Game {
         Ok(())
     }
 
-    async fn session_closed(&self, _app: &App, session: &Session) {
+    async fn session_closed(&self, app: &App, session: &Session) {
+        self.seen.closed_on.lock().unwrap().push((
+            app.node_id().to_string(),
+            session.uid().map(|u| u.to_string()).unwrap_or_default(),
+        ));
         self.seen.closed.lock().unwrap().push((
             session.gateway().unwrap_or_default().to_string(),
             session.uid().map(|u| u.to_string()).unwrap_or_default(),
@@ -183,6 +189,9 @@ pub struct Cluster {
     pub backends: Vec<RunningServer>,
     pub seen: Arc<Seen>,
     pub discovery: EmbeddedDiscovery,
+    /// gate-1's own discovery handle: deregistering through it makes gate-1 leave the cluster
+    /// as a node whose lease expired would (it keeps running).
+    pub gate_discovery: EmbeddedDiscovery,
 }
 
 fn node_config(id: &str, node_type: &str, logical: &str, acceptor: bool) -> Config {
@@ -232,6 +241,7 @@ pub async fn start_with(
     }
     let mut gates = Vec::new();
     let gate_events = Arc::new(Mutex::new(Vec::new()));
+    let gate_discovery = discovery.handle();
     for i in 1..=2 {
         let front = Front {
             events: if i == 1 {
@@ -242,10 +252,15 @@ pub async fn start_with(
         };
         let mut cfg = node_config(&format!("gate-{i}"), "gate", &format!("1.1.{i}"), true);
         tweak(&mut cfg);
+        let handle = if i == 1 {
+            gate_discovery.clone()
+        } else {
+            discovery.handle()
+        };
         gates.push(
             gate_builder(Server::builder(cfg))
                 .module(front)
-                .discovery(Arc::new(discovery.handle()))
+                .discovery(Arc::new(handle))
                 .transport(transport())
                 .start()
                 .await
@@ -274,5 +289,6 @@ pub async fn start_with(
         backends,
         seen,
         discovery,
+        gate_discovery,
     }
 }

@@ -508,3 +508,102 @@ pub async fn route_dictionary(transport: impl Fn() -> Arc<dyn Transport>) {
     }
     stop(c).await;
 }
+
+/// A gateway that leaves the cluster without closing its sessions (its lease expired, it died):
+/// the backends let go of every session it brought them, once each (module hooks, groups), and
+/// a close the gateway reports later is not handled a second time.
+pub async fn gateway_loss_closes_its_sessions(transport: impl Fn() -> Arc<dyn Transport>) {
+    use rookery::cluster::Discovery;
+    let c = start(transport).await;
+    let (a, b) = (client(&c).await, client2(&c).await);
+    for (cl, uid) in [(&a, "lost-a"), (&b, "kept-b")] {
+        cl.request_json("game.auth.login", json!({ "uid": uid }))
+            .await
+            .unwrap();
+        cl.request_json("game.group.join", json!({})).await.unwrap();
+    }
+    let closed_for = |uid: &str| {
+        c.seen
+            .closed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, u, _)| u == uid)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    c.gate_discovery.deregister().await.unwrap();
+    eventually("the backends let go of gate-1's session", || {
+        !closed_for("lost-a").is_empty()
+    })
+    .await;
+    // Once on each backend that served it.
+    let once_per_backend = || {
+        let on: Vec<String> = c
+            .seen
+            .closed_on
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, u)| u == "lost-a")
+            .map(|(node, _)| node.clone())
+            .collect();
+        let mut distinct = on.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            on.len(),
+            "hooks ran twice on a node: {on:?}"
+        );
+        on.len()
+    };
+    let handled = once_per_backend();
+    assert!((1..=2).contains(&handled));
+    for (gateway, _, reason) in closed_for("lost-a") {
+        assert_eq!(
+            (gateway.as_str(), reason.as_str()),
+            ("gate-1", "gateway lost")
+        );
+    }
+    assert!(closed_for("kept-b").is_empty(), "gate-2's sessions stay");
+    for backend in &c.backends {
+        eventually("the hall lost its member", || {
+            !backend
+                .app()
+                .groups()
+                .members("hall")
+                .contains(&"lost-a".to_string())
+        })
+        .await;
+    }
+    // gate-1 is still up here: its client closing now reports a close the backends already
+    // handled; the hooks do not run again. The same report for gate-2's client does run them.
+    a.close().await;
+    b.close().await;
+    eventually("gate-2's close handled", || {
+        !closed_for("kept-b").is_empty()
+    })
+    .await;
+    // gate-1 sent its report before it let go of the session; a request through gate-1 to
+    // each backend afterwards travels behind it on the same link.
+    eventually("gate-1 closed its session", || {
+        c.gate.app().sessions().by_uid("lost-a").is_none()
+    })
+    .await;
+    let probe = client(&c).await;
+    let mut nodes = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let v = probe
+            .request_json("game.info.node", json!({}))
+            .await
+            .unwrap();
+        nodes.insert(v["node"].as_str().unwrap().to_string());
+        if nodes.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    assert_eq!(once_per_backend(), handled);
+    stop(c).await;
+}

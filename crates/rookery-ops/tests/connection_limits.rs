@@ -133,7 +133,12 @@ async fn a_silent_connection_is_closed_at_the_header_deadline() {
         t.works().await;
         let sent = until_closed(&mut silent, t.name).await;
         assert_closed_at(t.name, t0.elapsed(), header);
-        assert!(sent.is_empty(), "{}: {:?}", t.name, String::from_utf8_lossy(&sent));
+        assert!(
+            sent.is_empty(),
+            "{}: {:?}",
+            t.name,
+            String::from_utf8_lossy(&sent)
+        );
     }
     node.shutdown().await;
 }

@@ -926,8 +926,8 @@ mod tests {
             idle_timeout = 3.5
             max_connections = 7
         "#;
-        let cfg = Config::from_toml_with_env(toml, env(&[("ROOKERY_HTTP__IDLE_TIMEOUT", "4")]))
-            .unwrap();
+        let cfg =
+            Config::from_toml_with_env(toml, env(&[("ROOKERY_HTTP__IDLE_TIMEOUT", "4")])).unwrap();
         assert_eq!(cfg.admin.header_timeout(), Duration::from_millis(250));
         assert_eq!(cfg.admin.body_timeout(), Duration::from_millis(500));
         assert_eq!(cfg.admin.idle_timeout(), Duration::from_secs(2));

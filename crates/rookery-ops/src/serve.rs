@@ -146,7 +146,7 @@ fn refuse(stream: &TcpStream) {
 }
 
 /// Serves one connection until it ends, a deadline passes, or shutdown finds it without a
-/// request in flight.
+/// request or a response in flight.
 async fn connection(
     stream: TcpStream,
     service: TowerToHyperService<Router>,
@@ -182,13 +182,15 @@ async fn connection(
         // Everything the counters count happens inside `conn`'s poll, so they are current.
         watch.update(activity.snapshot());
         if !draining && stopping.as_mut().poll(cx).is_ready() {
-            if !watch.busy() {
-                return Poll::Ready(());
-            }
-            // Finish the request in flight, then close; hyper needs a poll to act on it.
+            // hyper closes an idle connection on its next poll, and finishes a request in
+            // flight (and the writing of a response) before it closes the connection.
             draining = true;
             conn.as_mut().graceful_shutdown();
             continue;
+        }
+        if draining && watch.awaiting_head() {
+            // Nothing is owed to a client that has not sent a whole head.
+            return Poll::Ready(());
         }
         let deadline = watch.deadline(&limits);
         if timer.deadline() != deadline {
@@ -348,8 +350,8 @@ impl Watch {
         self.seen = now;
     }
 
-    fn busy(&self) -> bool {
-        matches!(self.phase, Phase::Busy(_))
+    fn awaiting_head(&self) -> bool {
+        matches!(self.phase, Phase::Head(_))
     }
 
     fn deadline(&self, limits: &Limits) -> Instant {

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 
 use crate::error::{http_error, json_bytes};
 use crate::prom::{self, Buckets};
+use crate::serve::Limits;
 
 /// The dashboard page (plain HTML/CSS/JS, no build step).
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -34,7 +35,11 @@ const MAX_PAGE: usize = 500;
 const P99_WINDOW: Duration = Duration::from_secs(30);
 
 /// Serves the admin API, `/metrics` and the dashboard on `listener` until `shutdown` is
-/// cancelled (in-flight requests finish first).
+/// cancelled (in-flight requests finish first; idle connections close at once).
+///
+/// Connections are held to the node's `[admin]` limits: a request's head within
+/// `header_timeout`, its body within `body_timeout` (else 408), at most `idle_timeout` between
+/// requests, and at most `max_connections` at once (further ones are answered 503 and closed).
 ///
 /// Without `metrics`, `/metrics` answers 404 and `/api/stats` reports no latencies. POST
 /// endpoints need `Authorization: Bearer <admin.token>` from the node's config; without a
@@ -45,6 +50,14 @@ pub async fn serve_admin(
     metrics: Option<PrometheusHandle>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let cfg = &app.config().admin;
+    let limits = Limits {
+        header_timeout: cfg.header_timeout(),
+        body_timeout: cfg.body_timeout(),
+        idle_timeout: cfg.idle_timeout(),
+        handler_timeout: TIMEOUT,
+        max_connections: cfg.max_connections,
+    };
     let state = Arc::new(AdminState {
         app,
         metrics,
@@ -65,9 +78,7 @@ pub async fn serve_admin(
         .layer(middleware::from_fn(with_timeout))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    crate::serve::serve(listener, router, limits, shutdown).await
 }
 
 type St = State<Arc<AdminState>>;

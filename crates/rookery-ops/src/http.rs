@@ -15,6 +15,7 @@ use rookery::{App, CancellationToken, Error, Serializer};
 use tokio::net::TcpListener;
 
 use crate::error::{error_response, http_error, json_bytes};
+use crate::serve::Limits;
 
 /// HTTP gateway requests, by status (`200`, `404`, ...).
 pub const HTTP_REQUESTS_TOTAL: &str = "rookery_http_requests_total";
@@ -26,7 +27,11 @@ pub const HTTP_REQUESTS_TOTAL: &str = "rookery_http_requests_total";
 /// 200 with the handler's JSON result, or the error object `{"code","msg"}` with the status of
 /// [`crate::status_for`]. Routes that need a logged-in session answer 401; internal and unknown
 /// routes 404. Limits come from the node's `[http]` config: a body larger than `max_body` is
-/// answered 413 before it is buffered in full, and a request not answered within `timeout` 408.
+/// answered 413 before it is buffered in full, a body not received within `body_timeout` and a
+/// handler not done within `timeout` 408; a connection is closed when a request's head takes
+/// longer than `header_timeout` or it waits longer than `idle_timeout` for its next request, and
+/// beyond `max_connections` new ones are answered 503 and closed. On shutdown, connections
+/// without a request in flight close at once; requests in flight finish first.
 /// An empty body is passed on as is (handlers read it as `{}`); a body that is not JSON is
 /// `RK-400`. Other paths answer 404, other methods 405, both with a JSON error.
 pub async fn serve_http_gateway(
@@ -35,6 +40,13 @@ pub async fn serve_http_gateway(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let cfg = app.config().http.clone();
+    let limits = Limits {
+        header_timeout: cfg.header_timeout(),
+        body_timeout: cfg.body_timeout(),
+        idle_timeout: cfg.idle_timeout(),
+        handler_timeout: cfg.timeout(),
+        max_connections: cfg.max_connections,
+    };
     let state = Arc::new(GatewayState { app, cfg });
     let limit = state.cfg.max_body;
     let router = Router::new()
@@ -42,9 +54,7 @@ pub async fn serve_http_gateway(
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    crate::serve::serve(listener, router, limits, shutdown).await
 }
 
 struct GatewayState {

@@ -34,6 +34,7 @@ mod admin;
 mod error;
 mod http;
 mod prom;
+mod serve;
 
 pub use admin::serve_admin;
 pub use error::status_for;

@@ -376,13 +376,55 @@ impl RuntimeConfig {
 }
 
 /// The admin address (Prometheus `/metrics`, JSON `/api/*`, the dashboard at `/`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Address to listen on; no admin server when absent.
     pub addr: Option<String>,
     /// Bearer token that unlocks the POST endpoints (kick, broadcast); read-only without it.
     pub token: Option<String>,
+    /// Seconds a connection has to send a request's head (request line and headers), counted
+    /// from the connection's start or from the first byte of a later request; past it the
+    /// connection is closed, so a client that sends nothing or trickles its head holds no
+    /// connection for long.
+    pub header_timeout: f64,
+    /// Seconds a request's body has to arrive in full, counted from the end of its head; past
+    /// it the request is answered 408 and the connection closed.
+    pub body_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    pub idle_timeout: f64,
+    /// Connections served at once. Beyond it a new connection is answered 503 and closed, so
+    /// no number of clients can take more file descriptors than this from the process (and
+    /// from the game gateway, which shares them).
+    pub max_connections: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            token: None,
+            header_timeout: 5.0,
+            body_timeout: 10.0,
+            idle_timeout: 15.0,
+            max_connections: 64,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Deadline of a request's head.
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout)
+    }
+    /// Deadline of a request's body.
+    pub fn body_timeout(&self) -> Duration {
+        secs(self.body_timeout)
+    }
+    /// How long a kept-alive connection may be idle.
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout)
+    }
 }
 
 /// The HTTP gateway.
@@ -393,8 +435,22 @@ pub struct HttpConfig {
     pub addr: Option<String>,
     /// Largest request body accepted, in bytes (larger ones are answered 413).
     pub max_body: usize,
-    /// Seconds a request may take before it is answered 408.
+    /// Seconds the route's handler may take before the request is answered 408.
     pub timeout: f64,
+    /// Seconds a connection has to send a request's head (request line and headers), counted
+    /// from the connection's start or from the first byte of a later request; past it the
+    /// connection is closed, so a client that sends nothing or trickles its head holds no
+    /// connection for long.
+    pub header_timeout: f64,
+    /// Seconds a request's body has to arrive in full, counted from the end of its head; past
+    /// it the request is answered 408 and the connection closed.
+    pub body_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request before it is closed.
+    pub idle_timeout: f64,
+    /// Connections served at once. Beyond it a new connection is answered 503 and closed, so
+    /// no number of clients can take more file descriptors than this from the process (and
+    /// from the game gateway, which shares them).
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -403,14 +459,30 @@ impl Default for HttpConfig {
             addr: None,
             max_body: 64 * 1024,
             timeout: 5.0,
+            header_timeout: 5.0,
+            body_timeout: 10.0,
+            idle_timeout: 15.0,
+            max_connections: 1024,
         }
     }
 }
 
 impl HttpConfig {
-    /// Request deadline.
+    /// Deadline of a handler.
     pub fn timeout(&self) -> Duration {
         secs(self.timeout)
+    }
+    /// Deadline of a request's head.
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout)
+    }
+    /// Deadline of a request's body.
+    pub fn body_timeout(&self) -> Duration {
+        secs(self.body_timeout)
+    }
+    /// How long a kept-alive connection may be idle.
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout)
     }
 }
 
@@ -514,6 +586,27 @@ impl Config {
         }
         if g.disconnect_log_per_second > MAX_DISCONNECT_LOG_PER_SECOND {
             return bad("gateway.disconnect_log_per_second must be at most 1000000");
+        }
+        let (a, h) = (&self.admin, &self.http);
+        for (name, value) in [
+            ("admin.header_timeout", a.header_timeout),
+            ("admin.body_timeout", a.body_timeout),
+            ("admin.idle_timeout", a.idle_timeout),
+            ("http.timeout", h.timeout),
+            ("http.header_timeout", h.header_timeout),
+            ("http.body_timeout", h.body_timeout),
+            ("http.idle_timeout", h.idle_timeout),
+        ] {
+            // A zero, negative or NaN deadline would be read as the shortest one and close
+            // every connection at once: a mistake, not a choice.
+            if !(value > 0.0 && value.is_finite()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be a positive number of seconds"
+                )));
+            }
+        }
+        if a.max_connections == 0 || h.max_connections == 0 {
+            return bad("admin.max_connections and http.max_connections must be at least 1");
         }
         if let Err(e) = self.route_dict([]) {
             return Err(ConfigError::Invalid(format!("[routes]: {e}")));
@@ -813,6 +906,49 @@ mod tests {
         assert_eq!(cfg.http.addr.as_deref(), Some("127.0.0.1:3253"));
         assert_eq!(cfg.http.max_body, 1024);
         assert_eq!(cfg.http.timeout(), Duration::from_millis(500));
+        assert_eq!(d.http.header_timeout(), Duration::from_secs(5));
+        assert_eq!(d.http.body_timeout(), Duration::from_secs(10));
+        assert_eq!(d.http.idle_timeout(), Duration::from_secs(15));
+        assert_eq!(d.http.max_connections, 1024);
+        assert_eq!(d.admin.header_timeout(), Duration::from_secs(5));
+        assert_eq!(d.admin.body_timeout(), Duration::from_secs(10));
+        assert_eq!(d.admin.idle_timeout(), Duration::from_secs(15));
+        assert_eq!(d.admin.max_connections, 64);
+        let toml = r#"
+            [admin]
+            header_timeout = 0.25
+            body_timeout = 0.5
+            idle_timeout = 2
+            max_connections = 3
+            [http]
+            header_timeout = 1.5
+            body_timeout = 2.5
+            idle_timeout = 3.5
+            max_connections = 7
+        "#;
+        let cfg =
+            Config::from_toml_with_env(toml, env(&[("ROOKERY_HTTP__IDLE_TIMEOUT", "4")])).unwrap();
+        assert_eq!(cfg.admin.header_timeout(), Duration::from_millis(250));
+        assert_eq!(cfg.admin.body_timeout(), Duration::from_millis(500));
+        assert_eq!(cfg.admin.idle_timeout(), Duration::from_secs(2));
+        assert_eq!(cfg.admin.max_connections, 3);
+        assert_eq!(cfg.http.header_timeout(), Duration::from_millis(1500));
+        assert_eq!(cfg.http.body_timeout(), Duration::from_millis(2500));
+        assert_eq!(cfg.http.idle_timeout(), Duration::from_secs(4));
+        assert_eq!(cfg.http.max_connections, 7);
+        for section in ["admin", "http"] {
+            for key in ["header_timeout", "body_timeout", "idle_timeout"] {
+                for bad in ["0", "-1", "nan", "inf"] {
+                    let toml = format!("[{section}]\n{key} = {bad}\n");
+                    let err = Config::from_toml_with_env(&toml, env(&[]))
+                        .expect_err(&format!("{section}.{key} = {bad} accepted"));
+                    assert!(err.to_string().contains(key), "{err}");
+                }
+            }
+            let toml = format!("[{section}]\nmax_connections = 0\n");
+            assert!(Config::from_toml_with_env(&toml, env(&[])).is_err());
+        }
+        assert!(Config::from_toml_with_env("[http]\ntimeout = 0", env(&[])).is_err());
         assert!(Config::from_toml_with_env("[admin]\nnope = 1", env(&[])).is_err());
         assert!(Config::from_toml_with_env("[http]\nnope = 1", env(&[])).is_err());
     }

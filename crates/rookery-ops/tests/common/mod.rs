@@ -21,6 +21,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// The secret a failing handler hides; must never reach a client.
 pub const SECRET: &str = "db password hunter2";
 
+/// Notified when `ops.slow.started` begins (its permit is kept until someone waits).
+pub static SLOW_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A config with a TCP acceptor on port 0.
 pub fn config() -> Config {
     let mut c = Config::default();
@@ -84,6 +87,14 @@ impl Module for OpsModule {
                 Ok(Json(json!({ "slept_ms": s.ms })))
             },
         );
+        init.handler(
+            "slow.started",
+            |_c: Context, Json(s): Json<Sleep>| async move {
+                SLOW_STARTED.notify_one();
+                tokio::time::sleep(Duration::from_millis(s.ms)).await;
+                Ok(Json(json!({ "slept_ms": s.ms })))
+            },
+        );
         init.handler("fail.rate", |_c: Context, _: ()| async move {
             Err::<(), _>(Error::new(Code::RateLimited, "slow down"))
         });
@@ -129,16 +140,22 @@ pub async fn start(config: Config) -> Node {
 
 impl Node {
     /// Stops the admin and HTTP servers (they must end promptly) and the node.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.stop_ops().await;
+        self.server.shutdown().await;
+    }
+
+    /// Stops the admin and HTTP servers and waits until both have returned (failing after
+    /// [`WAIT`]); the node keeps running.
+    pub async fn stop_ops(&mut self) {
         self.stop.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             tokio::time::timeout(WAIT, t)
                 .await
                 .expect("ops servers stop on cancel")
                 .expect("task did not panic")
                 .expect("server ended cleanly");
         }
-        self.server.shutdown().await;
     }
 }
 
@@ -229,7 +246,8 @@ async fn http_inner(
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Resp {
+/// Parses a whole response (head and body) as read from the socket.
+pub fn parse(raw: &[u8]) -> Resp {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

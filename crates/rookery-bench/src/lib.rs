@@ -140,6 +140,16 @@ impl BenchArgs {
     }
 }
 
+/// Connections the server closed before the end, in total and by reason: the Kick's reason (e.g.
+/// `rate limit exceeded`), or how the socket ended (`closed without a kick`, `read error: ...`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClosedByServer {
+    /// How many.
+    pub total: u64,
+    /// How many of each reason.
+    pub reasons: BTreeMap<String, u64>,
+}
+
 /// The figures of one run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -159,11 +169,8 @@ pub struct Report {
     /// connection, `UNKNOWN` for error responses without a readable code.
     pub errors_by_code: BTreeMap<String, u64>,
     /// Established connections that the server closed before the generator was done with them
-    /// (kicked, socket closed or broken).
-    pub closed_by_server: u64,
-    /// `closed_by_server` by reason: the Kick's reason (e.g. `rate limit exceeded`), or how the
-    /// socket ended (`closed without a kick`, `read error: ...`).
-    pub closed_by_server_reasons: BTreeMap<String, u64>,
+    /// (kicked, socket closed or broken), with their reasons.
+    pub closed_by_server: ClosedByServer,
     /// Length of the measurement window, seconds (0 when no connection was established).
     pub duration_secs: f64,
     /// The part of the window during which connections were open, seconds: `duration_secs`
@@ -633,8 +640,10 @@ fn report(
         errors: t.errors,
         timeouts: t.timeouts,
         errors_by_code: t.errors_by_code,
-        closed_by_server: closed.values().sum(),
-        closed_by_server_reasons: closed,
+        closed_by_server: ClosedByServer {
+            total: closed.values().sum(),
+            reasons: closed,
+        },
         duration_secs,
         measured_secs,
         requests_per_sec: per_sec(t.requests),
@@ -672,12 +681,12 @@ pub fn table(r: &Report) -> String {
         "connections   {:>12}   ({} failed)",
         r.connections, r.connect_errors
     );
-    if r.closed_by_server > 0 {
+    if r.closed_by_server.total > 0 {
         let _ = writeln!(
             t,
             "closed by the server {:>5}   ({})",
-            r.closed_by_server,
-            list(&r.closed_by_server_reasons)
+            r.closed_by_server.total,
+            list(&r.closed_by_server.reasons)
         );
     }
     if r.measured_secs < r.duration_secs {
@@ -697,17 +706,17 @@ pub fn table(r: &Report) -> String {
     if !r.errors_by_code.is_empty() {
         let _ = writeln!(t, "errors by code  {}", list(&r.errors_by_code));
     }
-    if r.closed_by_server > 0 && r.measured_secs <= 0.0 {
+    if r.closed_by_server.total > 0 && r.measured_secs <= 0.0 {
         let _ = writeln!(
             t,
             "throughput    void: the server closed every connection before the window began"
         );
-    } else if r.closed_by_server > 0 {
+    } else if r.closed_by_server.total > 0 {
         let _ = writeln!(
             t,
             "throughput    {:>12.0} req/s   over the {:.3} s connections were open; NOT a figure \
              for {} connections: the server closed {} of them before the end",
-            r.requests_per_sec, r.measured_secs, r.connections, r.closed_by_server
+            r.requests_per_sec, r.measured_secs, r.connections, r.closed_by_server.total
         );
     } else {
         let _ = writeln!(t, "throughput    {:>12.0} req/s", r.requests_per_sec);
@@ -737,7 +746,8 @@ pub const RATE_LIMIT_HINT: &str = "hint: the server rate-limited these connectio
 pub fn hint(r: &Report) -> Option<&'static str> {
     let refused = r.errors_by_code.contains_key("RK-429");
     let kicked = r
-        .closed_by_server_reasons
+        .closed_by_server
+        .reasons
         .keys()
         .any(|reason| reason.contains("rate limit"));
     (refused || kicked).then_some(RATE_LIMIT_HINT)
@@ -746,11 +756,12 @@ pub fn hint(r: &Report) -> Option<&'static str> {
 /// Whether the run counts as a success: it does not when the server closed connections before
 /// the end, unless `--allow-disconnects` was given (their figures stop where they closed).
 pub fn check(r: &Report, args: &BenchArgs) -> Result<(), String> {
-    if r.closed_by_server == 0 || args.allow_disconnects {
+    if r.closed_by_server.total == 0 || args.allow_disconnects {
         return Ok(());
     }
     let reasons = r
-        .closed_by_server_reasons
+        .closed_by_server
+        .reasons
         .iter()
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
@@ -758,7 +769,7 @@ pub fn check(r: &Report, args: &BenchArgs) -> Result<(), String> {
     Err(format!(
         "the server closed {} of {} connections before the end ({reasons}); \
          pass --allow-disconnects if that is expected",
-        r.closed_by_server, r.connections
+        r.closed_by_server.total, r.connections
     ))
 }
 

@@ -49,7 +49,7 @@ async fn closed_loop_against_ceiling() {
     assert!(r.requests_per_sec > 0.0);
     assert!(r.mean_us > 0.0);
     assert_ordered(&r);
-    assert_eq!(r.closed_by_server, 0, "{r:?}");
+    assert_eq!(r.closed_by_server.total, 0, "{r:?}");
     assert!(r.errors_by_code.is_empty(), "{r:?}");
     assert_eq!(r.measured_secs, r.duration_secs);
     assert_eq!(
@@ -319,7 +319,7 @@ async fn unanswered_requests_time_out_without_hanging() {
             .collect(),
         "{r:?}"
     );
-    assert_eq!(r.closed_by_server, 0, "{r:?}");
+    assert_eq!(r.closed_by_server.total, 0, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

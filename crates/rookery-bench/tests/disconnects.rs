@@ -75,9 +75,9 @@ async fn rate_limited_connections_are_reported_and_fail_the_run() {
     let took = t.elapsed();
 
     assert_eq!(r.connections, 3, "{r:?}");
-    assert_eq!(r.closed_by_server, 3, "{r:?}");
+    assert_eq!(r.closed_by_server.total, 3, "{r:?}");
     assert_eq!(
-        r.closed_by_server_reasons,
+        r.closed_by_server.reasons,
         counts(&[("rate limit exceeded", 3)]),
         "{r:?}"
     );
@@ -120,9 +120,9 @@ async fn rate_limited_connections_are_reported_and_fail_the_run() {
     assert!(text.contains("RK-429: 15"), "{text}");
     assert!(text.contains("NOT a figure for 3 connections"), "{text}");
     let json = serde_json::to_value(&r).unwrap();
-    assert_eq!(json["closed_by_server"], 3);
+    assert_eq!(json["closed_by_server"]["total"], 3);
     assert_eq!(
-        json["closed_by_server_reasons"],
+        json["closed_by_server"]["reasons"],
         serde_json::json!({"rate limit exceeded": 3})
     );
     assert_eq!(
@@ -162,8 +162,8 @@ async fn under_the_rate_limit_nothing_is_closed() {
     );
     let r = run(bench.clone()).await.unwrap();
     assert_eq!(r.connections, 3, "{r:?}");
-    assert_eq!(r.closed_by_server, 0, "{r:?}");
-    assert!(r.closed_by_server_reasons.is_empty(), "{r:?}");
+    assert_eq!(r.closed_by_server.total, 0, "{r:?}");
+    assert!(r.closed_by_server.reasons.is_empty(), "{r:?}");
     assert!(r.errors_by_code.is_empty(), "{r:?}");
     assert_eq!(r.errors, 0, "{r:?}");
     assert!((45..=75).contains(&r.requests), "{r:?}");
@@ -230,9 +230,9 @@ async fn connections_closed_before_the_window_leave_no_figure() {
         t.elapsed()
     );
     assert_eq!(r.connections, 2, "{r:?}");
-    assert_eq!(r.closed_by_server, 2, "{r:?}");
+    assert_eq!(r.closed_by_server.total, 2, "{r:?}");
     assert_eq!(
-        r.closed_by_server_reasons,
+        r.closed_by_server.reasons,
         counts(&[("closed without a kick", 2)]),
         "{r:?}"
     );

@@ -342,9 +342,9 @@ fn bench_fails_when_the_server_closes_connections() {
     for allow in [false, true] {
         let (ok, r, stderr) = bench(if allow { &["--allow-disconnects"] } else { &[] });
         assert_eq!(ok, allow, "{r} {stderr}");
-        assert_eq!(r["closed_by_server"], 2, "{r}");
+        assert_eq!(r["closed_by_server"]["total"], 2, "{r}");
         assert_eq!(
-            r["closed_by_server_reasons"],
+            r["closed_by_server"]["reasons"],
             serde_json::json!({"rate limit exceeded": 2}),
             "{r}"
         );

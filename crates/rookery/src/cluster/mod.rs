@@ -1,7 +1,6 @@
 //! The cluster: node identity, discovery, node-to-node transports.
 
 pub mod discovery;
-pub mod envelope;
 mod node;
 pub mod registry;
 pub(crate) mod runtime;

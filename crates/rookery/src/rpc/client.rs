@@ -1,0 +1,388 @@
+//! Calls from this node: typed calls, notifies, broadcasts; the choice of a node; the envelope.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rookery_protocol::Serializer;
+use tokio::time::Instant;
+
+use super::envelope::{ser_to_u32, text_field, Envelope, Kind, SessionRef};
+use super::{current_trace, Rpc, RpcError, Target};
+use crate::cluster::selector::SelectContext;
+use crate::cluster::NodeInfo;
+use crate::{FromPayload, Session, ToPayload};
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    /// Deadline; the cluster's `rpc_timeout` when absent.
+    pub timeout: Option<Duration>,
+    /// Key for consistent-hash selection.
+    pub key: Option<String>,
+    /// Serializer of the argument and result (JSON by default).
+    pub serializer: Option<Serializer>,
+    /// The client session the call acts for (its gateway can be reached from the callee).
+    pub session: Option<Session>,
+}
+
+impl<'a> Rpc<'a> {
+    /// Calls `route` on a node of `target` and waits for the typed result.
+    pub async fn call<A: ToPayload, R: FromPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+    ) -> Result<R, RpcError> {
+        self.call_with(target, route, arg, CallOptions::default())
+            .await
+    }
+
+    /// [`Rpc::call`] with options.
+    pub async fn call_with<A: ToPayload, R: FromPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+        opts: CallOptions,
+    ) -> Result<R, RpcError> {
+        let ser = opts.serializer.unwrap_or(Serializer::Json);
+        let payload = arg.to_payload(ser).map_err(RpcError::Remote)?;
+        let reply = self.call_raw(&target.into(), route, payload, &opts).await?;
+        R::from_payload(ser, reply).map_err(RpcError::Remote)
+    }
+
+    /// Sends `route` to a node of `target` without waiting for a result.
+    pub async fn notify<A: ToPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+    ) -> Result<(), RpcError> {
+        let target = target.into();
+        let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
+        let node = self.pick(&target, route, None, None)?;
+        let env = self.envelope(
+            Kind::Notify,
+            text_field(route),
+            payload,
+            Serializer::Json,
+            None,
+            None,
+        );
+        if node.id == self.app.node_id() {
+            let app = self.app.clone();
+            let route = route.to_string();
+            app.inner().tasks.spawn({
+                let app = app.clone();
+                async move {
+                    let session = Session::detached(Serializer::Json);
+                    if let Err(e) = app.dispatch(&route, env.payload, session, None).await {
+                        tracing::debug!(%route, error = %e, "local notify failed");
+                    }
+                }
+            });
+            return Ok(());
+        }
+        Ok(self
+            .cluster()
+            .transport
+            .notify(&node, env.to_bytes())
+            .await?)
+    }
+
+    /// Sends `route` to every available node of a type (this one included if it is of that
+    /// type); returns how many nodes it was sent to.
+    pub async fn broadcast<A: ToPayload>(
+        &self,
+        node_type: &str,
+        route: &str,
+        arg: A,
+    ) -> Result<usize, RpcError> {
+        let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
+        let nodes: Vec<NodeInfo> = self
+            .cluster()
+            .registry
+            .of_type(node_type)
+            .iter()
+            .filter(|n| n.is_available())
+            .cloned()
+            .collect();
+        for n in &nodes {
+            self.notify(
+                Target::Node(n.id.clone()),
+                route,
+                crate::Raw(payload.clone()),
+            )
+            .await?;
+        }
+        Ok(nodes.len())
+    }
+
+    /// Calls every available node of a target (`Type`: nodes of a type; `Module`: nodes running
+    /// a module; `Node`/`Logical`: that node) and collects each node's result by node id.
+    pub async fn call_all<A: ToPayload, R: FromPayload>(
+        &self,
+        target: impl Into<Target>,
+        route: &str,
+        arg: A,
+    ) -> Vec<(String, Result<R, RpcError>)> {
+        let payload = match arg.to_payload(Serializer::Json) {
+            Ok(p) => p,
+            Err(e) => return vec![(String::new(), Err(RpcError::Remote(e)))],
+        };
+        let reg = &self.cluster().registry;
+        let nodes: Vec<NodeInfo> = match target.into() {
+            Target::Type(t) => reg.of_type(&t).to_vec(),
+            Target::Module(m) => reg.running(&m).to_vec(),
+            Target::Node(id) => reg.get(&id).into_iter().collect(),
+            Target::Logical(a) => reg.by_logical(a).into_iter().collect(),
+        };
+        let calls = nodes.iter().filter(|n| n.is_available()).map(|n| {
+            let payload = payload.clone();
+            async move {
+                let r = self
+                    .call_raw(
+                        &Target::Node(n.id.clone()),
+                        route,
+                        payload,
+                        &CallOptions::default(),
+                    )
+                    .await
+                    .and_then(|b| R::from_payload(Serializer::Json, b).map_err(RpcError::Remote));
+                (n.id.clone(), r)
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+
+    /// Calls with an encoded payload; the result is encoded too.
+    pub async fn call_raw(
+        &self,
+        target: &Target,
+        route: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        self.call_inner(target, route, text_field(route), payload, opts, false)
+            .await
+    }
+
+    /// `route_field`: `route` as the envelope carries it. `from_client`: a gateway forwarding
+    /// a client request (internal routes are refused).
+    pub(super) async fn call_inner(
+        &self,
+        target: &Target,
+        route: &str,
+        route_field: Bytes,
+        payload: Bytes,
+        opts: &CallOptions,
+        from_client: bool,
+    ) -> Result<Bytes, RpcError> {
+        let timeout = opts
+            .timeout
+            .unwrap_or_else(|| self.app.config().cluster.rpc_timeout());
+        // One clock read for both (tokio's clock, so that a paused test clock sets deadlines).
+        let now = Instant::now();
+        let deadline = now + timeout;
+        let started = now.into_std();
+        let ser = opts.serializer.unwrap_or(Serializer::Json);
+        let session_id = opts.session.as_ref().map(Session::id);
+        let result = self
+            .call_picked(
+                target,
+                route,
+                route_field,
+                payload,
+                opts,
+                from_client,
+                deadline,
+                timeout,
+                ser,
+                session_id,
+            )
+            .await;
+        let outcome = match &result {
+            Ok(_) => None,
+            Err(RpcError::Remote(e)) => Some(e.code().to_string()),
+            Err(e) => Some(e.kind().to_string()),
+        };
+        self.cluster()
+            .rpc_metrics
+            .record(target, outcome, started.elapsed().as_secs_f64());
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call_picked(
+        &self,
+        target: &Target,
+        route: &str,
+        route_field: Bytes,
+        payload: Bytes,
+        opts: &CallOptions,
+        from_client: bool,
+        deadline: Instant,
+        timeout: Duration,
+        ser: Serializer,
+        session_id: Option<u64>,
+    ) -> Result<Bytes, RpcError> {
+        let node = self.pick(target, route, opts.key.as_deref(), session_id)?;
+        if node.id == self.app.node_id() {
+            let session = opts
+                .session
+                .clone()
+                .unwrap_or_else(|| Session::detached(ser));
+            // Boxed: a local dispatch's state (the handler's future under a deadline) would
+            // otherwise be part of every remote call's future, copied into each forwarded
+            // request's box.
+            return match Box::pin(tokio::time::timeout_at(
+                deadline,
+                self.app.dispatch(route, payload, session, Some(timeout)),
+            ))
+            .await
+            {
+                Ok(r) => r.map_err(RpcError::Remote),
+                Err(_) => Err(RpcError::Timeout),
+            };
+        }
+        // Encoded in a block: the envelope is not kept across the wait for the reply.
+        let frame = {
+            let session_ref = opts.session.as_ref().map(|s| self.session_ref(s));
+            let mut env = self.envelope(
+                Kind::Call,
+                route_field,
+                payload,
+                ser,
+                session_ref,
+                Some(timeout),
+            );
+            env.from_client = from_client;
+            env.to_bytes()
+        };
+        if let Some(s) = &opts.session {
+            s.touch(&node.id);
+        }
+        let reply = self
+            .cluster()
+            .transport
+            .request(&node, frame, deadline)
+            .await?;
+        let reply = Envelope::from_bytes(reply).map_err(RpcError::Remote)?;
+        let (payload, data) = reply.into_result().map_err(RpcError::Remote)?;
+        if let (Some(s), Some(data)) = (&opts.session, data) {
+            apply_session_data(s, &data);
+        }
+        Ok(payload)
+    }
+
+    pub(super) fn cluster(&self) -> &'a crate::cluster::runtime::ClusterState {
+        &self.app.inner().cluster
+    }
+
+    pub(super) fn session_ref(&self, s: &Session) -> SessionRef {
+        SessionRef {
+            id: s.id(),
+            uid: s.uid().map(|u| text_field(&u)).unwrap_or_default(),
+            gateway: match s.gateway() {
+                Some(g) => text_field(g),
+                None => self.cluster().source.clone(),
+            },
+            data: s.data_json(),
+            serializer: ser_to_u32(s.serializer()),
+        }
+    }
+
+    pub(super) fn envelope(
+        &self,
+        kind: Kind,
+        route: Bytes,
+        payload: Bytes,
+        ser: Serializer,
+        session: Option<SessionRef>,
+        timeout: Option<Duration>,
+    ) -> Envelope {
+        Envelope {
+            kind: kind as i32,
+            route,
+            payload,
+            serializer: ser_to_u32(ser),
+            session,
+            timeout_ms: timeout.map(|t| t.as_millis() as u64).unwrap_or(0),
+            source: self.cluster().source.clone(),
+            trace_id: current_trace(),
+            ..Envelope::default()
+        }
+    }
+
+    /// Chooses the node for a call.
+    fn pick(
+        &self,
+        target: &Target,
+        route: &str,
+        key: Option<&str>,
+        session_id: Option<u64>,
+    ) -> Result<Picked, RpcError> {
+        let c = self.cluster();
+        let (candidates, selector_key) = match target {
+            Target::Node(id) => {
+                return c
+                    .registry
+                    .get(id)
+                    .map(|n| Picked::Owned(Box::new(n)))
+                    .ok_or_else(|| RpcError::NoNode(format!("node {id}")))
+            }
+            Target::Logical(a) => {
+                return c
+                    .registry
+                    .by_logical(*a)
+                    .map(|n| Picked::Owned(Box::new(n)))
+                    .ok_or_else(|| RpcError::NoNode(format!("logical address {a}")))
+            }
+            Target::Type(t) => (c.registry.of_type(t), t),
+            Target::Module(m) => (c.registry.running(m), m),
+        };
+        let ctx = SelectContext {
+            route,
+            key,
+            session_id,
+            tags: &[],
+        };
+        let chosen = c
+            .selector(selector_key)
+            .select(&candidates, &ctx)
+            .ok_or_else(|| RpcError::NoNode(selector_key.clone()))?;
+        // Selectors return a reference into `candidates`: keep the shared snapshot and the
+        // position (a selector returning some other node gets a copy of it).
+        Ok(
+            match candidates.iter().position(|n| std::ptr::eq(n, chosen)) {
+                Some(i) => Picked::Shared(candidates.clone(), i),
+                None => Picked::Owned(Box::new(chosen.clone())),
+            },
+        )
+    }
+}
+
+/// The node chosen for a call: an entry of a shared registry snapshot (no copy), or a copy
+/// (boxed: the choice is held while the call waits, so it is part of every call's future).
+enum Picked {
+    Shared(Arc<[NodeInfo]>, usize),
+    Owned(Box<NodeInfo>),
+}
+
+impl std::ops::Deref for Picked {
+    type Target = NodeInfo;
+    fn deref(&self) -> &NodeInfo {
+        match self {
+            Picked::Shared(set, i) => &set[*i],
+            Picked::Owned(n) => n,
+        }
+    }
+}
+
+fn apply_session_data(session: &Session, data: &[u8]) {
+    if let Ok(map) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(data) {
+        session.replace_data(map);
+    }
+}

@@ -5,22 +5,18 @@ use axum::response::{IntoResponse, Response};
 use rookery::{Code, Error, Serializer};
 
 /// The HTTP status for a Rookery error code: `RK-400` → 400, `RK-401` → 401, `RK-404` → 404,
-/// `RK-408` → 408, `RK-429` → 429, `RK-500` → 500, `RK-503` → 503. Any other code (an
-/// application's own, e.g. `ROOM-FULL`) is a client-visible failure of the request: 400.
-pub fn status_for(code: &str) -> StatusCode {
-    const MAP: [(Code, StatusCode); 7] = [
-        (Code::BadRequest, StatusCode::BAD_REQUEST),
-        (Code::NotLoggedIn, StatusCode::UNAUTHORIZED),
-        (Code::NotFound, StatusCode::NOT_FOUND),
-        (Code::Timeout, StatusCode::REQUEST_TIMEOUT),
-        (Code::RateLimited, StatusCode::TOO_MANY_REQUESTS),
-        (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
-        (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
-    ];
-    MAP.iter()
-        .find(|(c, _)| c.as_str() == code)
-        .map(|(_, s)| *s)
-        .unwrap_or(StatusCode::BAD_REQUEST)
+/// `RK-408` → 408, `RK-429` → 429, `RK-500` → 500, `RK-503` → 503. An application's own code
+/// (e.g. `ROOM-FULL`) is a client-visible failure of the request: 400.
+pub fn status_for(code: &Code) -> StatusCode {
+    match code {
+        Code::BadRequest | Code::App(_) => StatusCode::BAD_REQUEST,
+        Code::NotLoggedIn => StatusCode::UNAUTHORIZED,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::Timeout => StatusCode::REQUEST_TIMEOUT,
+        Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
 }
 
 /// A JSON response with the given status and body bytes.
@@ -35,7 +31,7 @@ pub(crate) fn json_bytes(status: StatusCode, body: impl Into<axum::body::Body>) 
 
 /// A framework error as `{"code","msg"}` with its mapped status.
 pub(crate) fn error_response(e: &Error) -> Response {
-    json_bytes(status_for(e.code()), e.encode(Serializer::Json))
+    json_bytes(status_for(e.kind()), e.encode(Serializer::Json))
 }
 
 /// An HTTP-layer error (no framework code of its own): `{"code":"RK-<status>","msg"}`.
@@ -61,7 +57,8 @@ mod tests {
             ("ROOM-FULL", 400),
             ("", 400),
         ] {
-            assert_eq!(status_for(code).as_u16(), status, "{code}");
+            let code = Code::from_wire(code);
+            assert_eq!(status_for(&code).as_u16(), status, "{code}");
         }
     }
 }

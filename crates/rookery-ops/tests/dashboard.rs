@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, config, eventually, start, WAIT};
+use common::{client, config, start, WAIT};
 use rookery::telemetry::DisconnectReason;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,11 +73,22 @@ async fn dashboard_shows_the_node_and_live_numbers() {
         .await
         .expect("the server closes the connection")
         .unwrap();
-    eventually("both disconnects counted", || {
-        app.disconnects().total(DisconnectReason::Kick) == 1
-            && app.disconnects().total(DisconnectReason::ProtocolError) == 1
-    })
-    .await;
+    let counts = || {
+        (
+            app.disconnects().total(DisconnectReason::Kick),
+            app.disconnects().total(DisconnectReason::ProtocolError),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while counts() != (1, 1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "disconnects (kick, protocol error) counted: {:?}, sessions open: {}",
+            counts(),
+            app.sessions().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Traffic with a varying rate, some pushes and some errors, until the check is done
     // (bounded: at most 90 s).

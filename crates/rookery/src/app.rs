@@ -12,7 +12,7 @@ use crate::{Config, Error, Groups, Module, Session, SessionPool, ToPayload};
 /// Decides whether a client's handshake is accepted (e.g. checks an auth token in `user`).
 /// A refusal's text is sent to the client with handshake code 400.
 pub type HandshakeValidator =
-    Arc<dyn Fn(&HandshakeRequest) -> Result<(), String> + Send + Sync + 'static>;
+    Arc<dyn Fn(&HandshakeRequest) -> Result<(), Error> + Send + Sync + 'static>;
 
 /// A cheap handle on the node: configuration, routes, sessions, groups.
 #[derive(Clone)]
@@ -136,6 +136,15 @@ impl App {
             result.as_ref().err().map(|e| e.code()),
         );
         if let Err(e) = &result {
+            // Logged here, once: the client only gets the code and message.
+            if e.is(crate::Code::Internal) {
+                tracing::error!(
+                    route = %entry.route,
+                    error = %e,
+                    cause = std::error::Error::source(e).map(tracing::field::display),
+                    "handler failure"
+                );
+            }
             self.inner.errors.record(&entry.route, e, trace);
         }
         result

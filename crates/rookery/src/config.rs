@@ -20,19 +20,28 @@ pub const MAX_DISCONNECT_LOG_PER_SECOND: u32 = 1_000_000;
 pub const ENV_PREFIX: &str = "ROOKERY_";
 
 /// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub type ConfigError = crate::LayerError<ConfigErrorKind>;
+
+/// What kind of configuration failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigErrorKind {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The cause.
-        source: std::io::Error,
-    },
+    Read,
     /// The TOML (after overrides) does not describe a valid configuration.
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
+    Invalid,
+}
+
+impl std::fmt::Display for ConfigErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Read => "cannot read config file",
+            Self::Invalid => "invalid configuration",
+        })
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError::new(ConfigErrorKind::Invalid, message)
 }
 
 /// The whole configuration of a node.
@@ -495,9 +504,8 @@ impl Config {
     /// Reads a TOML file (if given), applies the process environment's overrides and validates.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.display().to_string(),
-                source,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| {
+                ConfigError::new(ConfigErrorKind::Read, p.display().to_string()).with_source(source)
             })?,
             None => String::new(),
         };
@@ -508,9 +516,8 @@ impl Config {
     /// `[processes.NAME]` is merged over the file (its `modules` list becomes `node.modules`).
     pub fn load_process(path: Option<&Path>, process: Option<&str>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
-                path: p.display().to_string(),
-                source,
+            Some(p) => std::fs::read_to_string(p).map_err(|source| {
+                ConfigError::new(ConfigErrorKind::Read, p.display().to_string()).with_source(source)
             })?,
             None => String::new(),
         };
@@ -532,17 +539,14 @@ impl Config {
         process: Option<&str>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut root: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let mut root: toml::Table = toml::from_str(text).map_err(|e| invalid("").with_source(e))?;
         if let Some(name) = process {
             let overrides = root
                 .get("processes")
                 .and_then(|p| p.get(name))
                 .and_then(|p| p.as_table())
                 .cloned()
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!("no [processes.{name}] in the config"))
-                })?;
+                .ok_or_else(|| invalid(format!("no [processes.{name}] in the config")))?;
             for (k, v) in overrides {
                 if k == "modules" {
                     set_path(&mut root, &["node".into(), "modules".into()], v)?;
@@ -563,7 +567,7 @@ impl Config {
         }
         let cfg: Config = toml::Value::Table(root)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+            .map_err(|e: toml::de::Error| invalid("").with_source(e))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -571,7 +575,7 @@ impl Config {
     /// Checks limits that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.gateway;
-        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        let bad = |m: &str| Err(invalid(m.to_string()));
         if g.heartbeat == 0 {
             return bad("gateway.heartbeat must be at least 1 second");
         }
@@ -600,7 +604,7 @@ impl Config {
             // A zero, negative or NaN deadline would be read as the shortest one and close
             // every connection at once: a mistake, not a choice.
             if !(value > 0.0 && value.is_finite()) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(invalid(format!(
                     "{name} must be a positive number of seconds"
                 )));
             }
@@ -609,7 +613,7 @@ impl Config {
             return bad("admin.max_connections and http.max_connections must be at least 1");
         }
         if let Err(e) = self.route_dict([]) {
-            return Err(ConfigError::Invalid(format!("[routes]: {e}")));
+            return Err(invalid("[routes]").with_source(e));
         }
         Ok(())
     }
@@ -666,9 +670,9 @@ fn set_path(
         let entry = cur
             .entry(k.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = entry.as_table_mut().ok_or_else(|| {
-            ConfigError::Invalid(format!("environment override: {k} is not a table"))
-        })?;
+        cur = entry
+            .as_table_mut()
+            .ok_or_else(|| invalid(format!("environment override: {k} is not a table")))?;
     }
     cur.insert(last.clone(), value);
     Ok(())

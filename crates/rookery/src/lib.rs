@@ -57,7 +57,7 @@ pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::
 pub use app::{App, Context, HandshakeValidator};
 pub use async_trait::async_trait;
 pub use config::Config;
-pub use error::{Code, Error};
+pub use error::{Code, Error, LayerError, Source};
 pub use gateway::{REASON_IDLE, REASON_SHUTDOWN};
 pub use group::{GroupInfo, Groups};
 pub use module::{Module, ModuleInit, RouteBuilder};
@@ -68,6 +68,7 @@ pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};
 pub use rpc::{CallOptions, Rpc, RpcError, Target};
 pub use server::{
     shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport, StartError,
+    StartErrorKind,
 };
 pub use session::{
     Acceptor, Session, SessionId, SessionPool, REASON_DUPLICATE_LOGIN, REASON_SLOW_CLIENT,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rookery_protocol::{Route, RouteDict};
 
+use crate::server::{StartError, StartErrorKind};
 use crate::{Context, Error, FromPayload, ToPayload};
 
 /// A boxed future, as handlers return.
@@ -101,11 +102,14 @@ impl Router {
         entries: Vec<RouteEntry>,
         push_routes: &[String],
         config: &crate::Config,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let mut by_name = HashMap::new();
         for e in &entries {
             if by_name.insert(e.route.clone(), ()).is_some() {
-                return Err(format!("route {} registered twice", e.route));
+                return Err(StartError::new(
+                    StartErrorKind::Routes,
+                    format!("route {} registered twice", e.route),
+                ));
             }
         }
         let names = entries
@@ -115,7 +119,7 @@ impl Router {
             .chain(push_routes.iter().map(String::as_str));
         let dict = config
             .route_dict(names)
-            .map_err(|e| format!("[routes]: {e}"))?;
+            .map_err(|e| StartError::new(StartErrorKind::Routes, "[routes]").with_source(e))?;
         let mut router = Router {
             dict: Arc::new(dict),
             pushes: push_routes.to_vec(),

@@ -24,27 +24,36 @@ use crate::telemetry::DisconnectReason;
 use crate::{App, Config, Groups, Module, SessionPool};
 
 /// Why a node could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub type StartError = crate::LayerError<StartErrorKind>;
+
+/// What kind of startup failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartErrorKind {
+    /// The configuration is invalid or names what is not there (a module, a selector).
+    Config,
+    /// A module's `init` failed (the source is its [`crate::Error`]).
+    Module,
+    /// Routes clash: registered twice, or a code given twice.
+    Routes,
     /// An acceptor address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: String,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A module failed to initialise.
-    #[error("module {module} failed to initialise: {error}")]
-    Module {
-        /// The module.
-        module: String,
-        /// The cause.
-        error: crate::Error,
-    },
-    /// Routes clash or the configuration is inconsistent.
-    #[error("invalid setup: {0}")]
-    Setup(String),
+    Bind,
+    /// The node-to-node transport could not start.
+    Transport,
+    /// Discovery could not be reached, refused the node, or holds its id for another node.
+    Discovery,
+}
+
+impl std::fmt::Display for StartErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Config => "invalid setup",
+            Self::Module => "module failed to initialise",
+            Self::Routes => "invalid routes",
+            Self::Bind => "cannot listen",
+            Self::Transport => "transport",
+            Self::Discovery => "discovery",
+        })
+    }
 }
 
 /// Entry point: `Server::builder(config).module(m).start().await`.
@@ -88,10 +97,10 @@ impl ServerBuilder {
     }
 
     /// Sets the handshake validator (e.g. token check); a refusal closes the connection with
-    /// handshake code 400 and the given reason.
+    /// handshake code 400 and the error's message as the reason.
     pub fn handshake_validator(
         mut self,
-        f: impl Fn(&HandshakeRequest) -> Result<(), String> + Send + Sync + 'static,
+        f: impl Fn(&HandshakeRequest) -> Result<(), crate::Error> + Send + Sync + 'static,
     ) -> Self {
         self.validator = Some(Arc::new(f));
         self
@@ -121,15 +130,16 @@ impl ServerBuilder {
     pub async fn start(mut self) -> Result<RunningServer, StartError> {
         self.config
             .validate()
-            .map_err(|e| StartError::Setup(e.to_string()))?;
+            .map_err(|e| StartError::new(StartErrorKind::Config, "").with_source(e))?;
         if let Some(wanted) = &self.config.node.modules {
             if let Some(missing) = wanted
                 .iter()
                 .find(|w| !self.modules.iter().any(|m| m.name() == *w))
             {
-                return Err(StartError::Setup(format!(
-                    "module {missing} is not available"
-                )));
+                return Err(StartError::new(
+                    StartErrorKind::Config,
+                    format!("module {missing} is not available"),
+                ));
             }
             self.modules
                 .retain(|m| wanted.iter().any(|w| w == m.name()));
@@ -139,7 +149,10 @@ impl ServerBuilder {
         for (index, m) in self.modules.iter().enumerate() {
             let name = m.name().to_string();
             if self.modules[..index].iter().any(|o| o.name() == name) {
-                return Err(StartError::Setup(format!("module {name} added twice")));
+                return Err(StartError::new(
+                    StartErrorKind::Config,
+                    format!("module {name} added twice"),
+                ));
             }
             let mut init = ModuleInit {
                 module: &name,
@@ -150,14 +163,11 @@ impl ServerBuilder {
                 push_routes: &mut push_routes,
                 module_lock: Arc::new(tokio::sync::Mutex::new(())),
             };
-            m.clone()
-                .init(&mut init)
-                .map_err(|error| StartError::Module {
-                    module: name.clone(),
-                    error,
-                })?;
+            m.clone().init(&mut init).map_err(|error| {
+                StartError::new(StartErrorKind::Module, name.clone()).with_source(error)
+            })?;
         }
-        let router = Router::new(routes, &push_routes, &self.config).map_err(StartError::Setup)?;
+        let router = Router::new(routes, &push_routes, &self.config)?;
         let sessions = SessionPool::new(router.dict().clone());
 
         let gw = &self.config.gateway;
@@ -172,9 +182,7 @@ impl ServerBuilder {
         let (discovery, transport) = match (self.discovery, self.transport) {
             (Some(d), Some(t)) => (d, t),
             (d, t) => {
-                let (dd, tt) = runtime::backends(&self.config.cluster)
-                    .await
-                    .map_err(StartError::Setup)?;
+                let (dd, tt) = runtime::backends(&self.config.cluster).await?;
                 (d.unwrap_or(dd), t.unwrap_or(tt))
             }
         };
@@ -184,8 +192,7 @@ impl ServerBuilder {
             discovery,
             transport,
             self.selectors,
-        )
-        .map_err(StartError::Setup)?;
+        )?;
 
         let disconnect_log = self.config.gateway.disconnect_log_per_second;
         let app = App::new(AppInner {
@@ -263,9 +270,9 @@ fn node_info(
     info.frontend = frontend;
     info.modules = modules.iter().map(|m| m.name().to_string()).collect();
     if let Some(l) = &n.logical {
-        info.logical = l
-            .parse()
-            .map_err(|e: crate::cluster::BadLogicalAddr| StartError::Setup(e.to_string()))?;
+        info.logical = l.parse().map_err(|e: crate::cluster::BadLogicalAddr| {
+            StartError::new(StartErrorKind::Config, "node.logical").with_source(e)
+        })?;
     }
     Ok(info)
 }
@@ -281,7 +288,7 @@ async fn join_cluster(app: &App) -> Result<(), StartError> {
         .transport
         .serve(&me, handler, c.stop.clone())
         .await
-        .map_err(|e| StartError::Setup(format!("transport: {e}")))?;
+        .map_err(|e| StartError::new(StartErrorKind::Transport, "").with_source(e))?;
     let me = c.set_me(|n| n.address = address);
     c.registry.apply(DiscoveryEvent::Added(me.clone()));
     // A lone node knows itself before any discovery event arrives.
@@ -289,12 +296,12 @@ async fn join_cluster(app: &App) -> Result<(), StartError> {
     c.discovery
         .register(&me)
         .await
-        .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;
+        .map_err(|e| StartError::new(StartErrorKind::Discovery, "").with_source(e))?;
     let events = c
         .discovery
         .watch()
         .await
-        .map_err(|e| StartError::Setup(format!("discovery: {e}")))?;
+        .map_err(|e| StartError::new(StartErrorKind::Discovery, "").with_source(e))?;
     c.tasks.spawn(runtime::watch_discovery(
         app.clone(),
         events,
@@ -308,10 +315,7 @@ async fn bind(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
     TcpListener::bind(addr)
         .await
         .map(Some)
-        .map_err(|source| StartError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+        .map_err(|source| StartError::new(StartErrorKind::Bind, addr).with_source(source))
 }
 
 /// A started node. Dropping it does not stop it; call [`RunningServer::shutdown`].

@@ -303,7 +303,7 @@ async fn handshake_timeout_and_refusal() {
         .module(TestModule { probe })
         .handshake_validator(|req| match req.user.get("token") {
             Some(t) if t == "ok" => Ok(()),
-            _ => Err("bad token".into()),
+            _ => Err(rookery::Error::bad_request("bad token")),
         })
         .start()
         .await

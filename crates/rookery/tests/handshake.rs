@@ -59,7 +59,7 @@ async fn validator_refuses_with_code_400() {
             if h.user["token"] == "sesame" {
                 Ok(())
             } else {
-                Err("bad token".into())
+                Err(rookery::Error::bad_request("bad token"))
             }
         })
         .start()

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use super::selector::{self, Selector};
 use super::{Discovery, NodeEvent, NodeInfo, Registry, Transport};
 use crate::config::{ClusterConfig, DiscoveryKind, TransportKind};
+use crate::server::{StartError, StartErrorKind};
 use crate::{App, FastMap};
 
 /// Queue of operations towards one gateway.
@@ -45,13 +46,17 @@ impl ClusterState {
         discovery: Arc<dyn Discovery>,
         transport: Arc<dyn Transport>,
         custom: HashMap<String, Arc<dyn Selector>>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StartError> {
         let source = Bytes::copy_from_slice(node.id.as_bytes());
         let mut selectors: FastMap<String, Arc<dyn Selector>> = FastMap::default();
         for (name, r) in &config.routing {
             let mut sel: Box<dyn Selector> = match &r.selector {
-                Some(n) => selector::by_name(n)
-                    .ok_or_else(|| format!("unknown selector {n:?} for {name}"))?,
+                Some(n) => selector::by_name(n).ok_or_else(|| {
+                    StartError::new(
+                        StartErrorKind::Config,
+                        format!("unknown selector {n:?} for {name}"),
+                    )
+                })?,
                 None => Box::new(selector::Random),
             };
             if r.sticky {
@@ -241,19 +246,22 @@ fn let_go_of_gateway(app: &App, node: &NodeInfo) {
 /// Builds the discovery back end and transport a configuration names.
 pub(crate) async fn backends(
     config: &ClusterConfig,
-) -> Result<(Arc<dyn Discovery>, Arc<dyn Transport>), String> {
-    fn parse<T: serde::de::DeserializeOwned>(t: &toml::Table, what: &str) -> Result<T, String> {
+) -> Result<(Arc<dyn Discovery>, Arc<dyn Transport>), StartError> {
+    fn parse<T: serde::de::DeserializeOwned>(t: &toml::Table, what: &str) -> Result<T, StartError> {
         toml::Value::Table(t.clone())
             .try_into()
-            .map_err(|e: toml::de::Error| format!("[cluster.{what}]: {e}"))
+            .map_err(|e: toml::de::Error| {
+                StartError::new(StartErrorKind::Config, format!("[cluster.{what}]")).with_source(e)
+            })
     }
+    let discovery_error = |e| StartError::new(StartErrorKind::Discovery, "").with_source(e);
     let discovery: Arc<dyn Discovery> = match config.discovery {
         DiscoveryKind::Embedded => Arc::new(super::EmbeddedDiscovery::new()),
         DiscoveryKind::Static => {
             let mut nodes = config.static_nodes.clone();
             if let Some(f) = &config.static_file {
                 let file = super::StaticDiscovery::from_file(std::path::Path::new(f))
-                    .map_err(|e| e.to_string())?;
+                    .map_err(discovery_error)?;
                 nodes.extend(file.nodes().iter().cloned());
             }
             Arc::new(super::StaticDiscovery::new(nodes))
@@ -264,11 +272,16 @@ pub(crate) async fn backends(
             Arc::new(
                 super::discovery::etcd::EtcdDiscovery::connect(cfg)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(discovery_error)?,
             )
         }
         #[cfg(not(feature = "etcd"))]
-        DiscoveryKind::Etcd => return Err("etcd discovery needs the `etcd` cargo feature".into()),
+        DiscoveryKind::Etcd => {
+            return Err(StartError::new(
+                StartErrorKind::Config,
+                "etcd discovery needs the `etcd` cargo feature",
+            ))
+        }
     };
     let transport: Arc<dyn Transport> = match config.transport {
         TransportKind::Inproc => Arc::new(super::InProcTransport::new()),
@@ -282,12 +295,15 @@ pub(crate) async fn backends(
             Arc::new(
                 super::transport::nats::NatsTransport::connect(cfg)
                     .await
-                    .map_err(|e| e.to_string())?,
+                    .map_err(|e| StartError::new(StartErrorKind::Transport, "").with_source(e))?,
             )
         }
         #[cfg(not(feature = "nats"))]
         TransportKind::Nats => {
-            return Err("the NATS transport needs the `nats` cargo feature".into())
+            return Err(StartError::new(
+                StartErrorKind::Config,
+                "the NATS transport needs the `nats` cargo feature",
+            ))
         }
     };
     let _ = parse::<toml::Table>;

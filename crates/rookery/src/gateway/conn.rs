@@ -246,7 +246,8 @@ async fn handshake(
         }
     };
     if let Some(validate) = &app.inner().validator {
-        if let Err(reason) = validate(&req) {
+        if let Err(e) = validate(&req) {
+            let reason = e.msg().to_string();
             refuse(writer, CODE_BAD_REQUEST, &reason).await;
             return Err(Refusal {
                 why: Some(DisconnectReason::HandshakeRefused),

@@ -322,13 +322,11 @@ pub struct RuntimeConfig {
     /// Worker threads of the multi-thread scheduler; 0 = one per core this process may run on.
     pub workers: usize,
     /// Task polls between two looks at the scheduler's global queue; 0 = tokio's default
-    /// (adaptive, about 30-60 polls). Matters only under overload: when more connections are
-    /// ready at once than a worker's local queue holds (256), the rest wait in the global
-    /// queue, and a small value bounds their wait. Measured on one core at 1,000 busy
-    /// connections, 4 gives a p99 of ~30-40 ms instead of ~150 ms, but serving every
-    /// connection in turn touches each one's cold state, which cost 10-20% of throughput there
-    /// and ~20% at 10,000 (see BENCHMARKS.md). For operators who prefer even latency over peak
-    /// throughput when overloaded; an empty global queue costs nothing to look at.
+    /// (adaptive). Matters only under overload: when more connections are ready at once than a
+    /// worker's local queue holds, the rest wait in the global queue, and a small value bounds
+    /// their wait, at the cost of throughput (serving every connection in turn touches each
+    /// one's cold state). For operators who prefer even latency over peak throughput when
+    /// overloaded; BENCHMARKS.md has the trade-off measured.
     pub global_queue_interval: u32,
 }
 
@@ -337,16 +335,14 @@ pub struct RuntimeConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Scheduler {
     /// tokio's multi-thread scheduler (work stealing across `workers` threads). Under overload on
-    /// a core it serves the ready connections in its local queue first (at 1,000 busy
-    /// connections: p50 ~1.5 ms, p99 ~150 ms), which keeps throughput up; `global_queue_interval`
-    /// bounds how long the others wait.
+    /// a core it serves the ready connections in its local queue first, which keeps throughput
+    /// up and lets the others wait; `global_queue_interval` bounds how long.
     #[default]
     MultiThread,
     /// tokio's single-threaded scheduler: every task on one thread, ready connections served
-    /// in turn. For a process given one core (one per core, behind a load balancer): under
-    /// overload at 1,000 busy connections p99 ~15-20 ms instead of ~150 ms for ~13% less
-    /// throughput, ~30% less at 10,000 (each turn touches every connection's cold state; see
-    /// BENCHMARKS.md). `workers` does not apply.
+    /// in turn. For a process given one core (one per core, behind a load balancer) that should
+    /// keep latency even under overload, for less throughput (each turn touches every
+    /// connection's cold state; BENCHMARKS.md has both measured). `workers` does not apply.
     CurrentThread,
 }
 

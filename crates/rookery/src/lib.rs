@@ -33,6 +33,8 @@
 #![forbid(unsafe_code)]
 
 mod app;
+#[cfg(test)]
+mod budgets;
 pub mod cluster;
 pub mod config;
 mod error;

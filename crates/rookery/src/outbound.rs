@@ -42,8 +42,8 @@ pub(crate) struct Outbound {
     /// lock, read without it, so that the connection task looks at an empty queue without
     /// taking the lock.
     contents: AtomicU8,
-    /// Packets queued at most (`u32`: with the rest, the queue fits in 88 bytes, so that a
-    /// session's fields every request touches share two cache lines).
+    /// Packets queued at most (`u32`, so that the queue stays within its size budget and a
+    /// session's fields every request touches share two cache lines: see `budgets.rs`).
     capacity: u32,
 }
 
@@ -58,8 +58,8 @@ struct State {
     /// The oldest queued packet, kept inline: with one packet in flight (a response) the queue
     /// touches no memory beyond the session's own.
     head: Option<Bytes>,
-    /// The packets after `head` (empty while `head` is `None`). Boxed on purpose (8 bytes in
-    /// the session instead of a `VecDeque`'s 32) and made on the first push behind another:
+    /// The packets after `head` (empty while `head` is `None`). Boxed on purpose (a pointer in
+    /// the session instead of a whole `VecDeque`) and made on the first push behind another:
     /// most connections never have more than one packet queued.
     #[allow(clippy::box_collection)]
     rest: Option<Box<VecDeque<Bytes>>>,

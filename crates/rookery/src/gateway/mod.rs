@@ -1,6 +1,6 @@
 //! The client-facing gateway: acceptors (TCP, WebSocket) feeding one connection driver.
 
-mod conn;
+pub(crate) mod conn;
 mod running;
 mod transport;
 

@@ -201,7 +201,7 @@ impl<'a> Running<'a> {
     ///
     /// A box per request, not one reused per connection: a fresh allocation comes from memory
     /// the allocator just used, while a per-connection box is cold at a thousand connections and
-    /// costs more in cache misses than the allocation (measured with callgrind's cache model).
+    /// costs more in cache misses than the allocation (BENCHMARKS.md).
     fn start(&mut self, job: Job) -> BoxFuture<'a, ()> {
         let (app, session, timeout) = (self.app, self.session, self.request_timeout);
         match &job.dest {

@@ -14,6 +14,7 @@ fn an_idle_connection_task_stays_small() {
     let size = future_size(|(app, transport, remote, acceptor, permit)| {
         crate::gateway::conn::serve(app, transport, remote, acceptor, permit)
     });
+    eprintln!("connection future: {size} bytes");
     assert!(size <= 900, "connection future is {size} bytes");
 }
 
@@ -31,6 +32,7 @@ fn a_forwarded_request_stays_small() {
             &'static crate::Session,
         )| rpc.forward(route, field, payload, session),
     );
+    eprintln!("forward future: {size} bytes");
     assert!(size <= 700, "forward future is {size} bytes");
 }
 
@@ -40,6 +42,7 @@ fn a_forwarded_request_stays_small() {
 #[test]
 fn session_hot_fields_fit_in_two_cache_lines() {
     let end = crate::session::hot_fields_end();
+    eprintln!("session hot fields end at {end} bytes");
     assert!(end <= 128, "hot fields end at {end} bytes");
 }
 
@@ -48,6 +51,7 @@ fn session_hot_fields_fit_in_two_cache_lines() {
 #[test]
 fn the_outbound_queue_stays_small() {
     let size = std::mem::size_of::<crate::outbound::Outbound>();
+    eprintln!("outbound queue: {size} bytes");
     assert!(size <= 88, "outbound queue is {size} bytes");
 }
 

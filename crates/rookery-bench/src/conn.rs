@@ -20,10 +20,8 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::stream::SplitSink;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use indicatif::ProgressBar;
-use rookery_protocol::handshake::HandshakeResponse;
-use rookery_protocol::packet::encode_parts;
 use rookery_protocol::{
-    HandshakeRequest, HandshakeSys, Message, MessageType, Packet, PacketCodec, PacketType, Route,
+    ClientHandshake, HandshakeSys, Message, MessageType, Packet, PacketCodec, PacketType, Route,
     RouteName, HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -162,7 +160,6 @@ const FLUSH_PROGRESS: u64 = 64;
 /// Open loop: most requests queued at one wake-up when behind schedule.
 const MAX_BURST: usize = 1024;
 const HEARTBEAT: [u8; 4] = [PacketType::Heartbeat as u8, 0, 0, 0];
-const HANDSHAKE_ACK: [u8; 4] = [PacketType::HandshakeAck as u8, 0, 0, 0];
 const LOGIN_ROUTE: &str = "connector.entry.login";
 
 /// An open connection during setup.
@@ -246,34 +243,22 @@ async fn open_socket(plan: &Plan, idx: usize) -> std::io::Result<TcpStream> {
 }
 
 async fn handshake(link: &mut Link, codec: &PacketCodec) -> Result<Session, String> {
-    let req = HandshakeRequest {
-        sys: HandshakeSys {
+    let hs = ClientHandshake::new(
+        HandshakeSys {
             client_type: Some("rookery-bench".into()),
             ..HandshakeSys::default()
         },
-        user: serde_json::Value::Null,
-    };
-    let pkt = encode_parts(PacketType::Handshake, &req.encode()).map_err(|e| e.to_string())?;
-    link.send(pkt).await?;
+        serde_json::Value::Null,
+    );
+    link.send(hs.request_packet()).await?;
     let resp = loop {
         let p = link.recv(codec).await?;
-        match p.kind {
-            PacketType::Handshake => {
-                break HandshakeResponse::decode(&p.body).map_err(|e| e.to_string())?
-            }
-            PacketType::Kick => return Err("kicked during the handshake".into()),
-            _ => continue,
+        if let Some(answer) = hs.on_packet(p.kind, &p.body).map_err(|e| e.to_string())? {
+            break answer;
         }
     };
-    if resp.code != 200 {
-        return Err(format!(
-            "handshake refused: code {} {}",
-            resp.code,
-            resp.msg.unwrap_or_default()
-        ));
-    }
     let sys = resp.sys.unwrap_or_default();
-    link.send(Bytes::from_static(&HANDSHAKE_ACK)).await?;
+    link.send(ClientHandshake::ack_packet()).await?;
     Ok(Session {
         heartbeat: (sys.heartbeat > 0).then(|| Duration::from_secs(sys.heartbeat)),
         dict: sys.dict,

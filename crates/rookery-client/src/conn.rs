@@ -270,24 +270,7 @@ async fn tick(heartbeat: &mut Option<Interval>) {
     }
 }
 
-/// The reason in a Kick body: empty (pitaya) => None; `{"reason": ..}` (pomelo) => the reason;
-/// any other JSON or text is kept as text.
-pub(crate) fn kick_reason(body: &[u8]) -> Option<String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return None;
-    }
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(serde_json::Value::Object(mut m)) => match m.remove("reason") {
-            Some(serde_json::Value::String(s)) => Some(s),
-            Some(serde_json::Value::Null) | None => None,
-            Some(other) => Some(other.to_string()),
-        },
-        Ok(serde_json::Value::String(s)) => Some(s),
-        Ok(serde_json::Value::Null) => None,
-        Ok(other) => Some(other.to_string()),
-        Err(_) => Some(String::from_utf8_lossy(body).into_owned()),
-    }
-}
+pub(crate) use rookery_protocol::handshake::kick_reason;
 
 /// Protobuf form of an error response (pitaya `protos.Error`).
 #[derive(Clone, PartialEq, prost::Message)]

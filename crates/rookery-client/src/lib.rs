@@ -26,10 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rookery_protocol::packet::encode_parts;
 use rookery_protocol::{
-    HandshakeRequest, HandshakeResponse, HandshakeSys, Message, PacketCodec, PacketType, Route,
-    RouteName,
+    ClientHandshake, HandshakeFailure, HandshakeResponse, HandshakeSys, Message, PacketCodec,
+    Route, RouteName,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -419,49 +418,33 @@ async fn handshake(
     codec: &PacketCodec,
     opts: &ClientOptions,
 ) -> Result<HandshakeResponse, ClientError> {
-    let request = HandshakeRequest {
-        sys: HandshakeSys {
+    let hs = ClientHandshake::new(
+        HandshakeSys {
             client_type: Some("rust".into()),
             version: Some(env!("CARGO_PKG_VERSION").into()),
             platform: Some(std::env::consts::OS.into()),
             serializer: opts.serializer,
         },
-        user: opts.user.clone(),
-    };
-    transport
-        .send(encode_parts(PacketType::Handshake, &request.encode())?)
-        .await?;
+        opts.user.clone(),
+    );
+    transport.send(hs.request_packet()).await?;
     let answer = loop {
         let Some(packet) = transport.recv(codec).await? else {
             return Err(ClientError::Closed {
                 reason: Some("connection closed during the handshake".into()),
             });
         };
-        match packet.kind {
-            PacketType::Handshake => break HandshakeResponse::decode(&packet.body)?,
-            PacketType::Heartbeat => continue,
-            PacketType::Kick => {
-                return Err(ClientError::Closed {
-                    reason: conn::kick_reason(&packet.body),
-                })
+        match hs.on_packet(packet.kind, &packet.body) {
+            Ok(Some(answer)) => break answer,
+            Ok(None) => continue,
+            Err(HandshakeFailure::Refused { code, msg }) => {
+                return Err(ClientError::Handshake { code, msg })
             }
-            _ => {
-                return Err(rookery_protocol::ProtocolError::Invalid(
-                    "unexpected packet before the handshake answer",
-                )
-                .into())
-            }
+            Err(HandshakeFailure::Kicked(reason)) => return Err(ClientError::Closed { reason }),
+            Err(HandshakeFailure::Protocol(e)) => return Err(e.into()),
         }
     };
-    if answer.code != rookery_protocol::handshake::CODE_OK {
-        return Err(ClientError::Handshake {
-            code: answer.code,
-            msg: answer.msg,
-        });
-    }
-    transport
-        .send(encode_parts(PacketType::HandshakeAck, &[])?)
-        .await?;
+    transport.send(ClientHandshake::ack_packet()).await?;
     Ok(answer)
 }
 
@@ -477,6 +460,8 @@ fn from_json<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rookery_protocol::packet::encode_parts;
+    use rookery_protocol::PacketType;
 
     #[test]
     fn defaults() {

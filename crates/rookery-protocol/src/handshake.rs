@@ -126,10 +126,139 @@ impl HandshakeResponse {
     }
 }
 
+/// The client's side of the handshake, without I/O: the packet to send, what each packet the
+/// server sends before its answer means, and the ack. Every client (the Rust client, the load
+/// generators) drives this one.
+#[derive(Debug, Clone)]
+pub struct ClientHandshake {
+    request: HandshakeRequest,
+}
+
+/// Why a client's handshake did not succeed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandshakeFailure {
+    /// The server answered with a code other than 200.
+    #[error("handshake refused: code {code}{}", msg.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Refused {
+        /// The handshake code.
+        code: u16,
+        /// The server's reason.
+        msg: Option<String>,
+    },
+    /// The server kicked the connection instead of answering.
+    #[error("kicked during the handshake{}", .0.as_deref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Kicked(Option<String>),
+    /// The server sent something that is not a handshake answer.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl ClientHandshake {
+    /// A handshake describing the client with `sys`, carrying `user` (the application's part).
+    pub fn new(sys: HandshakeSys, user: serde_json::Value) -> Self {
+        Self {
+            request: HandshakeRequest { sys, user },
+        }
+    }
+
+    /// The `Handshake` packet to send first.
+    pub fn request_packet(&self) -> Bytes {
+        crate::packet::encode_parts(crate::PacketType::Handshake, &self.request.encode())
+            .unwrap_or_default()
+    }
+
+    /// What a packet received before the answer means: `Ok(None)` to keep waiting (a
+    /// heartbeat), the server's answer when it accepted, or why not.
+    pub fn on_packet(
+        &self,
+        kind: crate::PacketType,
+        body: &[u8],
+    ) -> Result<Option<HandshakeResponse>, HandshakeFailure> {
+        match kind {
+            crate::PacketType::Heartbeat => Ok(None),
+            crate::PacketType::Kick => Err(HandshakeFailure::Kicked(kick_reason(body))),
+            crate::PacketType::Handshake => {
+                let answer = HandshakeResponse::decode(body)?;
+                if answer.code != CODE_OK {
+                    return Err(HandshakeFailure::Refused {
+                        code: answer.code,
+                        msg: answer.msg,
+                    });
+                }
+                Ok(Some(answer))
+            }
+            _ => {
+                Err(ProtocolError::Invalid("unexpected packet before the handshake answer").into())
+            }
+        }
+    }
+
+    /// The `HandshakeAck` packet to send once the answer arrived.
+    pub fn ack_packet() -> Bytes {
+        Bytes::from_static(&[crate::PacketType::HandshakeAck as u8, 0, 0, 0])
+    }
+}
+
+/// The reason in a Kick body: empty (pitaya) => None; `{"reason": ..}` (pomelo) => the reason;
+/// any other JSON or text is kept as text.
+pub fn kick_reason(body: &[u8]) -> Option<String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(mut m)) => match m.remove("reason") {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => Some(other.to_string()),
+        },
+        Ok(serde_json::Value::String(s)) => Some(s),
+        Ok(serde_json::Value::Null) => None,
+        Ok(other) => Some(other.to_string()),
+        Err(_) => Some(String::from_utf8_lossy(body).into_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn client_handshake_steps() {
+        use crate::PacketType as T;
+        let hs = ClientHandshake::new(HandshakeSys::default(), serde_json::Value::Null);
+        let req = hs.request_packet();
+        assert_eq!(req[0], T::Handshake as u8);
+        assert!(HandshakeRequest::decode(&req[4..]).is_ok());
+        assert_eq!(hs.on_packet(T::Heartbeat, b"").unwrap(), None);
+        let ok = HandshakeResponse {
+            code: CODE_OK,
+            sys: Some(HandshakeResponseSys::default()),
+            msg: None,
+        };
+        assert_eq!(hs.on_packet(T::Handshake, &ok.encode()).unwrap(), Some(ok));
+        assert_eq!(
+            hs.on_packet(T::Handshake, &HandshakeResponse::refuse(400, "no").encode()),
+            Err(HandshakeFailure::Refused {
+                code: 400,
+                msg: Some("no".into())
+            })
+        );
+        assert_eq!(
+            hs.on_packet(T::Kick, br#"{"reason":"full"}"#),
+            Err(HandshakeFailure::Kicked(Some("full".into())))
+        );
+        assert!(matches!(
+            hs.on_packet(T::Data, b""),
+            Err(HandshakeFailure::Protocol(_))
+        ));
+        assert_eq!(
+            &ClientHandshake::ack_packet()[..],
+            &[T::HandshakeAck as u8, 0, 0, 0]
+        );
+        assert_eq!(kick_reason(b""), None);
+        assert_eq!(kick_reason(b"plain"), Some("plain".into()));
+    }
 
     #[test]
     fn parses_pomelo_handshake() {

@@ -18,7 +18,10 @@ pub mod packet;
 pub mod route;
 
 pub use error::ProtocolError;
-pub use handshake::{HandshakeRequest, HandshakeResponse, HandshakeSys, Serializer};
+pub use handshake::{
+    ClientHandshake, HandshakeFailure, HandshakeRequest, HandshakeResponse, HandshakeSys,
+    Serializer,
+};
 pub use message::{Message, MessageType, Route};
 pub use packet::{Packet, PacketCodec, PacketType, DEFAULT_MAX_PACKET_SIZE, HEADER_LEN};
 pub use route::{hashed_code, DictError, RouteDict, RouteName};

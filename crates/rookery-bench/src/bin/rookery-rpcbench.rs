@@ -32,9 +32,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use rookery::{Config, Context, Error, Module, ModuleInit, Raw, RunningServer, Target};
-use rookery_protocol::handshake::HandshakeResponse;
-use rookery_protocol::packet::encode_parts;
-use rookery_protocol::{HandshakeRequest, HandshakeSys, Message, PacketType, Route, RouteName};
+use rookery_protocol::{ClientHandshake, HandshakeSys, Message, PacketType, Route, RouteName};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -841,34 +839,34 @@ async fn fan_setup(plan: &FanPlan, idx: usize) -> Result<FanConn, String> {
         dict: HashMap::new(),
         heartbeat: None,
     };
-    let hs = HandshakeRequest {
-        sys: HandshakeSys {
+    let hs = ClientHandshake::new(
+        HandshakeSys {
             client_type: Some("rookery-bench".into()),
-            version: Some("0.1.0".into()),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
             ..HandshakeSys::default()
         },
-        user: serde_json::Value::Null,
-    };
-    let pkt = encode_parts(PacketType::Handshake, &hs.encode()).map_err(|e| e.to_string())?;
+        serde_json::Value::Null,
+    );
     let steps = async {
-        c.stream.write_all(&pkt).await.map_err(|e| e.to_string())?;
+        c.stream
+            .write_all(&hs.request_packet())
+            .await
+            .map_err(|e| e.to_string())?;
         let resp = loop {
-            match c.read_event().await? {
-                Event::Handshake(b) => {
-                    break HandshakeResponse::decode(&b).map_err(|e| e.to_string())?
-                }
-                Event::Kick => return Err("kicked during the handshake".to_string()),
-                _ => {}
+            let step = match c.read_event().await? {
+                Event::Handshake(b) => hs.on_packet(PacketType::Handshake, &b),
+                Event::Kick => hs.on_packet(PacketType::Kick, b""),
+                _ => Ok(None),
+            };
+            if let Some(answer) = step.map_err(|e| e.to_string())? {
+                break answer;
             }
         };
-        if resp.code != 200 {
-            return Err(format!("handshake refused: code {}", resp.code));
-        }
         let sys = resp.sys.unwrap_or_default();
         c.heartbeat = (sys.heartbeat > 0).then(|| Duration::from_secs(sys.heartbeat));
         c.dict = sys.dict;
         c.stream
-            .write_all(&[PacketType::HandshakeAck as u8, 0, 0, 0])
+            .write_all(&ClientHandshake::ack_packet())
             .await
             .map_err(|e| e.to_string())?;
         let uid = format!("{}{idx}", plan.uid_prefix);
@@ -884,7 +882,7 @@ async fn fan_setup(plan: &FanPlan, idx: usize) -> Result<FanConn, String> {
             json!({ "room": plan.room }).to_string(),
         )
         .await?;
-        Ok(())
+        Ok::<(), String>(())
     };
     timeout(plan.timeout, steps)
         .await

@@ -808,6 +808,15 @@ fn count_pushes(sent: u64, dropped: u64) {
     }
 }
 
+/// Where the fields every request touches end in a session's allocation (after the `Arc`'s two
+/// counts): the layout budget in `budgets.rs`.
+#[cfg(test)]
+pub(crate) fn hot_fields_end() -> usize {
+    2 * std::mem::size_of::<usize>()
+        + std::mem::offset_of!(Inner, link)
+        + std::mem::size_of::<Link>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -853,13 +862,4 @@ mod tests {
             [talking.id()]
         );
     }
-}
-
-/// Where the fields every request touches end in a session's allocation (after the `Arc`'s two
-/// counts): the layout budget in `budgets.rs`.
-#[cfg(test)]
-pub(crate) fn hot_fields_end() -> usize {
-    2 * std::mem::size_of::<usize>()
-        + std::mem::offset_of!(Inner, link)
-        + std::mem::size_of::<Link>()
 }

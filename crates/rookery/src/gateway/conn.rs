@@ -1,6 +1,6 @@
 //! The connection driver: handshake, session, then the running phase ([`Running`]: a reader
-//! that runs each request's handler in order, and a writer with batched writes); here also what
-//! the reader does with a packet (rate limit, route resolution) and a request (`run_job`).
+//! that runs each request's handler in order, and a writer with batched writes; what a message
+//! does is in `request`), then the session's end.
 //!
 //! Task tree for one connection, all owned by the connection task:
 //! ```text
@@ -15,71 +15,21 @@
 //! have ended and the session has been removed from the pool and its groups.
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rookery_protocol::handshake::{HandshakeResponseSys, CODE_BAD_REQUEST, CODE_OK};
 use rookery_protocol::{
-    HandshakeRequest, HandshakeResponse, HandshakeSys, Message, MessageType, Packet, PacketType,
-    RouteDict, Serializer,
+    HandshakeRequest, HandshakeResponse, HandshakeSys, Packet, PacketType, RouteDict, Serializer,
 };
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 
+use super::close::{heartbeat_packet, FLUSH_DEADLINE, REASON_HANDSHAKE_TIMEOUT, REASON_SHUTDOWN};
 use super::running::Running;
 use super::transport::{PacketReader, PacketWriter, Transport};
-use crate::router::RouteEntry;
 use crate::session::{Acceptor, NewSession};
 use crate::telemetry::DisconnectReason;
-use crate::{telemetry, App, Code, Error, Session};
-
-/// How long the writer keeps trying to deliver what was queued before a close (e.g. a Kick).
-pub(super) const FLUSH_DEADLINE: Duration = Duration::from_secs(2);
-
-/// Reason sent to sessions kicked by a graceful shutdown.
-pub const REASON_SHUTDOWN: &str = "server shutting down";
-/// Reason for closing a connection that sent nothing for two heartbeat intervals.
-pub const REASON_IDLE: &str = "heartbeat timeout";
-/// Reason sent to a client disconnected for exceeding its rate limit.
-pub(super) const REASON_RATE_LIMIT: &str = "rate limit exceeded";
-/// Reason sent to a client that did not finish its handshake in time.
-const REASON_HANDSHAKE_TIMEOUT: &str = "handshake timeout";
-
-/// Why the reader ended.
-pub(super) enum End {
-    /// The client closed the connection (or the socket failed).
-    ClientGone,
-    /// The client broke the protocol: kick with this reason.
-    Violation(String),
-    /// The client exceeded its rate limit more than `max_violations` times.
-    RateLimited,
-    /// The node is draining.
-    Drain,
-    /// The session was closed from elsewhere (kick, duplicate login, slow client).
-    Closed,
-}
-
-/// Where a queued client message goes.
-pub(super) enum Dest {
-    /// A handler of this node.
-    Local(Arc<RouteEntry>),
-    /// A module on other nodes: forwarded with the session.
-    Remote(rookery_protocol::RouteName),
-}
-
-/// One queued client message, resolved to its route.
-pub(super) struct Job {
-    pub(super) dest: Dest,
-    kind: MessageType,
-    id: u64,
-    payload: Bytes,
-    /// When its packet was read (the start of the request's measured duration).
-    received: Instant,
-}
+use crate::{telemetry, App};
 
 /// Serves one accepted connection until it ends.
 /// `permit` (of the gateway's connection limit) is held until the connection ends.
@@ -315,192 +265,5 @@ fn acceptor_label(a: Acceptor) -> &'static str {
         Acceptor::Ws => "ws",
         Acceptor::Remote => "remote",
         Acceptor::Internal => "internal",
-    }
-}
-
-pub(super) fn heartbeat_packet() -> Bytes {
-    Bytes::from_static(&[PacketType::Heartbeat as u8, 0, 0, 0])
-}
-
-/// A connection's rate limit and how often the client broke it.
-pub(super) struct RateCheck {
-    limiter: DefaultDirectRateLimiter,
-    violations: u32,
-    max_violations: u32,
-}
-
-impl RateCheck {
-    /// The gateway's configured limit (`gateway.rate_limit`), boxed (a connection without one,
-    /// `per_second = 0`, keeps 8 bytes for it); `None` without one.
-    pub(super) fn new(app: &App) -> Option<Box<Self>> {
-        let rl = &app.config().gateway.rate_limit;
-        let per_second = NonZeroU32::new(rl.per_second)?;
-        let burst = NonZeroU32::new(rl.burst.max(rl.per_second)).unwrap_or(per_second);
-        Some(Box::new(Self {
-            limiter: RateLimiter::direct(Quota::per_second(per_second).allow_burst(burst)),
-            violations: 0,
-            max_violations: rl.max_violations,
-        }))
-    }
-}
-
-/// Turns a `Data` packet's body into a job: `Ok(None)` if it was refused with an error
-/// response (rate limit, compressed payload, unknown route), `Err` if the connection must end.
-pub(super) fn resolve(
-    app: &App,
-    session: &Session,
-    body: Bytes,
-    received: Instant,
-    rate: Option<&mut RateCheck>,
-) -> Result<Option<Job>, End> {
-    let msg = match Message::decode(body) {
-        Ok(m) => m,
-        Err(e) => return Err(End::Violation(format!("bad message: {e}"))),
-    };
-    if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
-        return Err(End::Violation(format!(
-            "clients may not send {:?}",
-            msg.kind
-        )));
-    }
-    if let Some(rate) = rate {
-        if rate.limiter.check().is_err() {
-            count_rate_limited(app, &msg);
-            rate.violations += 1;
-            if rate.violations > rate.max_violations {
-                return Err(End::RateLimited);
-            }
-            let err = Error::new(Code::RateLimited, REASON_RATE_LIMIT);
-            reply_error(session, &msg, err);
-            return Ok(None);
-        }
-    }
-    if msg.compressed {
-        let err = Error::bad_request("compressed payloads are not supported");
-        reply_error(session, &msg, err);
-        return Ok(None);
-    }
-    let route = msg
-        .route
-        .as_ref()
-        .expect("requests and notifies carry a route");
-    let dest = match app.router().resolve_client(route) {
-        Some(entry) => Dest::Local(entry.clone()),
-        None => match remote_route(app, session, route) {
-            Some(name) => Dest::Remote(name),
-            None => {
-                let name = match route {
-                    rookery_protocol::Route::Name(n) => n.to_string(),
-                    rookery_protocol::Route::Code(c) => format!("#{c}"),
-                };
-                reply_error(session, &msg, Error::not_found(&name));
-                return Ok(None);
-            }
-        },
-    };
-    Ok(Some(Job {
-        dest,
-        kind: msg.kind,
-        id: msg.id,
-        payload: msg.payload,
-        received,
-    }))
-}
-
-/// Counts a message refused by the rate limit in `rookery_requests_total{outcome="rate_limited"}`
-/// under its route if it is one of this node's, else under `*`: a route a client names is not
-/// a bounded label. Through handles registered at start, so a flood registers nothing.
-fn count_rate_limited(app: &App, msg: &Message) {
-    match msg
-        .route
-        .as_ref()
-        .and_then(|r| app.router().resolve_client(r))
-    {
-        Some(entry) => entry.stats.record_rate_limited(),
-        None => app.inner().rate_limited_elsewhere.increment(1),
-    }
-}
-
-/// A client route served by another node: its module is not local, some node runs it, and it
-/// is not a system route.
-/// A code is read in the dictionary the client was given (which holds the cluster's routes).
-fn remote_route(
-    app: &App,
-    session: &Session,
-    route: &rookery_protocol::Route,
-) -> Option<rookery_protocol::RouteName> {
-    let name = match route {
-        rookery_protocol::Route::Name(name) => name.clone(),
-        rookery_protocol::Route::Code(code) => {
-            rookery_protocol::RouteName::try_from(session.dict().name(*code)?).ok()?
-        }
-    };
-    let module = crate::rpc::route_module(name.as_str())?;
-    if module == "sys" || app.modules().iter().any(|m| m.name() == module) {
-        return None;
-    }
-    (!app.cluster().running(module).is_empty()).then_some(name)
-}
-
-fn reply_error(session: &Session, msg: &Message, err: Error) {
-    if msg.kind == MessageType::Request {
-        let m = Message::error_response(msg.id, err.encode(session.serializer()));
-        if let Ok(b) = m.to_packet_bytes() {
-            let _ = session.send_packet(b);
-        }
-    } else {
-        tracing::debug!(session = session.id(), error = %err, "notify refused");
-    }
-}
-
-pub(super) async fn run_job(app: &App, session: &Session, job: Job, timeout: Duration) {
-    // Every client request starts a trace here.
-    let trace = telemetry::new_trace_id();
-    let (route, result): (&str, _) = match &job.dest {
-        Dest::Local(entry) => (
-            &entry.route,
-            app.invoke(
-                entry,
-                session.clone(),
-                job.payload,
-                timeout,
-                trace,
-                Some(job.received.into_std()),
-            )
-            .await,
-        ),
-        // Boxed: a forward's state (~600 bytes) would otherwise be part of every local
-        // request's box. The route is validated as UTF-8 once here, not for each use.
-        Dest::Remote(route) => {
-            let name = route.as_str();
-            (
-                name,
-                Box::pin(telemetry::with_trace_id(
-                    trace,
-                    app.rpc()
-                        .forward(name, route.bytes().clone(), job.payload, session),
-                ))
-                .await,
-            )
-        }
-    };
-    match job.kind {
-        MessageType::Request => {
-            let msg = match result {
-                Ok(body) => Message::response(job.id, body),
-                Err(e) => Message::error_response(job.id, e.encode(session.serializer())),
-            };
-            match msg.to_packet_bytes() {
-                Ok(b) => {
-                    let _ = session.send_packet(b);
-                }
-                Err(e) => tracing::error!(%route, error = %e, "response too large"),
-            }
-        }
-        _ => {
-            if let Err(e) = result {
-                tracing::debug!(%route, error = %e, "notify handler failed");
-            }
-        }
     }
 }

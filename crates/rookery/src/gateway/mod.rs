@@ -1,6 +1,12 @@
 //! The client-facing gateway: acceptors (TCP, WebSocket) feeding one connection driver.
+//!
+//! Dependencies point one way: the accept loop (here) → `conn` (handshake, session, the
+//! connection's end) → `running` (reader and writer) → `request` (what a message does); `close`
+//! and `transport` are leaves every phase uses.
 
+mod close;
 pub(crate) mod conn;
+mod request;
 mod running;
 mod transport;
 
@@ -15,7 +21,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_util::sync::CancellationToken;
 
-pub use conn::{REASON_IDLE, REASON_SHUTDOWN};
+pub use close::{REASON_IDLE, REASON_SHUTDOWN};
 
 use crate::session::Acceptor;
 use crate::telemetry::DisconnectReason;

@@ -22,9 +22,8 @@ use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
-use super::conn::{
-    self, Dest, End, Job, RateCheck, FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN,
-};
+use super::close::{heartbeat_packet, FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN};
+use super::request::{self, Dest, End, Job, RateCheck};
 use super::transport::{ConnError, PacketReader, PacketWriter};
 use crate::outbound::{Batch, Outbound};
 use crate::router::Dispatch;
@@ -170,13 +169,13 @@ impl<'a> Running<'a> {
     fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), End> {
         match packet.kind {
             PacketType::Heartbeat => {
-                let _ = self.session.send_packet(conn::heartbeat_packet());
+                let _ = self.session.send_packet(heartbeat_packet());
                 Ok(())
             }
             PacketType::Data => {
                 // Decoded and resolved in a plain function: the message itself is not part of
                 // the state kept while the request runs.
-                if let Some(job) = conn::resolve(
+                if let Some(job) = request::resolve(
                     self.app,
                     self.session,
                     packet.body,
@@ -212,7 +211,7 @@ impl<'a> Running<'a> {
                         Some(l) => Some(l.lock().await),
                         None => None,
                     };
-                    conn::run_job(app, session, job, timeout).await
+                    request::run_job(app, session, job, timeout).await
                 })
             }
             Dest::Local(entry) if entry.dispatch == Dispatch::Concurrent => {
@@ -227,13 +226,13 @@ impl<'a> Running<'a> {
                         return;
                     };
                     tasks.spawn(async move {
-                        conn::run_job(&app, &session, job, timeout).await;
+                        request::run_job(&app, &session, job, timeout).await;
                         drop(slot);
                     });
                 })
             }
             // Ordered routes (the common case) and forwarded requests run as they are.
-            _ => Box::pin(conn::run_job(app, session, job, timeout)),
+            _ => Box::pin(request::run_job(app, session, job, timeout)),
         }
     }
 

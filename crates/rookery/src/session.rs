@@ -44,12 +44,26 @@ pub enum Acceptor {
     Internal,
 }
 
+/// A backend's way to act on a session that another node's gateway holds. The RPC layer
+/// implements it (an ordered queue of operations to that gateway), so a session does not know
+/// how nodes talk to each other.
+pub(crate) trait GatewayLink: Send + Sync + 'static {
+    /// The gateway's node id.
+    fn gateway(&self) -> &str;
+    /// Queues a push (the body in the session's serializer); fails at once if the queue is full.
+    fn push(&self, sid: SessionId, route: &str, body: Bytes) -> Result<(), Error>;
+    /// Queues one push for several sessions of that gateway.
+    fn push_many(&self, sids: Vec<SessionId>, route: &str, body: Bytes) -> Result<(), Error>;
+    /// Queues a kick.
+    fn kick(&self, sid: SessionId, reason: &str) -> Result<(), Error>;
+}
+
 /// Where a session's pushes and kicks go.
 enum Link {
     /// A connection on this node: packets go to its writer queue.
     Local(crate::outbound::Outbound),
     /// A connection on another node's gateway: operations go there in order.
-    Remote(crate::rpc::RemoteSession),
+    Remote(Arc<dyn GatewayLink>),
     /// No connection at all.
     Detached,
 }
@@ -226,9 +240,9 @@ impl Session {
         }
     }
 
-    pub(crate) fn remote_link(&self) -> Option<&crate::rpc::RemoteSession> {
+    pub(crate) fn remote_link(&self) -> Option<&dyn GatewayLink> {
         match &self.inner.link {
-            Link::Remote(r) => Some(r),
+            Link::Remote(r) => Some(r.as_ref()),
             _ => None,
         }
     }
@@ -496,7 +510,7 @@ impl Session {
         uid: Option<&str>,
         serializer: Serializer,
         data: HashMap<String, serde_json::Value>,
-        link: crate::rpc::RemoteSession,
+        link: Arc<dyn GatewayLink>,
         dict: Arc<RouteDict>,
     ) -> Self {
         let s = Self::build(
@@ -754,8 +768,9 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
 ) -> usize {
     let mut encoded = crate::payload::EncodedOnce::new(payload);
     let mut packets: [Option<Bytes>; 2] = [None, None];
-    let mut remote: HashMap<(Arc<str>, usize), (crate::rpc::RemoteSession, Vec<SessionId>)> =
-        HashMap::new();
+    // Per gateway and serializer: the link and the sessions to push to through it.
+    type ByGateway = HashMap<(Arc<str>, usize), (Arc<dyn GatewayLink>, Vec<SessionId>)>;
+    let mut remote: ByGateway = HashMap::new();
     let mut delivered = 0;
     for s in sessions {
         let ser = s.serializer();

@@ -26,7 +26,7 @@ pub(crate) struct ClusterState {
     pub transport: Arc<dyn Transport>,
     selectors: FastMap<String, Arc<dyn Selector>>,
     default_selector: Arc<dyn Selector>,
-    links: Mutex<FastMap<String, crate::rpc::RemoteSession>>,
+    links: Mutex<FastMap<String, Arc<crate::rpc::RemoteSession>>>,
     /// Stops the transport's serving, the discovery watch and the gateway links.
     pub stop: CancellationToken,
     /// Background tasks (watch, links).
@@ -107,13 +107,17 @@ impl ClusterState {
     }
 
     /// The ordered operation queue to a gateway, created (with its sender task) on first use.
-    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> crate::rpc::RemoteSession {
+    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> Arc<crate::rpc::RemoteSession> {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(link) = links.get(gateway).filter(|l| !l.is_closed()) {
             return link.clone();
         }
         let (tx, mut rx) = mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
-        let link = crate::rpc::RemoteSession::new(gateway, self.source.clone(), tx);
+        let link = Arc::new(crate::rpc::RemoteSession::new(
+            gateway,
+            self.source.clone(),
+            tx,
+        ));
         links.insert(gateway.to_string(), link.clone());
         let app = app.clone();
         let gateway = gateway.to_string();

@@ -155,7 +155,7 @@ impl<'a> Rpc<'a> {
 
 impl App {
     /// The link to a gateway for remote sessions (created on first use).
-    pub(crate) fn gateway_link(&self, gateway: &str) -> RemoteSession {
+    pub(crate) fn gateway_link(&self, gateway: &str) -> std::sync::Arc<RemoteSession> {
         self.inner().cluster.gateway_link(gateway, self)
     }
 

@@ -33,10 +33,6 @@ impl RemoteSession {
         self.ops.is_closed()
     }
 
-    pub(crate) fn gateway(&self) -> &str {
-        &self.gateway
-    }
-
     fn send(&self, op: SysOp) -> Result<(), Error> {
         let env = Envelope {
             kind: Kind::Notify as i32,
@@ -53,8 +49,14 @@ impl RemoteSession {
             )
         })
     }
+}
 
-    pub(crate) fn push(&self, sid: u64, route: &str, body: Bytes) -> Result<(), Error> {
+impl crate::session::GatewayLink for RemoteSession {
+    fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
+    fn push(&self, sid: u64, route: &str, body: Bytes) -> Result<(), Error> {
         self.send(SysOp::SessionPush(SysPush {
             sid,
             route: route.to_string(),
@@ -62,7 +64,7 @@ impl RemoteSession {
         }))
     }
 
-    pub(crate) fn push_many(&self, sids: Vec<u64>, route: &str, body: Bytes) -> Result<(), Error> {
+    fn push_many(&self, sids: Vec<u64>, route: &str, body: Bytes) -> Result<(), Error> {
         self.send(SysOp::SessionPushMany(SysPushMany {
             sids,
             route: route.to_string(),
@@ -70,7 +72,7 @@ impl RemoteSession {
         }))
     }
 
-    pub(crate) fn kick(&self, sid: u64, reason: &str) -> Result<(), Error> {
+    fn kick(&self, sid: u64, reason: &str) -> Result<(), Error> {
         self.send(SysOp::SessionKick(SysKick {
             sid,
             reason: reason.to_string(),

@@ -76,8 +76,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
-use crate::cluster::NodeInfo;
 use crate::FastMap;
+use crate::NodeInfo;
 
 /// Bytes of kind + id in front of every payload.
 const HEADER_LEN: usize = 9;

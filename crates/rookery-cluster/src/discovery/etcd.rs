@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Discovery, DiscoveryError, DiscoveryEvent, EVENT_QUEUE};
-use crate::cluster::NodeInfo;
+use crate::NodeInfo;
 
 /// Deadline of every single etcd call (grant, put, get, revoke, opening a stream).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);

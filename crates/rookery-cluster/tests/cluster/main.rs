@@ -4,6 +4,7 @@
 
 #[cfg(feature = "etcd")]
 mod discovery_etcd;
+mod selector_props;
 #[cfg(feature = "nats")]
 mod transport_nats;
 mod transport_tcp;

@@ -5,8 +5,8 @@
 //! nothing of sessions, gateways, modules or what the frames mean (the `rookery` crate builds
 //! RPC on top of it and re-exports it as `rookery::cluster`).
 //!
-//! Back ends behind cargo features: `etcd` ([`discovery::etcd`]) and `nats`
-//! ([`transport::nats`]).
+//! Back ends behind cargo features (off by default, so that a build without them carries neither
+//! client): `etcd` (`discovery::etcd`) and `nats` (`transport::nats`).
 
 #![forbid(unsafe_code)]
 

@@ -51,10 +51,8 @@ mod server;
 mod session;
 pub mod telemetry;
 
-/// A hash map with a fast, seeded hasher (foldhash) for the maps looked up on every call:
-/// their keys are node ids, module names and routes, which come from configuration and
-/// discovery, not from clients.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The cluster layer's hash map, shared so both crates hash their per-call maps the same way.
+pub(crate) use rookery_cluster::FastMap;
 
 pub use app::{App, Context, HandshakeValidator};
 pub use async_trait::async_trait;

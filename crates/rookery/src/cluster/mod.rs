@@ -1,16 +1,9 @@
 //! The cluster: node identity, discovery, node-to-node transports.
+//!
+//! Everything but the node's cluster state (`runtime`) lives in the `rookery-cluster` crate
+//! and is re-exported here unchanged, so `rookery::cluster::...` paths are the public ones.
 
-pub mod discovery;
-mod node;
-pub mod registry;
+pub use rookery_cluster::*;
+pub use rookery_cluster::{discovery, registry, selector, transport};
+
 pub(crate) mod runtime;
-pub mod selector;
-pub mod transport;
-
-pub use discovery::embedded::EmbeddedDiscovery;
-pub use discovery::static_file::StaticDiscovery;
-pub use discovery::{Discovery, DiscoveryError, DiscoveryEvent};
-pub use node::{BadLogicalAddr, LogicalAddr, NodeInfo, NodeState};
-pub use registry::{NodeEvent, Registry};
-pub use transport::inproc::InProcTransport;
-pub use transport::{FrameHandler, Transport, TransportError};

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery::cluster::transport::tcp::{TcpConfig, TcpTransport};
-use rookery::cluster::{FrameHandler, NodeInfo, Transport, TransportError};
+use rookery_cluster::transport::tcp::{TcpConfig, TcpTransport};
+use rookery_cluster::{FrameHandler, NodeInfo, Transport, TransportError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};

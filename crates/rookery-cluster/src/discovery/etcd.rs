@@ -38,7 +38,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Discovery, DiscoveryError, DiscoveryEvent, EVENT_QUEUE};
-use crate::cluster::NodeInfo;
+use crate::NodeInfo;
 
 /// Deadline of every single etcd call (grant, put, get, revoke, opening a stream).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1184,5 +1184,95 @@ mod tests {
         assert_eq!(b.next, BACKOFF_MIN);
         assert_eq!(keepalive_period(3, 10), Duration::from_secs(1));
         assert_eq!(keepalive_period(0, 6), Duration::from_secs(2));
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn prefix() -> impl Strategy<Value = String> {
+            prop_oneof![Just("/rookery/nodes/".to_string()), "\\PC{1,12}"]
+        }
+
+        fn info(id: &str) -> NodeInfo {
+            let mut n = NodeInfo::new(id, "room");
+            n.modules = vec!["room".into()];
+            n
+        }
+
+        proptest! {
+            /// Whatever etcd holds under or beside the prefix, reading it never panics, and a
+            /// key is a node id exactly when it is the prefix followed by a non-empty UTF-8 id.
+            #[test]
+            fn any_key_and_value_are_read_or_skipped(
+                prefix in prefix(),
+                key in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..40),
+                    (prefix(), proptest::collection::vec(any::<u8>(), 0..20))
+                        .prop_map(|(p, rest)| [p.as_bytes(), &rest].concat()),
+                ],
+                value in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..80),
+                    "\\PC{1,8}".prop_map(|id| serde_json::to_vec(&info(&id)).unwrap()),
+                ],
+            ) {
+                let id = node_id(&prefix, &key);
+                if let Some(id) = id {
+                    prop_assert!(!id.is_empty());
+                    prop_assert_eq!([prefix.as_bytes(), id.as_bytes()].concat(), key.clone());
+                }
+                match parse_entry(&prefix, &key, &value) {
+                    Entry::Node(got, node) => {
+                        prop_assert_eq!(Some(got.as_str()), id);
+                        prop_assert_eq!(node.id, got);
+                    }
+                    Entry::Bad(got) => prop_assert_eq!(Some(got.as_str()), id),
+                    Entry::Foreign => prop_assert_eq!(id, None),
+                }
+            }
+
+            /// A node stored under `prefix + id` is read back as that node, and a value naming
+            /// another id is a bad entry of this id (never a node under the wrong id).
+            #[test]
+            fn prefix_and_id_round_trip(
+                prefix in prefix(),
+                id in "\\PC{1,24}",
+                other in "\\PC{1,24}",
+            ) {
+                let key = format!("{prefix}{id}");
+                prop_assert_eq!(node_id(&prefix, key.as_bytes()), Some(id.as_str()));
+                let json = serde_json::to_vec(&info(&id)).unwrap();
+                prop_assert_eq!(
+                    parse_entry(&prefix, key.as_bytes(), &json),
+                    Entry::Node(id.clone(), info(&id))
+                );
+                prop_assume!(other != id);
+                let json = serde_json::to_vec(&info(&other)).unwrap();
+                prop_assert_eq!(parse_entry(&prefix, key.as_bytes(), &json), Entry::Bad(id));
+            }
+
+            /// Keys that do not start with the prefix, including ones that miss it by one byte or
+            /// stop inside it, are foreign, whatever their value.
+            #[test]
+            fn keys_outside_the_prefix_are_foreign(
+                prefix in prefix(),
+                change in (any::<proptest::sample::Index>(), 1u8..=255),
+                cut in any::<proptest::sample::Index>(),
+                id in "\\PC{0,12}",
+            ) {
+                let json = serde_json::to_vec(&info("a")).unwrap();
+                let mut near = prefix.clone().into_bytes();
+                let at = change.0.index(near.len());
+                near[at] = near[at].wrapping_add(change.1);
+                near.extend_from_slice(id.as_bytes());
+                let inside = &prefix.as_bytes()[..cut.index(prefix.len())];
+                for key in [&near[..], inside] {
+                    prop_assert!(!key.starts_with(prefix.as_bytes()));
+                    prop_assert_eq!(node_id(&prefix, key), None);
+                    prop_assert_eq!(parse_entry(&prefix, key, &json), Entry::Foreign);
+                }
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{FrameHandler, Transport, TransportError};
-use crate::cluster::NodeInfo;
+use crate::NodeInfo;
 
 /// A hub of in-process nodes. Clones share the hub.
 #[derive(Clone, Default)]

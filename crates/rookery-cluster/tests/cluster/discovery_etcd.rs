@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rookery::cluster::discovery::etcd::{EtcdConfig, EtcdDiscovery};
-use rookery::cluster::{Discovery, DiscoveryError, DiscoveryEvent, NodeInfo};
+use rookery_cluster::discovery::etcd::{EtcdConfig, EtcdDiscovery};
+use rookery_cluster::{Discovery, DiscoveryError, DiscoveryEvent, NodeInfo};
 use rookery_testkit::Etcd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::Receiver;

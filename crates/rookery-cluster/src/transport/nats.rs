@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{poll_inline, BoxedCall, FrameHandler, Transport, TransportError};
-use crate::cluster::NodeInfo;
 use crate::FastMap;
+use crate::NodeInfo;
 
 /// Inbound calls of one [`NatsTransport::serve`] call that wait in tasks of their own at once
 /// (calls answered on their first poll take none).

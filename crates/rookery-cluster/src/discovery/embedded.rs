@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Discovery, DiscoveryError, DiscoveryEvent, EVENT_QUEUE};
-use crate::cluster::NodeInfo;
+use crate::NodeInfo;
 
 /// Shared in-memory discovery. Clones share the membership list; each clone registers one node.
 #[derive(Clone, Default)]

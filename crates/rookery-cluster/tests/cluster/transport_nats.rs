@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use rookery::cluster::transport::nats::{NatsConfig, NatsTransport};
-use rookery::cluster::{FrameHandler, NodeInfo, Transport, TransportError};
-use rookery::CancellationToken;
+use rookery_cluster::transport::nats::{NatsConfig, NatsTransport};
+use rookery_cluster::{FrameHandler, NodeInfo, Transport, TransportError};
 use rookery_testkit::Nats;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Echoes requests as `{tag}:{frame}` and forwards notifies into a channel. Requests whose frame
 /// starts with `slow` first report that they started, then wait for `gate` (or for their task to
@@ -63,7 +63,7 @@ impl Drop for DropSignal {
     }
 }
 
-#[rookery::async_trait]
+#[async_trait::async_trait]
 impl FrameHandler for TestHandler {
     async fn request(&self, frame: Bytes) -> Bytes {
         if frame.starts_with(b"slow") {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Discovery, DiscoveryError, DiscoveryEvent, EVENT_QUEUE};
-use crate::cluster::NodeInfo;
+use crate::NodeInfo;
 
 /// A fixed membership list.
 #[derive(Debug, Clone, Default)]

@@ -42,6 +42,14 @@ pub enum TransportError {
     /// A frame broke the transport's framing or limits.
     #[error("bad frame: {0}")]
     BadFrame(String),
+    /// This node could not listen for other nodes (its own address, not a peer's).
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Receives inbound frames.

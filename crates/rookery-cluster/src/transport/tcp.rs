@@ -245,12 +245,12 @@ impl Transport for TcpTransport {
         shutdown: CancellationToken,
     ) -> Result<String, TransportError> {
         let cfg = &self.inner.cfg;
-        let listener = TcpListener::bind(&cfg.listen).await.map_err(|e| {
-            TransportError::Unreachable(node.id.clone(), format!("bind {}: {e}", cfg.listen))
-        })?;
-        let bound = listener.local_addr().map_err(|e| {
-            TransportError::Unreachable(node.id.clone(), format!("bound address: {e}"))
-        })?;
+        let listen_error = |e: std::io::Error| TransportError::Listen {
+            addr: cfg.listen.clone(),
+            reason: e.to_string(),
+        };
+        let listener = TcpListener::bind(&cfg.listen).await.map_err(listen_error)?;
+        let bound = listener.local_addr().map_err(listen_error)?;
         let address = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
         debug!(node = %node.id, %bound, %address, "tcp transport listening");
         tokio::spawn(accept_loop(

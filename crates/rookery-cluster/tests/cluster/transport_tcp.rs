@@ -634,3 +634,35 @@ async fn a_node_at_a_new_address_gets_a_fresh_link_and_the_old_one_closes() {
             .unwrap();
     }
 }
+
+/// A node that cannot listen (its address is taken) says so about its own address, not as a
+/// peer being unreachable.
+#[tokio::test]
+async fn a_taken_listen_address_is_a_listen_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let t = TcpTransport::new(TcpConfig {
+        listen: addr.clone(),
+        ..TcpConfig::default()
+    });
+    let (entered, _) = mpsc::unbounded_channel();
+    let (cancelled, _) = mpsc::unbounded_channel();
+    let (notes, _) = mpsc::unbounded_channel();
+    let handler = Arc::new(TestHandler {
+        gate: Arc::new(Notify::new()),
+        entered,
+        cancelled,
+        notes,
+    });
+    let r = t
+        .serve(
+            &NodeInfo::new("a", "room"),
+            handler,
+            CancellationToken::new(),
+        )
+        .await;
+    match r {
+        Err(TransportError::Listen { addr: a, .. }) => assert_eq!(a, addr),
+        other => panic!("expected a listen error, got {other:?}"),
+    }
+}

@@ -123,7 +123,7 @@ pub struct ClusterConfig {
     /// Transport.
     pub transport: TransportKind,
     /// Nodes for static discovery.
-    pub static_nodes: Vec<crate::cluster::NodeInfo>,
+    pub static_nodes: Vec<rookery_cluster::NodeInfo>,
     /// JSON file of nodes for static discovery.
     pub static_file: Option<String>,
     /// etcd settings (see the etcd back end).

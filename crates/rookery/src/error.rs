@@ -314,6 +314,39 @@ impl<K: fmt::Display + fmt::Debug> std::error::Error for LayerError<K> {
     }
 }
 
+/// Why a node could not start.
+pub type StartError = crate::LayerError<StartErrorKind>;
+
+/// What kind of startup failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartErrorKind {
+    /// The configuration is invalid or names what is not there (a module, a selector).
+    Config,
+    /// A module's `init` failed (the source is its [`crate::Error`]).
+    Module,
+    /// Routes clash: registered twice, or a code given twice.
+    Routes,
+    /// An acceptor address could not be bound.
+    Bind,
+    /// The node-to-node transport could not start.
+    Transport,
+    /// Discovery could not be reached, refused the node, or holds its id for another node.
+    Discovery,
+}
+
+impl std::fmt::Display for StartErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Config => "invalid setup",
+            Self::Module => "module failed to initialise",
+            Self::Routes => "invalid routes",
+            Self::Bind => "cannot listen",
+            Self::Transport => "transport",
+            Self::Discovery => "discovery",
+        })
+    }
+}
+
 /// Protobuf form of an error, field-compatible with pitaya's `protos.Error`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct WireError {

@@ -41,6 +41,7 @@ mod error;
 mod gateway;
 mod group;
 pub mod logs;
+mod membership;
 mod module;
 mod outbound;
 mod payload;
@@ -57,7 +58,7 @@ pub(crate) use rookery_cluster::FastMap;
 pub use app::{App, Context, HandshakeValidator};
 pub use async_trait::async_trait;
 pub use config::Config;
-pub use error::{Code, Error, LayerError, Source};
+pub use error::{Code, Error, LayerError, Source, StartError, StartErrorKind};
 pub use gateway::{REASON_IDLE, REASON_SHUTDOWN};
 pub use group::{GroupInfo, Groups};
 pub use module::{Module, ModuleInit, RouteBuilder};
@@ -66,10 +67,7 @@ pub use rookery_protocol as protocol;
 pub use rookery_protocol::Serializer;
 pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};
 pub use rpc::{CallOptions, Rpc, RpcError, Target};
-pub use server::{
-    shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport, StartError,
-    StartErrorKind,
-};
+pub use server::{shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport};
 pub use session::{
     Acceptor, Session, SessionId, SessionPool, REASON_DUPLICATE_LOGIN, REASON_SLOW_CLIENT,
 };

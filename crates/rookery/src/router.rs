@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rookery_protocol::{Route, RouteDict};
 
-use crate::server::{StartError, StartErrorKind};
+use crate::error::{StartError, StartErrorKind};
 use crate::{Context, Error, FromPayload, ToPayload};
 
 /// A boxed future, as handlers return.

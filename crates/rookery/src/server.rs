@@ -16,45 +16,13 @@ use crate::cluster::runtime::{self, ClusterState};
 use crate::cluster::selector::Selector;
 use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
+use crate::error::{StartError, StartErrorKind};
 use crate::gateway::{accept_loop, close_idle, summarise_disconnects, Listeners, REASON_SHUTDOWN};
 use crate::module::ModuleInit;
 use crate::router::Router;
 use crate::rpc::RpcServer;
 use crate::telemetry::DisconnectReason;
 use crate::{App, Config, Groups, Module, SessionPool};
-
-/// Why a node could not start.
-pub type StartError = crate::LayerError<StartErrorKind>;
-
-/// What kind of startup failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartErrorKind {
-    /// The configuration is invalid or names what is not there (a module, a selector).
-    Config,
-    /// A module's `init` failed (the source is its [`crate::Error`]).
-    Module,
-    /// Routes clash: registered twice, or a code given twice.
-    Routes,
-    /// An acceptor address could not be bound.
-    Bind,
-    /// The node-to-node transport could not start.
-    Transport,
-    /// Discovery could not be reached, refused the node, or holds its id for another node.
-    Discovery,
-}
-
-impl std::fmt::Display for StartErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Config => "invalid setup",
-            Self::Module => "module failed to initialise",
-            Self::Routes => "invalid routes",
-            Self::Bind => "cannot listen",
-            Self::Transport => "transport",
-            Self::Discovery => "discovery",
-        })
-    }
-}
 
 /// Entry point: `Server::builder(config).module(m).start().await`.
 pub struct Server;
@@ -302,7 +270,7 @@ async fn join_cluster(app: &App) -> Result<(), StartError> {
         .watch()
         .await
         .map_err(|e| StartError::new(StartErrorKind::Discovery, "").with_source(e))?;
-    c.tasks.spawn(runtime::watch_discovery(
+    c.tasks.spawn(crate::membership::watch_discovery(
         app.clone(),
         events,
         c.stop.clone(),

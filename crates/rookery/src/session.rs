@@ -56,6 +56,8 @@ pub(crate) trait GatewayLink: Send + Sync + 'static {
     fn push_many(&self, sids: Vec<SessionId>, route: &str, body: Bytes) -> Result<(), Error>;
     /// Queues a kick.
     fn kick(&self, sid: SessionId, reason: &str) -> Result<(), Error>;
+    /// True once the link's sender task has ended (a new link is made on the next use).
+    fn is_closed(&self) -> bool;
 }
 
 /// Where a session's pushes and kicks go.

@@ -7,7 +7,7 @@
 //! A trace id is given to every client request at the gateway and travels with it: in the
 //! envelope of every RPC it causes (and of pushes and kicks sent back to the gateway) and in a
 //! task-local [`RequestScope`] while it is handled (with the handler's route and session inside a
-//! handler), which [`crate::logs`] writes on every log line as `request{route=.. trace_id=..
+//! handler), which the `logs` module writes on every log line as `request{route=.. trace_id=..
 //! session=..}:`. Handlers also run in a `request` span (target [`REQUEST_SPAN_TARGET`]) at
 //! `debug` level, for subscribers that export spans (OpenTelemetry): a span per request at `info`
 //! would cost every request its creation and formatting whether or not anything is logged.
@@ -458,15 +458,15 @@ pub(crate) struct RpcMetrics {
 }
 
 impl RpcMetrics {
-    pub(crate) fn record(&self, target: &crate::Target, error: Option<String>, secs: f64) {
-        let label = target_label(target);
+    /// Records one call to `label` (the target's metric label: a node type, module or node).
+    pub(crate) fn record(&self, label: &str, error: Option<String>, secs: f64) {
         {
             // Recorded through the cached handles under the read lock, without cloning them
             // (their reference counts would be one more line shared by every worker thread).
             let map = self.by_target.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((ok, duration)) = map.get(label.as_ref()) {
+            if let Some((ok, duration)) = map.get(label) {
                 duration.record(secs);
-                Self::count(ok, &label, error);
+                Self::count(ok, label, error);
                 return;
             }
         }
@@ -475,7 +475,7 @@ impl RpcMetrics {
             metrics::histogram!(RPC_DURATION_SECONDS, "target" => label.to_string()),
         );
         duration.record(secs);
-        Self::count(&ok, &label, error);
+        Self::count(&ok, label, error);
         let mut map = self.by_target.write().unwrap_or_else(|e| e.into_inner());
         // Targets are node types, modules or node ids: bounded by the cluster's size.
         if map.len() < 10_000 {
@@ -493,15 +493,6 @@ impl RpcMetrics {
             )
             .increment(1),
         }
-    }
-}
-
-fn target_label(t: &crate::Target) -> std::borrow::Cow<'_, str> {
-    match t {
-        crate::Target::Type(s) | crate::Target::Module(s) | crate::Target::Node(s) => {
-            std::borrow::Cow::Borrowed(s)
-        }
-        crate::Target::Logical(a) => std::borrow::Cow::Owned(a.to_string()),
     }
 }
 
@@ -628,15 +619,10 @@ mod tests {
         let handle = recorder.handle();
         let m = RpcMetrics::default();
         metrics::with_local_recorder(&recorder, || {
-            let room = crate::Target::Module("room".into());
-            m.record(&room, None, 0.001); // registers the target's handles
-            m.record(&room, None, 0.002); // through the cached ones
-            m.record(&room, Some("timeout".into()), 0.5);
-            m.record(
-                &crate::Target::Type("chat".into()),
-                Some("no_node".into()),
-                0.0,
-            );
+            m.record("room", None, 0.001); // registers the target's handles
+            m.record("room", None, 0.002); // through the cached ones
+            m.record("room", Some("timeout".into()), 0.5);
+            m.record("chat", Some("no_node".into()), 0.0);
         });
         let text = handle.render();
         for line in [

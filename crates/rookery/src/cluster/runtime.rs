@@ -1,22 +1,19 @@
-//! The cluster side of a running node: its published info, the registry fed by discovery, the
-//! transport, selectors, and the ordered links to gateways.
+//! The cluster state a running node owns: its published info, the registry fed by discovery,
+//! the back ends, selectors, and the ordered links to gateways. It knows nothing of `App`: what
+//! follows membership is the `membership` module, what sends on the links is `rpc`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::selector::{self, Selector};
-use super::{Discovery, NodeEvent, NodeInfo, Registry, Transport};
+use super::{Discovery, NodeInfo, Registry, Transport};
 use crate::config::{ClusterConfig, DiscoveryKind, TransportKind};
-use crate::server::{StartError, StartErrorKind};
-use crate::{App, FastMap};
-
-/// Queue of operations towards one gateway.
-const GATEWAY_LINK_QUEUE: usize = 4096;
+use crate::error::{StartError, StartErrorKind};
+use crate::FastMap;
 
 /// Cluster state owned by the node.
 pub(crate) struct ClusterState {
@@ -26,7 +23,7 @@ pub(crate) struct ClusterState {
     pub transport: Arc<dyn Transport>,
     selectors: FastMap<String, Arc<dyn Selector>>,
     default_selector: Arc<dyn Selector>,
-    links: Mutex<FastMap<String, Arc<crate::rpc::RemoteSession>>>,
+    links: Mutex<FastMap<String, Arc<dyn crate::session::GatewayLink>>>,
     /// Stops the transport's serving, the discovery watch and the gateway links.
     pub stop: CancellationToken,
     /// Background tasks (watch, links).
@@ -106,145 +103,34 @@ impl ClusterState {
         n.clone()
     }
 
-    /// The ordered operation queue to a gateway, created (with its sender task) on first use.
-    pub(crate) fn gateway_link(&self, gateway: &str, app: &App) -> Arc<crate::rpc::RemoteSession> {
+    /// The live ordered link to a gateway, if there is one.
+    pub(crate) fn link(&self, gateway: &str) -> Option<Arc<dyn crate::session::GatewayLink>> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(gateway).filter(|l| !l.is_closed()).cloned()
+    }
+
+    /// Keeps a new link to a gateway (replacing a closed one); returns the link to use (one made
+    /// meanwhile by another caller wins).
+    pub(crate) fn keep_link(
+        &self,
+        gateway: &str,
+        link: Arc<dyn crate::session::GatewayLink>,
+    ) -> (Arc<dyn crate::session::GatewayLink>, bool) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(link) = links.get(gateway).filter(|l| !l.is_closed()) {
-            return link.clone();
+        if let Some(existing) = links.get(gateway).filter(|l| !l.is_closed()) {
+            return (existing.clone(), false);
         }
-        let (tx, mut rx) = mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
-        let link = Arc::new(crate::rpc::RemoteSession::new(
-            gateway,
-            self.source.clone(),
-            tx,
-        ));
         links.insert(gateway.to_string(), link.clone());
-        let app = app.clone();
-        let gateway = gateway.to_string();
-        let stop = self.stop.clone();
-        self.tasks.spawn(async move {
-            loop {
-                let frame = tokio::select! {
-                    f = rx.recv() => match f { Some(f) => f, None => return },
-                    _ = stop.cancelled() => return,
-                };
-                let c = &app.inner().cluster;
-                let Some(node) = c.registry.get(&gateway) else {
-                    tracing::debug!(%gateway, "dropping operation for an unknown gateway");
-                    continue;
-                };
-                if let Err(e) = c.transport.notify(&node, frame).await {
-                    tracing::debug!(%gateway, error = %e, "gateway operation failed");
-                }
-            }
-        });
-        link
+        (link, true)
     }
 
     /// Forgets the link to a node that left.
-    fn drop_link(&self, node: &str) {
+    pub(crate) fn drop_link(&self, node: &str) {
         self.links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(node);
     }
-}
-
-/// Keeps the registry in step with discovery until the node stops, telling the transport and
-/// the modules what changed.
-pub(crate) async fn watch_discovery(
-    app: App,
-    mut events: mpsc::Receiver<super::DiscoveryEvent>,
-    stop: CancellationToken,
-) {
-    loop {
-        let ev = tokio::select! {
-            e = events.recv() => match e { Some(e) => e, None => return },
-            _ = stop.cancelled() => return,
-        };
-        let c = &app.inner().cluster;
-        // Its routes get codes before it joins the registry: once a node can be picked, the
-        // dictionary new clients get holds its routes.
-        if let super::DiscoveryEvent::Added(n) | super::DiscoveryEvent::Updated(n) = &ev {
-            app.sessions()
-                .learn_routes(n.routes.iter().map(String::as_str));
-        }
-        let Some(change) = c.registry.apply(ev) else {
-            continue;
-        };
-        let kind = match &change {
-            NodeEvent::Found(_) => "found",
-            NodeEvent::Updated(_) => "updated",
-            NodeEvent::Lost(_) => "lost",
-        };
-        metrics::counter!(crate::telemetry::DISCOVERY_EVENTS_TOTAL, "kind" => kind).increment(1);
-        let mut by_type: HashMap<String, f64> = HashMap::new();
-        for n in c.registry.all() {
-            *by_type.entry(n.node_type).or_default() += 1.0;
-        }
-        if let NodeEvent::Lost(n) = &change {
-            by_type.entry(n.node_type.clone()).or_default();
-        }
-        for (t, count) in by_type {
-            metrics::gauge!(crate::telemetry::NODES, "type" => t).set(count);
-        }
-        match &change {
-            NodeEvent::Lost(n) => {
-                tracing::info!(node = %n.id, node_type = %n.node_type, "node lost");
-                // A node that left while draining is still finishing the calls it accepted:
-                // let them complete (its link closes when it is done). Any other loss means
-                // the node died: fail its calls in flight at once.
-                if n.state != super::NodeState::Draining {
-                    c.transport.node_lost(&n.id);
-                }
-                c.drop_link(&n.id);
-                if n.frontend {
-                    let_go_of_gateway(&app, n);
-                }
-            }
-            NodeEvent::Found(n) => {
-                tracing::info!(node = %n.id, node_type = %n.node_type, "node found");
-                // A gateway that joins learns the binding clock, so its first bindings are
-                // ordered after the ones made before it joined.
-                if n.frontend && n.id != app.node_id() && c.me().frontend {
-                    app.rpc().announce_bind_to(&n.id, None).await;
-                }
-            }
-            NodeEvent::Updated(n) => tracing::debug!(node = %n.id, "node updated"),
-        }
-        for m in app.modules() {
-            m.node_event(&app, &change).await;
-        }
-    }
-}
-
-/// Lets go of the sessions a gateway that left had brought here. A gateway that died goes at
-/// once; one that left while draining is still closing its sessions (each close reaches this
-/// node and is handled then), so its leftovers go after a grace of this node's drain timeout,
-/// and only if it has not come back meanwhile.
-fn let_go_of_gateway(app: &App, node: &NodeInfo) {
-    let c = &app.inner().cluster;
-    let grace = if node.state == super::NodeState::Draining {
-        std::time::Duration::try_from_secs_f64(app.config().node.drain_timeout).unwrap_or_default()
-            + std::time::Duration::from_secs(2)
-    } else {
-        std::time::Duration::ZERO
-    };
-    let app = app.clone();
-    let gateway = node.id.clone();
-    let stop = c.stop.clone();
-    c.tasks.spawn(async move {
-        if !grace.is_zero() {
-            tokio::select! {
-                _ = tokio::time::sleep(grace) => {}
-                _ = stop.cancelled() => return,
-            }
-            if app.inner().cluster.registry.get(&gateway).is_some() {
-                return;
-            }
-        }
-        app.gateway_gone(&gateway).await;
-    });
 }
 
 /// Builds the discovery back end and transport a configuration names.

@@ -208,9 +208,11 @@ impl<'a> Rpc<'a> {
             Err(RpcError::Remote(e)) => Some(e.code().to_string()),
             Err(e) => Some(e.kind().to_string()),
         };
-        self.cluster()
-            .rpc_metrics
-            .record(target, outcome, started.elapsed().as_secs_f64());
+        self.cluster().rpc_metrics.record(
+            &target.metric_label(),
+            outcome,
+            started.elapsed().as_secs_f64(),
+        );
         result
     }
 

@@ -7,6 +7,10 @@ use bytes::Bytes;
 use rookery_protocol::Serializer;
 
 use super::envelope::Kind;
+use crate::session::GatewayLink;
+
+/// Operations queued to one gateway at most (a push beyond it fails at once).
+const GATEWAY_LINK_QUEUE: usize = 4096;
 use super::system::{SysBind, SysBound, SysClosed, SysOp, SysUidKick, SysUidPush};
 use super::{CallOptions, RemoteSession, Rpc, RpcError, Target};
 use crate::cluster::NodeInfo;
@@ -155,8 +159,41 @@ impl<'a> Rpc<'a> {
 
 impl App {
     /// The link to a gateway for remote sessions (created on first use).
-    pub(crate) fn gateway_link(&self, gateway: &str) -> std::sync::Arc<RemoteSession> {
-        self.inner().cluster.gateway_link(gateway, self)
+    /// The ordered operation queue to a gateway, created (with its sender task, owned by the
+    /// cluster's tracker) on first use.
+    pub(crate) fn gateway_link(&self, gateway: &str) -> Arc<dyn GatewayLink> {
+        let c = &self.inner().cluster;
+        if let Some(link) = c.link(gateway) {
+            return link;
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(GATEWAY_LINK_QUEUE);
+        let (link, new) = c.keep_link(
+            gateway,
+            Arc::new(RemoteSession::new(gateway, c.source.clone(), tx)),
+        );
+        if !new {
+            return link;
+        }
+        let app = self.clone();
+        let gateway = gateway.to_string();
+        let stop = c.stop.clone();
+        c.tasks.spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    f = rx.recv() => match f { Some(f) => f, None => return },
+                    _ = stop.cancelled() => return,
+                };
+                let c = &app.inner().cluster;
+                let Some(node) = c.registry.get(&gateway) else {
+                    tracing::debug!(%gateway, "dropping operation for an unknown gateway");
+                    continue;
+                };
+                if let Err(e) = c.transport.notify(&node, frame).await {
+                    tracing::debug!(%gateway, error = %e, "gateway operation failed");
+                }
+            }
+        });
+        link
     }
 
     /// Binds a uid to a session wherever its connection is.

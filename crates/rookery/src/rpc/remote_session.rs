@@ -29,10 +29,6 @@ impl RemoteSession {
         }
     }
 
-    pub(crate) fn is_closed(&self) -> bool {
-        self.ops.is_closed()
-    }
-
     fn send(&self, op: SysOp) -> Result<(), Error> {
         let env = Envelope {
             kind: Kind::Notify as i32,
@@ -54,6 +50,10 @@ impl RemoteSession {
 impl crate::session::GatewayLink for RemoteSession {
     fn gateway(&self) -> &str {
         &self.gateway
+    }
+
+    fn is_closed(&self) -> bool {
+        self.ops.is_closed()
     }
 
     fn push(&self, sid: u64, route: &str, body: Bytes) -> Result<(), Error> {

@@ -29,6 +29,14 @@ impl Target {
 }
 
 impl Target {
+    /// The label of the call metrics, borrowed where the target holds it.
+    pub(crate) fn metric_label(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Target::Type(s) | Target::Module(s) | Target::Node(s) => std::borrow::Cow::Borrowed(s),
+            Target::Logical(a) => std::borrow::Cow::Owned(a.to_string()),
+        }
+    }
+
     /// A low-cardinality label for metrics: the type or module, or the node id.
     pub fn label(&self) -> String {
         match self {

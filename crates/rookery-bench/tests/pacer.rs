@@ -1,13 +1,14 @@
 //! The open loop's pacer thread ends with its run, whether the run completes or is cancelled.
 //!
-//! A test binary of its own: it counts the process's threads by name, so no other run may be in
-//! flight at the same time.
+//! A test binary of its own (not a module of `integration`): it counts the process's threads by
+//! name, so no other run may be in flight at the same time.
 
 use std::time::Duration;
 
 use rookery_bench::run;
 use tokio::time::Instant;
 
+#[path = "integration/common.rs"]
 mod common;
 use common::{args, ceiling};
 

@@ -1,30 +1,18 @@
 //! The demo chat game end to end: login, rooms, pushes, leave on close and kick, over TCP and
 //! WebSocket.
 
-use std::time::Duration;
-
-use rookery::{Config, RunningServer, Server};
+use rookery::{RunningServer, Server};
 use rookery_client::{Client, ClientError, ClientOptions};
+use rookery_testkit::server::{config, tcp_addr, ws_url};
+use rookery_testkit::WAIT;
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(10);
-
 async fn start() -> RunningServer {
-    let mut cfg = Config::default();
-    cfg.gateway.tcp = Some("127.0.0.1:0".into());
-    cfg.gateway.ws = Some("127.0.0.1:0".into());
-    rookery_demo::modules(Server::builder(cfg))
-        .start()
-        .await
-        .unwrap()
+    rookery_testkit::server::start(rookery_demo::modules(Server::builder(config()))).await
 }
 
 async fn login(server: &RunningServer, uid: &str, ws: bool) -> Client {
-    let addr = if ws {
-        format!("ws://{}/", server.ws_addr().unwrap())
-    } else {
-        server.tcp_addr().unwrap().to_string()
-    };
+    let addr = if ws { ws_url(server) } else { tcp_addr(server) };
     let c = Client::connect(&addr, ClientOptions::default())
         .await
         .unwrap();
@@ -116,12 +104,9 @@ async fn join_say_leave_with_pushes() {
 #[tokio::test]
 async fn errors_for_login_and_bad_bodies() {
     let server = start().await;
-    let anon = Client::connect(
-        &server.tcp_addr().unwrap().to_string(),
-        ClientOptions::default(),
-    )
-    .await
-    .unwrap();
+    let anon = Client::connect(&tcp_addr(&server), ClientOptions::default())
+        .await
+        .unwrap();
     assert_eq!(
         code(
             anon.request_json("room.room.join", json!({"room": "x"}))

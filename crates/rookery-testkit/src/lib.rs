@@ -1,6 +1,12 @@
-//! Starts real `etcd` and `nats-server` processes (from the system's packages) on free loopback
-//! ports in temporary directories, for tests. Each server is stopped when its guard is dropped.
-//! A missing binary is an error that names the package to install.
+//! What Rookery's tests share, so that each crate's tests do not carry their own copy.
+//!
+//! - Real `etcd` and `nats-server` processes (from the system's packages) on free loopback ports
+//!   in temporary directories ([`Etcd`], [`Nats`]). Each server is stopped when its guard is
+//!   dropped. A missing binary is an error that names the package to install.
+//! - [`WAIT`] and [`eventually`]: one deadline for everything a test waits on.
+//! - With the feature `server`: [`server`] (a node whose acceptors listen on port 0, and where
+//!   they ended up) and [`cluster`] (the multi-node fixture and the conformance suite every
+//!   node-to-node `Transport` runs, through [`transport_suite!`]).
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +16,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+#[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
+pub mod server;
+
+/// Generous deadline for anything a test waits on: long enough for a loaded two-core machine,
+/// short enough that a hang fails the test instead of the whole run.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until `cond` holds, checking it every few milliseconds; panics naming `what` after
+/// [`WAIT`].
+///
+/// For state that changes without an event a test could await (counters, registries, a node's
+/// view of the cluster); where there is an event, await it instead.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// How long a server may take to accept connections after being started.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1,9 +1,8 @@
-//! Tracing across hops: one test per process, because it installs the global log subscriber.
-
-mod cluster;
-mod common;
+//! Tracing across hops: a test binary of its own (not a module of `integration`), because it
+//! installs the process-wide log subscriber, which no other test may change meanwhile.
 
 use rookery::cluster::{InProcTransport, Transport};
+use rookery_testkit::cluster;
 
 /// A client request's trace id reaches the backend through the RPC it causes, and appears in the
 /// backend handler's log lines.

@@ -69,7 +69,7 @@ fn spawn(config: &Path, process: &str) -> (Child, Option<String>) {
     spawn_with(Command::new(BIN), config, process)
 }
 
-/// [`spawn`] through `command` (the binary, or a wrapper such as `faketime` followed by it).
+/// [`spawn`] with `command` (the binary, with whatever environment the caller set).
 fn spawn_with(mut command: Command, config: &Path, process: &str) -> (Child, Option<String>) {
     let mut child = command
         .args(["serve", "--config"])
@@ -478,20 +478,28 @@ async fn demo_cluster_over_etcd_and_tcp() {
 /// one on gate-2, and two logins at once, leave exactly one session each, in 1,000 trials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_logins_with_a_skewed_gateway_clock() {
-    let faketime = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|d| d.join("faketime"))
-        .find(|p| p.is_file())
-        .expect("faketime not found (apt-get install faketime)");
+    // libfaketime preloaded into the gateway itself (the `faketime` wrapper would fork, and
+    // killing the wrapper would leave the gateway running).
+    let libfaketime = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib",
+    ]
+    .iter()
+    .map(|d| std::path::Path::new(d).join("faketime/libfaketime.so.1"))
+    .find(|p| p.is_file())
+    .expect("libfaketime not found (apt-get install faketime)");
     let etcd = Etcd::start().expect("etcd (apt-get install etcd-server)");
     let dir = tempfile_dir();
     let cfg = config("etcd-tcp.toml", &etcd, None, dir.path());
     let mut procs = Procs(Vec::new());
     let (child, gate1) = spawn(&cfg, "gate-1");
     procs.0.push(("gate-1".into(), child));
-    let mut skewed = Command::new(faketime);
+    let mut skewed = Command::new(BIN);
     // Wall clock only: timers (the monotonic clock) run true.
     skewed
-        .args(["-f", "-1.5s", BIN])
+        .env("LD_PRELOAD", &libfaketime)
+        .env("FAKETIME", "-1.5s")
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     let (child, gate2) = spawn_with(skewed, &cfg, "gate-2");
     procs.0.push(("gate-2".into(), child));

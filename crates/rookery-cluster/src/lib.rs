@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod discovery;
+mod error;
 mod node;
 pub mod registry;
 pub mod selector;
@@ -19,10 +20,11 @@ pub mod transport;
 pub use discovery::embedded::EmbeddedDiscovery;
 pub use discovery::static_file::StaticDiscovery;
 pub use discovery::{Discovery, DiscoveryError, DiscoveryEvent};
+pub use error::LayerError;
 pub use node::{BadLogicalAddr, LogicalAddr, NodeInfo, NodeState};
 pub use registry::{NodeEvent, Registry};
 pub use transport::inproc::InProcTransport;
-pub use transport::{FrameHandler, Transport, TransportError};
+pub use transport::{FrameHandler, Transport, TransportError, TransportErrorKind};
 
 /// A hash map with a fast, seeded hasher (foldhash) for the maps looked up on every call: here
 /// the registry's indexes, transport links and pending replies; in `rookery` selectors, gateway

@@ -29,9 +29,7 @@ impl InProcTransport {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned()
-            .ok_or_else(|| {
-                TransportError::Unreachable(id.to_string(), "not in this process".into())
-            })
+            .ok_or_else(|| TransportError::unreachable(id.to_string(), "not in this process"))
     }
 }
 
@@ -65,7 +63,7 @@ impl Transport for InProcTransport {
         let h = self.handler(&target.id)?;
         tokio::time::timeout_at(deadline, h.request(frame))
             .await
-            .map_err(|_| TransportError::Timeout)
+            .map_err(|_| TransportError::timeout())
     }
 
     async fn notify(&self, target: &NodeInfo, frame: Bytes) -> Result<(), TransportError> {

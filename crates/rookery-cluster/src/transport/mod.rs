@@ -21,35 +21,79 @@ use tokio_util::sync::CancellationToken;
 
 use super::NodeInfo;
 
-/// Why a frame could not be delivered or answered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
+/// Why a frame could not be delivered or answered, or a transport could not start.
+pub type TransportError = crate::LayerError<TransportErrorKind>;
+
+/// What kind of transport failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportErrorKind {
     /// The deadline passed before the reply arrived.
-    #[error("timed out")]
     Timeout,
-    /// The link to the node closed (node died, restarted, or was removed) with the call in flight.
-    #[error("connection to {0} closed")]
-    Closed(String),
-    /// The node could not be reached at all.
-    #[error("node {0} unreachable: {1}")]
-    Unreachable(String, String),
-    /// Too many frames are waiting for this node.
-    #[error("too many pending frames for {0}")]
-    Overloaded(String),
+    /// The link to the node closed (node died, restarted, or was removed) with the call in
+    /// flight; the message is the node id.
+    Closed,
+    /// The node could not be reached at all; the message is the node (or server) concerned.
+    Unreachable,
+    /// Too many frames are waiting for this node; the message is the node id.
+    Overloaded,
     /// The peer refused our credentials.
-    #[error("unauthorized: {0}")]
-    Unauthorized(String),
+    Unauthorized,
     /// A frame broke the transport's framing or limits.
-    #[error("bad frame: {0}")]
-    BadFrame(String),
-    /// This node could not listen for other nodes (its own address, not a peer's).
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen {
-        /// The address asked for.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
+    BadFrame,
+    /// This node could not listen for other nodes; the message is its own address.
+    Listen,
+}
+
+impl std::fmt::Display for TransportErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Timeout => "timed out",
+            Self::Closed => "connection closed",
+            Self::Unreachable => "unreachable",
+            Self::Overloaded => "too many pending frames",
+            Self::Unauthorized => "unauthorized",
+            Self::BadFrame => "bad frame",
+            Self::Listen => "cannot listen",
+        })
+    }
+}
+
+impl TransportError {
+    /// The deadline passed.
+    pub fn timeout() -> Self {
+        Self::new(TransportErrorKind::Timeout, "")
+    }
+
+    /// The link to `node` closed with the call in flight.
+    pub fn closed(node: impl Into<String>) -> Self {
+        Self::new(TransportErrorKind::Closed, node)
+    }
+
+    /// `node` could not be reached, for `why`.
+    pub fn unreachable(node: impl Into<String>, why: impl Into<String>) -> Self {
+        Self::new(TransportErrorKind::Unreachable, node)
+            .with_source(crate::error::Detail(why.into()))
+    }
+
+    /// Too many frames wait for `node`.
+    pub fn overloaded(node: impl Into<String>) -> Self {
+        Self::new(TransportErrorKind::Overloaded, node)
+    }
+
+    /// The peer refused our credentials.
+    pub fn unauthorized(why: impl Into<String>) -> Self {
+        Self::new(TransportErrorKind::Unauthorized, why)
+    }
+
+    /// A frame broke the framing or limits.
+    pub fn bad_frame(why: impl Into<String>) -> Self {
+        Self::new(TransportErrorKind::BadFrame, why)
+    }
+
+    /// This node could not listen on `addr`.
+    pub fn listen(addr: impl Into<String>, source: std::io::Error) -> Self {
+        Self::new(TransportErrorKind::Listen, addr).with_source(source)
+    }
 }
 
 /// Receives inbound frames.

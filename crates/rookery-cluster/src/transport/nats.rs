@@ -10,9 +10,9 @@
 //! replies, and a map keyed by `n` hands each to its caller (async-nats' `request` formats a
 //! fresh inbox subject and keys its own map by `String` for every call). When nobody subscribes
 //! to a node's subject the server answers "no responders" at once, which becomes
-//! [`TransportError::Unreachable`] without waiting for the deadline. The client reconnects by itself after the server goes away and re-subscribes, so a
+//! [`TransportErrorKind::Unreachable`](crate::TransportErrorKind) without waiting for the deadline. The client reconnects by itself after the server goes away and re-subscribes, so a
 //! transport keeps working across NATS restarts; calls made while the connection is down fail
-//! immediately with [`TransportError::Unreachable`] (or at their deadline if the loss is not yet
+//! immediately with [`TransportErrorKind::Unreachable`](crate::TransportErrorKind) (or at their deadline if the loss is not yet
 //! noticed).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -58,7 +58,7 @@ pub struct NatsConfig {
     /// Seconds to wait for the connection to the server to be established.
     pub connect_timeout: f64,
     /// Requests that may wait for replies from one target node at once; more fail with
-    /// [`TransportError::Overloaded`].
+    /// [`TransportErrorKind::Overloaded`](crate::TransportErrorKind::Overloaded).
     pub max_pending: usize,
 }
 
@@ -233,15 +233,15 @@ fn reconnect_delay(attempts: usize) -> Duration {
 }
 
 impl NatsTransport {
-    /// Connects to the NATS server. A refused login gives [`TransportError::Unauthorized`]; a server
-    /// that cannot be reached within `connect_timeout` gives [`TransportError::Unreachable`].
+    /// Connects to the NATS server. A refused login gives [`TransportErrorKind::Unauthorized`](crate::TransportErrorKind::Unauthorized); a server
+    /// that cannot be reached within `connect_timeout` gives [`TransportErrorKind::Unreachable`](crate::TransportErrorKind).
     pub async fn connect(config: NatsConfig) -> Result<Self, TransportError> {
         let url = redact_url(&config.url);
         let connect_timeout = Duration::try_from_secs_f64(config.connect_timeout)
             .ok()
             .filter(|d| !d.is_zero())
             .ok_or_else(|| {
-                TransportError::Unreachable(
+                TransportError::unreachable(
                     url.clone(),
                     format!(
                         "invalid connect_timeout {}: expected positive seconds",
@@ -252,7 +252,7 @@ impl NatsTransport {
         // Subjects are built here from sanitised tokens and this prefix, so the client's check
         // of every published subject (a few hundred instructions per message) is skipped.
         if !valid_prefix(&config.subject_prefix) {
-            return Err(TransportError::Unreachable(
+            return Err(TransportError::unreachable(
                 url,
                 format!(
                     "invalid subject_prefix {:?}: expected dot-separated tokens without \
@@ -271,8 +271,8 @@ impl NatsTransport {
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             options = options.user_and_password(user.clone(), password.clone());
         } else if config.user.is_some() || config.password.is_some() {
-            return Err(TransportError::Unauthorized(
-                "NATS user and password must be set together".into(),
+            return Err(TransportError::unauthorized(
+                "NATS user and password must be set together",
             ));
         }
         if let Some(token) = &config.token {
@@ -283,17 +283,17 @@ impl NatsTransport {
         // too, with a little slack.
         let client = match tokio::time::timeout(connect_timeout * 2, connecting).await {
             Err(_) => {
-                return Err(TransportError::Unreachable(
+                return Err(TransportError::unreachable(
                     url,
-                    "timed out connecting to NATS".into(),
+                    "timed out connecting to NATS",
                 ))
             }
             Ok(Err(e)) => {
                 return Err(match e.kind() {
                     ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        TransportError::Unauthorized(format!("NATS at {url}: {e}"))
+                        TransportError::unauthorized(format!("NATS at {url}: {e}"))
                     }
-                    _ => TransportError::Unreachable(url, e.to_string()),
+                    _ => TransportError::unreachable(url, e.to_string()),
                 })
             }
             Ok(Ok(client)) => client,
@@ -303,7 +303,7 @@ impl NatsTransport {
         let mut reply_sub = client
             .subscribe(format!("{inbox}.*"))
             .await
-            .map_err(|e| TransportError::Unreachable(url.clone(), e.to_string()))?;
+            .map_err(|e| TransportError::unreachable(url.clone(), e.to_string()))?;
         let replies = Arc::new(Replies {
             prefix: format!("{inbox}."),
             next: AtomicU64::new(1),
@@ -374,7 +374,7 @@ impl NatsTransport {
         let before = slot.pending.fetch_add(1, Ordering::AcqRel);
         let guard = PendingGuard(slot.pending.clone());
         if before >= self.max_pending {
-            return Err(TransportError::Overloaded(node_id.to_string()));
+            return Err(TransportError::overloaded(node_id.to_string()));
         }
         Ok((slot.lost.clone(), guard, slot.subject.clone()))
     }
@@ -383,7 +383,7 @@ impl NatsTransport {
     fn ensure_connected(&self, node_id: &str) -> Result<(), TransportError> {
         match self.client.connection_state() {
             State::Connected => Ok(()),
-            state => Err(TransportError::Unreachable(
+            state => Err(TransportError::unreachable(
                 node_id.to_string(),
                 format!("NATS connection {state}"),
             )),
@@ -401,9 +401,9 @@ impl NatsTransport {
         match tokio::time::timeout(self.connect_timeout, self.client.publish(subject, frame)).await
         {
             Ok(r) => r.map_err(|e| publish_error(who, e)),
-            Err(_) => Err(TransportError::Unreachable(
+            Err(_) => Err(TransportError::unreachable(
                 who.to_string(),
-                "NATS outbound queue full".into(),
+                "NATS outbound queue full",
             )),
         }
     }
@@ -414,9 +414,9 @@ fn publish_error(who: &str, e: async_nats::PublishError) -> TransportError {
     match e.kind() {
         async_nats::client::PublishErrorKind::MaxPayloadExceeded
         | async_nats::client::PublishErrorKind::InvalidSubject => {
-            TransportError::BadFrame(e.to_string())
+            TransportError::bad_frame(e.to_string())
         }
-        _ => TransportError::Unreachable(who.to_string(), e.to_string()),
+        _ => TransportError::unreachable(who.to_string(), e.to_string()),
     }
 }
 
@@ -446,7 +446,7 @@ impl Transport for NatsTransport {
         shutdown: CancellationToken,
     ) -> Result<String, TransportError> {
         let subscribe_error = |e: async_nats::SubscribeError| {
-            TransportError::Unreachable(node.id.clone(), e.to_string())
+            TransportError::unreachable(node.id.clone(), e.to_string())
         };
         let mut node_sub = self
             .client
@@ -555,7 +555,7 @@ impl Transport for NatsTransport {
     ) -> Result<Bytes, TransportError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(TransportError::Timeout);
+            return Err(TransportError::timeout());
         }
         let (lost, _pending, subject) = self.acquire(&target.id)?;
         self.ensure_connected(&target.id)?;
@@ -566,22 +566,22 @@ impl Transport for NatsTransport {
                 .await
                 .map_err(|e| publish_error(&target.id, e))?;
             answer.await.map_err(|_| {
-                TransportError::Unreachable(target.id.clone(), "NATS reply channel closed".into())
+                TransportError::unreachable(target.id.clone(), "NATS reply channel closed")
             })
         };
         // One timer for the whole call: queueing the request and waiting for the reply.
         let msg = tokio::select! {
             biased;
-            _ = lost.cancelled() => return Err(TransportError::Closed(target.id.clone())),
+            _ = lost.cancelled() => return Err(TransportError::closed(target.id.clone())),
             r = tokio::time::timeout_at(deadline, call) => match r {
                 Ok(r) => r?,
-                Err(_) => return Err(TransportError::Timeout),
+                Err(_) => return Err(TransportError::timeout()),
             },
         };
         if msg.status == Some(StatusCode::NO_RESPONDERS) {
-            return Err(TransportError::Unreachable(
+            return Err(TransportError::unreachable(
                 target.id.clone(),
-                "no responders".into(),
+                "no responders",
             ));
         }
         Ok(msg.payload)

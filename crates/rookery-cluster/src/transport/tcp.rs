@@ -33,16 +33,16 @@
 //! and waits for the acceptor's Hello before using the link, all within
 //! [`TcpConfig::connect_timeout`]; an acceptor configured with a token refuses (Refused, then
 //! close) a first frame that is not a Hello carrying the same token, which the dialler reports as
-//! [`TransportError::Unauthorized`]. An acceptor without a token acknowledges any Hello and also
+//! [`TransportErrorKind::Unauthorized`](crate::TransportErrorKind::Unauthorized). An acceptor without a token acknowledges any Hello and also
 //! takes connections that start directly with requests.
 //!
 //! A link is owned by one task that reads replies and writes queued frames (batched: everything
 //! queued is written, then flushed). Callers talk to it through a bounded queue; a request
 //! registers a oneshot in the link's pending map under a fresh id, capped at
-//! [`TcpConfig::max_pending`] ([`TransportError::Overloaded`] beyond), and removes it again
+//! [`TcpConfig::max_pending`] ([`TransportErrorKind::Overloaded`](crate::TransportErrorKind::Overloaded) beyond), and removes it again
 //! whatever happens to the call (deadline, cancellation). When the link breaks (EOF, reset,
 //! protocol error, [`Transport::node_lost`], the transport dropped), every pending request on it
-//! fails at once with [`TransportError::Closed`]; the next call dials again. A failed dial fails
+//! fails at once with [`TransportErrorKind::Closed`](crate::TransportErrorKind::Closed); the next call dials again. A failed dial fails
 //! fast and is not retried before a backoff (100 ms doubling up to 5 s, reset by a successful
 //! dial); calls within it get the same error at once.
 //!
@@ -109,10 +109,10 @@ pub struct TcpConfig {
     /// `0.0.0.0` listeners, containers). Default: the bound address.
     pub advertise: Option<String>,
     /// Largest frame (kind + id + payload, in bytes) sent or accepted; longer ones are refused
-    /// with [`TransportError::BadFrame`] when sending and close the connection when received.
+    /// with [`TransportErrorKind::BadFrame`](crate::TransportErrorKind::BadFrame) when sending and close the connection when received.
     /// Default 16 MiB. Use the same value across the cluster.
     pub max_frame: usize,
-    /// Most requests queued or in flight per link; more get [`TransportError::Overloaded`].
+    /// Most requests queued or in flight per link; more get [`TransportErrorKind::Overloaded`](crate::TransportErrorKind::Overloaded).
     /// Default 10 000.
     pub max_pending: usize,
     /// Seconds allowed for dialling plus the hello exchange (and for an acceptor with a token to
@@ -226,7 +226,7 @@ impl TcpTransport {
 
     fn check_size(&self, frame: &Bytes) -> Result<(), TransportError> {
         if frame.len() > self.inner.cfg.max_frame - HEADER_LEN {
-            return Err(TransportError::BadFrame(format!(
+            return Err(TransportError::bad_frame(format!(
                 "frame of {} bytes exceeds max_frame ({} including the {HEADER_LEN}-byte header)",
                 frame.len(),
                 self.inner.cfg.max_frame
@@ -245,10 +245,7 @@ impl Transport for TcpTransport {
         shutdown: CancellationToken,
     ) -> Result<String, TransportError> {
         let cfg = &self.inner.cfg;
-        let listen_error = |e: std::io::Error| TransportError::Listen {
-            addr: cfg.listen.clone(),
-            reason: e.to_string(),
-        };
+        let listen_error = |e: std::io::Error| TransportError::listen(cfg.listen.clone(), e);
         let listener = TcpListener::bind(&cfg.listen).await.map_err(listen_error)?;
         let bound = listener.local_addr().map_err(listen_error)?;
         let address = cfg.advertise.clone().unwrap_or_else(|| bound.to_string());
@@ -271,7 +268,7 @@ impl Transport for TcpTransport {
     ) -> Result<Bytes, TransportError> {
         self.check_size(&frame)?;
         if Instant::now() >= deadline {
-            return Err(TransportError::Timeout);
+            return Err(TransportError::timeout());
         }
         let link = self.inner.link(target, deadline).await?;
         let (id, reply, _pending) = link.shared.register(self.inner.cfg.max_pending)?;
@@ -286,7 +283,7 @@ impl Transport for TcpTransport {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(link.shared.closed_error()),
             Err(mpsc::error::TrySendError::Full(out)) => {
                 match timeout_at(deadline, link.tx.send(out)).await {
-                    Err(_) => return Err(TransportError::Timeout),
+                    Err(_) => return Err(TransportError::timeout()),
                     Ok(Err(_)) => return Err(link.shared.closed_error()),
                     Ok(Ok(())) => {}
                 }
@@ -295,7 +292,7 @@ impl Transport for TcpTransport {
         match timeout_at(deadline, reply).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(link.shared.closed_error()),
-            Err(_) => Err(TransportError::Timeout),
+            Err(_) => Err(TransportError::timeout()),
         }
         // `_pending` drops here and removes the entry if no reply took it.
     }
@@ -310,7 +307,7 @@ impl Transport for TcpTransport {
             payload: frame,
         };
         match timeout(wait, link.tx.send(out)).await {
-            Err(_) => Err(TransportError::Overloaded(target.id.clone())),
+            Err(_) => Err(TransportError::overloaded(target.id.clone())),
             Ok(Err(_)) => Err(link.shared.closed_error()),
             Ok(Ok(())) => Ok(()),
         }
@@ -555,7 +552,7 @@ impl LinkShared {
     }
 
     fn closed_error(&self) -> TransportError {
-        TransportError::Closed(self.node_id.clone())
+        TransportError::closed(self.node_id.clone())
     }
 
     /// Adds a pending request (unless closed or full): its id, where its reply arrives, and
@@ -569,7 +566,7 @@ impl LinkShared {
             return Err(self.closed_error());
         }
         if p.map.len() >= max_pending {
-            return Err(TransportError::Overloaded(self.node_id.clone()));
+            return Err(TransportError::overloaded(self.node_id.clone()));
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -618,7 +615,7 @@ impl Inner {
     /// The live link to `target`, dialling it if needed (one dial at a time per target).
     async fn link(&self, target: &NodeInfo, deadline: Instant) -> Result<Link, TransportError> {
         if target.address.is_empty() {
-            return Err(TransportError::Unreachable(
+            return Err(TransportError::unreachable(
                 target.id.clone(),
                 "node has no address".to_string(),
             ));
@@ -643,11 +640,11 @@ impl Inner {
         }
         let _dialling = timeout_at(deadline, entry.dial.lock())
             .await
-            .map_err(|_| TransportError::Timeout)?;
+            .map_err(|_| TransportError::timeout())?;
         {
             let st = lock(&entry.state);
             if st.removed {
-                return Err(TransportError::Closed(target.id.clone()));
+                return Err(TransportError::closed(target.id.clone()));
             }
             if let Some(link) = st.link.as_ref().filter(|l| l.shared.is_open()) {
                 return Ok(link.clone());
@@ -663,14 +660,14 @@ impl Inner {
             dial(&self.cfg, &target.id, &target.address, &self.root),
         )
         .await
-        .map_err(|_| TransportError::Timeout)?;
+        .map_err(|_| TransportError::timeout())?;
         let mut st = lock(&entry.state);
         match dialled {
             Ok(link) => {
                 if st.removed {
                     drop(st);
                     link.shared.close();
-                    return Err(TransportError::Closed(target.id.clone()));
+                    return Err(TransportError::closed(target.id.clone()));
                 }
                 st.failures = 0;
                 st.retry_at = None;
@@ -698,7 +695,7 @@ async fn dial(
     addr: &str,
     root: &CancellationToken,
 ) -> Result<Link, TransportError> {
-    let unreachable = |why: String| TransportError::Unreachable(node_id.to_string(), why);
+    let unreachable = |why: String| TransportError::unreachable(node_id.to_string(), why);
     let handshake = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -715,7 +712,7 @@ async fn dial(
             Ok(Some((Kind::Refused, code, reason))) => {
                 let reason = String::from_utf8_lossy(&reason).into_owned();
                 if code == REFUSED_TOKEN || code == REFUSED_NO_HELLO {
-                    Err(TransportError::Unauthorized(format!(
+                    Err(TransportError::unauthorized(format!(
                         "{node_id} at {addr}: {reason}"
                     )))
                 } else {
@@ -768,7 +765,7 @@ async fn run_link(
                 Ok(Some((Kind::Reply, id, payload))) => shared.complete(id, Ok(payload)),
                 Ok(Some((Kind::Fail, id, reason))) => shared.complete(
                     id,
-                    Err(TransportError::BadFrame(
+                    Err(TransportError::bad_frame(
                         String::from_utf8_lossy(&reason).into_owned(),
                     )),
                 ),

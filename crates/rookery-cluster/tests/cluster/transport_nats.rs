@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rookery_cluster::transport::nats::{NatsConfig, NatsTransport};
-use rookery_cluster::{FrameHandler, NodeInfo, Transport, TransportError};
+use rookery_cluster::{FrameHandler, NodeInfo, Transport, TransportError, TransportErrorKind};
 use rookery_testkit::Nats;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
@@ -217,7 +217,7 @@ async fn slow_handler_times_out_at_the_deadline() {
         .request(&node, Bytes::from_static(b"slow"), start + deadline)
         .await;
     let elapsed = start.elapsed();
-    assert_eq!(r, Err(TransportError::Timeout));
+    assert_eq!(r, Err(TransportError::timeout()));
     assert!(
         elapsed >= deadline - Duration::from_millis(20),
         "{elapsed:?}"
@@ -228,7 +228,7 @@ async fn slow_handler_times_out_at_the_deadline() {
     let r = b
         .request(&node, Bytes::from_static(b"x"), Instant::now())
         .await;
-    assert_eq!(r, Err(TransportError::Timeout));
+    assert_eq!(r, Err(TransportError::timeout()));
     probe.gate.notify_waiters();
 }
 
@@ -243,7 +243,7 @@ async fn no_responders_is_unreachable_at_once() {
         .await;
     let elapsed = start.elapsed();
     match r {
-        Err(TransportError::Unreachable(id, _)) => assert_eq!(id, "ghost-1"),
+        Err(e) if e.kind() == TransportErrorKind::Unreachable => assert_eq!(e.message(), "ghost-1"),
         other => panic!("expected Unreachable, got {other:?}"),
     }
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
@@ -271,7 +271,7 @@ async fn node_lost_fails_in_flight_requests_at_once() {
         .await
         .expect("request ends")
         .unwrap();
-    assert_eq!(r, Err(TransportError::Closed("room-7".into())));
+    assert_eq!(r, Err(TransportError::closed("room-7")));
     assert!(lost_at.elapsed() < Duration::from_millis(500));
 
     // The node may come back: later requests use a fresh token.
@@ -315,7 +315,7 @@ async fn max_pending_per_node_gives_overloaded() {
     let r = b
         .request(&busy, Bytes::from_static(b"x"), in_secs(2.0))
         .await;
-    assert_eq!(r, Err(TransportError::Overloaded("busy-1".into())));
+    assert_eq!(r, Err(TransportError::overloaded("busy-1")));
     // The limit is per target node.
     let r = b
         .request(&other, Bytes::from_static(b"x"), in_secs(2.0))
@@ -353,7 +353,7 @@ async fn shutdown_ends_handler_tasks_and_unsubscribes() {
     shutdown.cancel();
     // The handler task in flight is dropped with the shutdown.
     recv(&mut probe.dropped).await;
-    assert_eq!(call.await.unwrap(), Err(TransportError::Timeout));
+    assert_eq!(call.await.unwrap(), Err(TransportError::timeout()));
 
     // Once the unsubscription reaches the server, nobody answers for the node any more.
     let give_up = Instant::now() + WAIT;
@@ -362,7 +362,7 @@ async fn shutdown_ends_handler_tasks_and_unsubscribes() {
             .request(&node, Bytes::from_static(b"x"), in_secs(1.0))
             .await
         {
-            Err(TransportError::Unreachable(..)) => break,
+            Err(e) if e.kind() == TransportErrorKind::Unreachable => break,
             other => assert!(Instant::now() < give_up, "still served: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -441,11 +441,13 @@ async fn user_and_password_auth() {
 
     let start = Instant::now();
     match NatsTransport::connect(with(Some("u"), Some("wrong"))).await {
-        Err(TransportError::Unauthorized(msg)) => assert!(!msg.contains("wrong"), "{msg}"),
+        Err(e) if e.kind() == TransportErrorKind::Unauthorized => {
+            assert!(!e.message().contains("wrong"), "{e}")
+        }
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     match NatsTransport::connect(with(None, None)).await {
-        Err(TransportError::Unauthorized(_)) => {}
+        Err(e) if e.kind() == TransportErrorKind::Unauthorized => {}
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert!(start.elapsed() < Duration::from_secs(5));

@@ -1,6 +1,6 @@
 //! Why a call failed, and how that reaches a client.
 
-use crate::cluster::TransportError;
+use crate::cluster::{TransportError, TransportErrorKind};
 use crate::{Code, Error};
 
 /// Why a call failed.
@@ -39,10 +39,10 @@ impl From<RpcError> for Error {
 
 impl From<TransportError> for RpcError {
     fn from(e: TransportError) -> Self {
-        match e {
-            TransportError::Timeout => RpcError::Timeout,
-            TransportError::Closed(n) => RpcError::Closed(n),
-            other => RpcError::Transport(other.to_string()),
+        match e.kind() {
+            TransportErrorKind::Timeout => RpcError::Timeout,
+            TransportErrorKind::Closed => RpcError::Closed(e.message().to_string()),
+            _ => RpcError::Transport(e.to_string()),
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod transport;
 
 pub use discovery::embedded::EmbeddedDiscovery;
 pub use discovery::static_file::StaticDiscovery;
-pub use discovery::{Discovery, DiscoveryError, DiscoveryEvent};
+pub use discovery::{Discovery, DiscoveryError, DiscoveryErrorKind, DiscoveryEvent};
 pub use error::LayerError;
 pub use node::{BadLogicalAddr, LogicalAddr, NodeInfo, NodeState};
 pub use registry::{NodeEvent, Registry};

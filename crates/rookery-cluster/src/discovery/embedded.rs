@@ -59,7 +59,7 @@ impl Discovery for EmbeddedDiscovery {
         let mut s = self.lock();
         match me.as_deref() {
             Some(mine) if mine != node.id => {
-                return Err(DiscoveryError::Config(format!(
+                return Err(DiscoveryError::config(format!(
                     "embedded discovery: this handle registered {mine}; deregister before \
                      registering {}",
                     node.id
@@ -68,14 +68,14 @@ impl Discovery for EmbeddedDiscovery {
             Some(_) => {}
             None => {
                 if let Some(holder) = s.nodes.get(&node.id) {
-                    return Err(DiscoveryError::DuplicateId {
-                        id: node.id.clone(),
-                        detail: format!(
+                    return Err(DiscoveryError::duplicate_id(
+                        node.id.clone(),
+                        format!(
                             "type {}, address {}, registered through another handle in this \
                              process",
                             holder.node_type, holder.address
                         ),
-                    });
+                    ));
                 }
                 *me = Some(node.id.clone());
             }
@@ -107,9 +107,8 @@ impl Discovery for EmbeddedDiscovery {
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let mut s = self.lock();
         for n in s.nodes.values() {
-            tx.try_send(DiscoveryEvent::Added(n.clone())).map_err(|_| {
-                DiscoveryError::Unavailable("too many nodes for one snapshot".into())
-            })?;
+            tx.try_send(DiscoveryEvent::Added(n.clone()))
+                .map_err(|_| DiscoveryError::unavailable("too many nodes for one snapshot"))?;
         }
         s.watchers.push(tx);
         Ok(rx)
@@ -127,7 +126,7 @@ mod tests {
         a.register(&NodeInfo::new("n", "room")).await.unwrap();
         let e = b.register(&NodeInfo::new("n", "room")).await.unwrap_err();
         assert!(
-            matches!(&e, DiscoveryError::DuplicateId { id, .. } if id == "n"),
+            e.kind() == crate::DiscoveryErrorKind::DuplicateId && e.message() == "n",
             "{e}"
         );
         // The holder may register again (an update); once it leaves, the id is free.

@@ -105,7 +105,7 @@ impl fmt::Debug for EtcdConfig {
 impl EtcdConfig {
     /// Checks the settings; returns the connect timeout.
     fn validate(&self) -> Result<Duration, DiscoveryError> {
-        let bad = |m: String| Err(DiscoveryError::Config(m));
+        let bad = |m: String| Err(DiscoveryError::config(m));
         if self.endpoints.is_empty() {
             return bad("etcd: no endpoints".into());
         }
@@ -223,7 +223,7 @@ impl EtcdDiscovery {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(classify(e)),
             Err(_) => {
-                return Err(DiscoveryError::Unavailable(format!(
+                return Err(DiscoveryError::unavailable(format!(
                     "etcd at {} did not answer within {connect_timeout:?}",
                     config.endpoints.join(",")
                 )))
@@ -257,7 +257,7 @@ impl EtcdDiscovery {
 
     fn key(&self, id: &str) -> Result<String, DiscoveryError> {
         if id.is_empty() {
-            return Err(DiscoveryError::Config("etcd: empty node id".into()));
+            return Err(DiscoveryError::config("etcd: empty node id"));
         }
         Ok(format!("{}{id}", self.prefix))
     }
@@ -275,10 +275,10 @@ impl EtcdDiscovery {
             _ = self.cancel.cancelled() => Err(closed()),
             r = written => match r {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(_)) => Err(DiscoveryError::Unavailable(
-                    "etcd registration stopped".into(),
+                Ok(Err(_)) => Err(DiscoveryError::unavailable(
+                    "etcd registration stopped",
                 )),
-                Err(_) => Err(DiscoveryError::Unavailable(format!(
+                Err(_) => Err(DiscoveryError::unavailable(format!(
                     "etcd did not take the new info of {} within {OP_TIMEOUT:?}; it is kept and \
                      published as soon as etcd is reachable",
                     node.id
@@ -303,7 +303,7 @@ impl Discovery for EtcdDiscovery {
         let mut slot = self.registration.lock().await;
         if let Some(reg) = &slot.active {
             if reg.id != node.id {
-                return Err(DiscoveryError::Config(format!(
+                return Err(DiscoveryError::config(format!(
                     "etcd: already registered as {}; deregister before registering {}",
                     reg.id, node.id
                 )));
@@ -366,11 +366,11 @@ impl Discovery for EtcdDiscovery {
         self.key(&node.id)?;
         let slot = self.registration.lock().await;
         match &slot.active {
-            None => Err(DiscoveryError::Config(format!(
+            None => Err(DiscoveryError::config(format!(
                 "etcd: update of {} before register",
                 node.id
             ))),
-            Some(reg) if reg.id != node.id => Err(DiscoveryError::Config(format!(
+            Some(reg) if reg.id != node.id => Err(DiscoveryError::config(format!(
                 "etcd: registered as {}, cannot update {}",
                 reg.id, node.id
             ))),
@@ -411,7 +411,7 @@ impl Discovery for EtcdDiscovery {
             Err(CallError::Etcd(e)) if e.is_lease_not_found() => Ok(()),
             Err(e) => {
                 slot.unrevoked = Some(lease);
-                Err(DiscoveryError::Unavailable(format!(
+                Err(DiscoveryError::unavailable(format!(
                     "revoking the etcd lease failed ({e}); keepalive stopped, the node expires \
                      after {} s",
                     self.ttl
@@ -938,7 +938,7 @@ fn read_snapshot(prefix: &str, resp: &RangeResponse) -> (BTreeMap<String, NodeIn
 
 fn encode(node: &NodeInfo) -> Result<String, DiscoveryError> {
     serde_json::to_string(node)
-        .map_err(|e| DiscoveryError::Config(format!("cannot encode node info: {e}")))
+        .map_err(|e| DiscoveryError::config(format!("cannot encode node info: {e}")))
 }
 
 /// The error for a node id that another live node holds (`existing` is its entry).
@@ -946,13 +946,13 @@ fn duplicate_id(id: &str, existing: &rookery_etcd::KeyValue, ttl: i64) -> Discov
     let holder = serde_json::from_slice::<NodeInfo>(&existing.value)
         .map(|n| format!("type {}, address {}", n.node_type, n.address))
         .unwrap_or_else(|_| "an entry that is not node info".to_string());
-    DiscoveryError::DuplicateId {
-        id: id.to_string(),
-        detail: format!(
+    DiscoveryError::duplicate_id(
+        id.to_string(),
+        format!(
             "{holder}; choose another node.id, or if that node was killed, start again once its \
              registration expires (within {ttl} s)"
         ),
-    }
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -983,7 +983,7 @@ impl CallError {
     fn into_discovery(self) -> DiscoveryError {
         match self {
             CallError::Cancelled => closed(),
-            CallError::TimedOut(_) => DiscoveryError::Unavailable(self.to_string()),
+            CallError::TimedOut(_) => DiscoveryError::unavailable(self.to_string()),
             CallError::Etcd(e) => classify(e),
         }
     }
@@ -1007,7 +1007,7 @@ async fn call<T>(
 }
 
 fn closed() -> DiscoveryError {
-    DiscoveryError::Unavailable("etcd discovery closed".into())
+    DiscoveryError::unavailable("etcd discovery closed")
 }
 
 // gRPC status codes used by etcd.
@@ -1019,7 +1019,7 @@ const GRPC_UNAUTHENTICATED: i32 = 16;
 fn classify(e: rookery_etcd::Error) -> DiscoveryError {
     use rookery_etcd::Error as E;
     match &e {
-        E::InvalidEndpoint { .. } | E::NoEndpoints => DiscoveryError::Config(format!("{e}")),
+        E::InvalidEndpoint { .. } | E::NoEndpoints => DiscoveryError::config(format!("{e}")),
         E::Status(status) => {
             let code = i32::from(status.code());
             let message = status.message();
@@ -1030,12 +1030,12 @@ fn classify(e: rookery_etcd::Error) -> DiscoveryError {
                         || message.contains("user name is empty")))
                 || message.contains("authentication is not enabled");
             if auth {
-                DiscoveryError::Unauthorized(message.to_string())
+                DiscoveryError::unauthorized(message.to_string())
             } else {
-                DiscoveryError::Unavailable(format!("etcd: {e}"))
+                DiscoveryError::unavailable(format!("etcd: {e}"))
             }
         }
-        _ => DiscoveryError::Unavailable(format!("etcd: {e}")),
+        _ => DiscoveryError::unavailable(format!("etcd: {e}")),
     }
 }
 
@@ -1117,7 +1117,7 @@ mod tests {
             },
         ] {
             assert!(
-                matches!(bad.validate(), Err(DiscoveryError::Config(_))),
+                matches!(bad.validate(), Err(e) if e.kind() == crate::DiscoveryErrorKind::Config),
                 "{bad:?}"
             );
         }

@@ -27,25 +27,54 @@ pub enum DiscoveryEvent {
 }
 
 /// Why a discovery operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DiscoveryError {
+pub type DiscoveryError = crate::LayerError<DiscoveryErrorKind>;
+
+/// What kind of discovery failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryErrorKind {
     /// The back end could not be reached or answered with an error.
-    #[error("discovery back end unavailable: {0}")]
-    Unavailable(String),
+    Unavailable,
     /// The back end refused our credentials.
-    #[error("discovery refused our credentials: {0}")]
-    Unauthorized(String),
-    /// Static configuration is wrong.
-    #[error("invalid discovery configuration: {0}")]
-    Config(String),
-    /// Another live node is registered under this node's id; nothing was overwritten.
-    #[error("node id {id:?} is already registered by a live node ({detail})")]
-    DuplicateId {
-        /// The id asked for.
-        id: String,
-        /// Who holds it, and what to do.
-        detail: String,
-    },
+    Unauthorized,
+    /// The configuration is wrong.
+    Config,
+    /// Another live node is registered under this node's id (the message); nothing was
+    /// overwritten. The source says who holds it and what to do.
+    DuplicateId,
+}
+
+impl std::fmt::Display for DiscoveryErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Unavailable => "discovery back end unavailable",
+            Self::Unauthorized => "discovery refused our credentials",
+            Self::Config => "invalid discovery configuration",
+            Self::DuplicateId => "node id already registered by a live node",
+        })
+    }
+}
+
+impl DiscoveryError {
+    /// The back end could not be reached or failed.
+    pub fn unavailable(why: impl Into<String>) -> Self {
+        Self::new(DiscoveryErrorKind::Unavailable, why)
+    }
+
+    /// The back end refused our credentials.
+    pub fn unauthorized(why: impl Into<String>) -> Self {
+        Self::new(DiscoveryErrorKind::Unauthorized, why)
+    }
+
+    /// The configuration is wrong.
+    pub fn config(why: impl Into<String>) -> Self {
+        Self::new(DiscoveryErrorKind::Config, why)
+    }
+
+    /// `id` is held by a live node; `detail` says who and what to do.
+    pub fn duplicate_id(id: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self::new(DiscoveryErrorKind::DuplicateId, id)
+            .with_source(crate::error::Detail(detail.into()))
+    }
 }
 
 /// Capacity of event channels handed out by [`Discovery::watch`].
@@ -55,7 +84,7 @@ pub const EVENT_QUEUE: usize = 1024;
 #[async_trait]
 pub trait Discovery: Send + Sync + 'static {
     /// Registers this node and keeps it registered (lease keepalive, re-register after loss)
-    /// until [`Discovery::deregister`]. Fails with [`DiscoveryError::DuplicateId`] when another
+    /// until [`Discovery::deregister`]. Fails with [`DiscoveryErrorKind::DuplicateId`] when another
     /// live node holds the id (registering again under the same handle is an update).
     async fn register(&self, node: &NodeInfo) -> Result<(), DiscoveryError>;
 

@@ -35,9 +35,9 @@ impl StaticDiscovery {
     /// From a JSON file holding an array of nodes or `{"nodes": [...]}`.
     pub fn from_file(path: &Path) -> Result<Self, DiscoveryError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| DiscoveryError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| DiscoveryError::config(format!("{}: {e}", path.display())))?;
         let parsed: FileFormat = serde_json::from_str(&text)
-            .map_err(|e| DiscoveryError::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| DiscoveryError::config(format!("{}: {e}", path.display())))?;
         Ok(Self::new(match parsed {
             FileFormat::List(n) | FileFormat::Object { nodes: n } => n,
         }))
@@ -70,27 +70,27 @@ impl Discovery for StaticDiscovery {
     async fn register(&self, node: &NodeInfo) -> Result<(), DiscoveryError> {
         let mut listed = self.nodes.iter().filter(|n| n.id == node.id);
         if let (Some(first), Some(second)) = (listed.next(), listed.next()) {
-            return Err(DiscoveryError::DuplicateId {
-                id: node.id.clone(),
-                detail: format!(
+            return Err(DiscoveryError::duplicate_id(
+                node.id.clone(),
+                format!(
                     "the static node list holds it twice, at {} and {}",
                     first.address, second.address
                 ),
-            });
+            ));
         }
         if let Some(other) = self
             .nodes
             .iter()
             .find(|n| n.id == node.id && n.node_type != node.node_type)
         {
-            return Err(DiscoveryError::DuplicateId {
-                id: node.id.clone(),
-                detail: format!(
+            return Err(DiscoveryError::duplicate_id(
+                node.id.clone(),
+                format!(
                     "the static node list gives it to a node of type {} at {}, this node is of \
                      type {}",
                     other.node_type, other.address, node.node_type
                 ),
-            });
+            ));
         }
         *self.me.lock().unwrap_or_else(|e| e.into_inner()) = Some(node.clone());
         Ok(())
@@ -134,7 +134,7 @@ mod tests {
         ]);
         let e = d.register(&listed("room-1", "room", "")).await.unwrap_err();
         assert!(
-            matches!(&e, DiscoveryError::DuplicateId { id, .. } if id == "room-1"),
+            e.kind() == crate::DiscoveryErrorKind::DuplicateId && e.message() == "room-1",
             "{e}"
         );
         let e = d.register(&listed("gate-1", "room", "")).await.unwrap_err();

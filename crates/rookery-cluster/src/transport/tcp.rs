@@ -382,15 +382,16 @@ fn encode(kind: Kind, id: u64, payload: &[u8]) -> BytesMut {
     buf
 }
 
-fn parse(mut raw: BytesMut) -> Result<(Kind, u64, Bytes), String> {
+fn parse(mut raw: BytesMut) -> Result<(Kind, u64, Bytes), TransportError> {
     if raw.len() < HEADER_LEN {
-        return Err(format!(
+        return Err(TransportError::bad_frame(format!(
             "frame of {} bytes is shorter than the {HEADER_LEN}-byte header",
             raw.len()
-        ));
+        )));
     }
     let k = raw.get_u8();
-    let kind = Kind::from_u8(k).ok_or_else(|| format!("unknown frame kind {k}"))?;
+    let kind = Kind::from_u8(k)
+        .ok_or_else(|| TransportError::bad_frame(format!("unknown frame kind {k}")))?;
     let id = raw.get_u64();
     Ok((kind, id, raw.freeze()))
 }
@@ -398,10 +399,10 @@ fn parse(mut raw: BytesMut) -> Result<(Kind, u64, Bytes), String> {
 type Frames = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
 
 /// Reads and parses the next frame; `Ok(None)` on a clean EOF.
-async fn next_frame(frames: &mut Frames) -> Result<Option<(Kind, u64, Bytes)>, String> {
+async fn next_frame(frames: &mut Frames) -> Result<Option<(Kind, u64, Bytes)>, TransportError> {
     match frames.next().await {
         None => Ok(None),
-        Some(Err(e)) => Err(e.to_string()),
+        Some(Err(e)) => Err(TransportError::bad_frame(e.to_string())),
         Some(Ok(raw)) => parse(raw).map(Some),
     }
 }
@@ -760,7 +761,7 @@ async fn run_link(
                 Ok(None) => return "closed by peer".to_string(),
                 Err(e) => {
                     warn!(node = %shared.node_id, addr = %shared.addr, error = %e, "bad frame or read error: closing link");
-                    return e;
+                    return e.to_string();
                 }
                 Ok(Some((Kind::Reply, id, payload))) => shared.complete(id, Ok(payload)),
                 Ok(Some((Kind::Fail, id, reason))) => shared.complete(
@@ -854,7 +855,7 @@ async fn serve_conn(
             if cfg.token.is_some() {
                 timeout(cfg.connect_timeout, next_frame(&mut frames))
                     .await
-                    .unwrap_or_else(|_| Err("no hello in time".to_string()))
+                    .unwrap_or_else(|_| Err(TransportError::timeout()))
             } else {
                 next_frame(&mut frames).await
             }
@@ -921,27 +922,28 @@ async fn serve_conn(
         token: token.clone(),
         max_frame: cfg.max_frame,
     };
+    // Why reading stopped: `None` when the peer closed the connection.
     let read = async {
         if let Some(frame) = carried {
             if let Err(e) = conn.dispatch(frame).await {
-                return e;
+                return Some(e);
             }
         }
         loop {
             let frame = match next_frame(&mut frames).await {
                 Ok(Some(f)) => f,
-                Ok(None) => return "closed by peer".to_string(),
-                Err(e) => return e,
+                Ok(None) => return None,
+                Err(e) => return Some(e),
             };
             if let Err(e) = conn.dispatch(frame).await {
-                return e;
+                return Some(e);
             }
         }
     };
     let mut write = std::pin::pin!(write_loop(wr, rx));
     let stopped = tokio::select! {
         why = read => {
-            if why != "closed by peer" {
+            if let Some(why) = why {
                 warn!(node = %node_id, %peer, error = %why, "bad frame: closing connection");
             }
             false
@@ -984,7 +986,10 @@ struct Conn {
 }
 
 impl Conn {
-    async fn dispatch(&self, (kind, id, payload): (Kind, u64, Bytes)) -> Result<(), String> {
+    async fn dispatch(
+        &self,
+        (kind, id, payload): (Kind, u64, Bytes),
+    ) -> Result<(), TransportError> {
         match kind {
             Kind::Request => {
                 let handler = self.handler.clone();
@@ -998,14 +1003,14 @@ impl Conn {
                         .tx
                         .send(reply_frame(id, answered, max_payload))
                         .await
-                        .map_err(|_| "connection closing".to_string());
+                        .map_err(|_| TransportError::closed("this connection"));
                 }
                 let permit = self
                     .permits
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| "connection closing".to_string())?;
+                    .map_err(|_| TransportError::closed("this connection"))?;
                 let tx = self.tx.clone();
                 let token = self.token.clone();
                 self.tasks.spawn(async move {
@@ -1035,7 +1040,9 @@ impl Conn {
                 Ok(())
             }
             Kind::Hello => Ok(()),
-            other => Err(format!("unexpected {other:?} frame from a dialler")),
+            other => Err(TransportError::bad_frame(format!(
+                "unexpected {other:?} frame from a dialler"
+            ))),
         }
     }
 }
@@ -1175,7 +1182,7 @@ mod tests {
                         prop_assert!(raw.len() <= max_frame);
                         match parse(raw) {
                             Ok(frame) => frames.push(frame),
-                            Err(e) => return Ok((frames, Some(e))),
+                            Err(e) => return Ok((frames, Some(e.to_string()))),
                         }
                     }
                     Ok(None) if eof => return Ok((frames, None)),

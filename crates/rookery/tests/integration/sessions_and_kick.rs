@@ -233,3 +233,38 @@ async fn slow_client_is_disconnected_and_others_unaffected() {
     }
     server.shutdown().await;
 }
+
+/// A session closed while its writer waits on a full socket (8 MiB of pushes queued, a client
+/// that stopped reading behind a 4 KiB window) ends within the flush deadline: the close does
+/// not wait for a reader that never comes, and the session leaves the pool.
+#[tokio::test]
+async fn a_close_while_a_write_is_blocked_ends_within_the_flush_deadline() {
+    const BLOBS: usize = 256;
+    let mut cfg = config();
+    cfg.gateway.outbound_queue = 2 * BLOBS;
+    let (server, _) = start(cfg).await;
+    let mut raw = Raw2::connect_small_window(&server, 4096).await;
+    raw.handshake().await;
+    raw.request(
+        7,
+        "test.push.blob",
+        format!(r#"{{"n": {BLOBS}}}"#).as_bytes(),
+    )
+    .await;
+    // The writer is at work: the first blob arrives; the rest cannot fit the window.
+    let first = raw.recv_non_heartbeat().await.expect("a first push");
+    assert_eq!(first.kind, PacketType::Data);
+    let app = server.app().clone();
+    let sessions = app.sessions().all();
+    assert_eq!(sessions.len(), 1);
+    let closed_at = std::time::Instant::now();
+    sessions[0].kick("bye");
+    eventually("the session left the pool", || app.sessions().len() == 0).await;
+    let took = closed_at.elapsed();
+    // FLUSH_DEADLINE is 2 s; the margin covers a loaded machine.
+    assert!(
+        took < std::time::Duration::from_millis(3500),
+        "closing a session with a blocked write took {took:?}"
+    );
+    server.shutdown().await;
+}

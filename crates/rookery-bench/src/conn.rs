@@ -168,6 +168,41 @@ enum Link {
     Ws(Box<WebSocketStream<TcpStream>>),
 }
 
+/// Why a generator connection could not be set up (connect, upgrade, handshake, login).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Ws(#[from] tungstenite::Error),
+    /// The server broke the protocol.
+    #[error("{0}")]
+    Protocol(#[from] rookery_protocol::ProtocolError),
+    /// The handshake was refused or interrupted.
+    #[error("{0}")]
+    Handshake(#[from] rookery_protocol::HandshakeFailure),
+    /// The server closed the connection.
+    #[error("connection closed by the server")]
+    Closed,
+    /// The server kicked the connection before its login was answered.
+    #[error("kicked during login")]
+    KickedAtLogin,
+    /// The login route answered an error.
+    #[error("login refused: {0}")]
+    LoginRefused(String),
+    /// A stage did not finish in time.
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    /// Connecting to the target failed.
+    #[error("connect to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+}
+
+/// The server ended a connection (a kick's reason, or how the socket ended).
+pub(crate) struct ServerEnded(pub(crate) String);
+
 /// What the handshake told us.
 struct Session {
     heartbeat: Option<Duration>,
@@ -176,39 +211,32 @@ struct Session {
 }
 
 impl Link {
-    async fn send(&mut self, pkt: Bytes) -> Result<(), String> {
+    async fn send(&mut self, pkt: Bytes) -> Result<(), SetupError> {
         match self {
-            Link::Tcp(s, _) => s.write_all(&pkt).await.map_err(|e| e.to_string()),
-            Link::Ws(ws) => ws
-                .send(WsMessage::Binary(pkt))
-                .await
-                .map_err(|e| e.to_string()),
+            Link::Tcp(s, _) => Ok(s.write_all(&pkt).await?),
+            Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(pkt)).await?),
         }
     }
 
-    async fn recv(&mut self, codec: &PacketCodec) -> Result<Packet, String> {
+    async fn recv(&mut self, codec: &PacketCodec) -> Result<Packet, SetupError> {
         match self {
             Link::Tcp(s, buf) => loop {
-                if let Some(p) = codec.decode(buf).map_err(|e| e.to_string())? {
+                if let Some(p) = codec.decode(buf)? {
                     return Ok(p);
                 }
                 if buf.capacity() - buf.len() < 1024 {
                     buf.reserve(INITIAL_READ);
                 }
-                if s.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-                    return Err("connection closed by the server".into());
+                if s.read_buf(buf).await? == 0 {
+                    return Err(SetupError::Closed);
                 }
             },
             Link::Ws(ws) => loop {
                 match ws.next().await {
-                    Some(Ok(WsMessage::Binary(b))) => {
-                        return codec.decode_frame(b).map_err(|e| e.to_string())
-                    }
-                    Some(Ok(WsMessage::Close(_))) | None => {
-                        return Err("connection closed by the server".into())
-                    }
+                    Some(Ok(WsMessage::Binary(b))) => return Ok(codec.decode_frame(b)?),
+                    Some(Ok(WsMessage::Close(_))) | None => return Err(SetupError::Closed),
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Err(e)) => return Err(e.into()),
                 }
             },
         }
@@ -220,12 +248,13 @@ fn codec() -> PacketCodec {
     PacketCodec::new(usize::MAX)
 }
 
-fn route_for(dict: &HashMap<String, u16>, name: &str) -> Result<Route, String> {
+fn route_for(
+    dict: &HashMap<String, u16>,
+    name: &str,
+) -> Result<Route, rookery_protocol::ProtocolError> {
     match dict.get(name) {
         Some(&code) => Ok(Route::Code(code)),
-        None => RouteName::try_from(name)
-            .map(Route::Name)
-            .map_err(|e| e.to_string()),
+        None => RouteName::try_from(name).map(Route::Name),
     }
 }
 
@@ -242,7 +271,7 @@ async fn open_socket(plan: &Plan, idx: usize) -> std::io::Result<TcpStream> {
     socket.connect(plan.target).await
 }
 
-async fn handshake(link: &mut Link, codec: &PacketCodec) -> Result<Session, String> {
+async fn handshake(link: &mut Link, codec: &PacketCodec) -> Result<Session, SetupError> {
     let hs = ClientHandshake::new(
         HandshakeSys {
             client_type: Some("rookery-bench".into()),
@@ -253,7 +282,7 @@ async fn handshake(link: &mut Link, codec: &PacketCodec) -> Result<Session, Stri
     link.send(hs.request_packet()).await?;
     let resp = loop {
         let p = link.recv(codec).await?;
-        if let Some(answer) = hs.on_packet(p.kind, &p.body).map_err(|e| e.to_string())? {
+        if let Some(answer) = hs.on_packet(p.kind, &p.body)? {
             break answer;
         }
     };
@@ -271,43 +300,44 @@ async fn login(
     codec: &PacketCodec,
     session: &mut Session,
     idx: usize,
-) -> Result<(), String> {
+) -> Result<(), SetupError> {
     let id = session.next_id;
     session.next_id += 1;
     let route = route_for(&session.dict, LOGIN_ROUTE)?;
     let body = Bytes::from(format!(r#"{{"uid":"bench-{idx}"}}"#));
-    let pkt = Message::request(id, route, body)
-        .to_packet_bytes()
-        .map_err(|e| e.to_string())?;
+    let pkt = Message::request(id, route, body).to_packet_bytes()?;
     link.send(pkt).await?;
     loop {
         let p = link.recv(codec).await?;
         match p.kind {
             PacketType::Data => {
-                let m = Message::decode(p.body).map_err(|e| e.to_string())?;
+                let m = Message::decode(p.body)?;
                 if m.kind == MessageType::Response && m.id == id {
                     return if m.error {
-                        Err(format!(
-                            "login refused: {}",
-                            String::from_utf8_lossy(&m.payload)
+                        Err(SetupError::LoginRefused(
+                            String::from_utf8_lossy(&m.payload).into_owned(),
                         ))
                     } else {
                         Ok(())
                     };
                 }
             }
-            PacketType::Kick => return Err("kicked during login".into()),
+            PacketType::Kick => return Err(SetupError::KickedAtLogin),
             _ => {}
         }
     }
 }
 
 /// Connect, upgrade (WebSocket), handshake and log in, each stage within the timeout.
-async fn setup(plan: &Plan, idx: usize, codec: &PacketCodec) -> Result<(Link, Session), String> {
+async fn setup(
+    plan: &Plan,
+    idx: usize,
+    codec: &PacketCodec,
+) -> Result<(Link, Session), SetupError> {
     let stream = timeout(plan.timeout, open_socket(plan, idx))
         .await
-        .map_err(|_| format!("connect to {} timed out", plan.target))?
-        .map_err(|e| format!("connect to {}: {e}", plan.target))?;
+        .map_err(|_| SetupError::Timeout("connect"))?
+        .map_err(|e| SetupError::Connect(plan.target, e))?;
     let _ = stream.set_nodelay(true);
     let mut link = match &plan.ws_url {
         None => Link::Tcp(stream, BytesMut::with_capacity(INITIAL_READ)),
@@ -320,18 +350,17 @@ async fn setup(plan: &Plan, idx: usize, codec: &PacketCodec) -> Result<(Link, Se
                 tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
             )
             .await
-            .map_err(|_| "websocket upgrade timed out".to_string())?
-            .map_err(|e| format!("websocket upgrade: {e}"))?;
+            .map_err(|_| SetupError::Timeout("websocket upgrade"))??;
             Link::Ws(Box::new(ws))
         }
     };
     let mut session = timeout(plan.timeout, handshake(&mut link, codec))
         .await
-        .map_err(|_| "handshake timed out".to_string())??;
+        .map_err(|_| SetupError::Timeout("handshake"))??;
     if plan.login {
         timeout(plan.timeout, login(&mut link, codec, &mut session, idx))
             .await
-            .map_err(|_| "login timed out".to_string())??;
+            .map_err(|_| SetupError::Timeout("login"))??;
     }
     Ok((link, session))
 }
@@ -345,7 +374,7 @@ pub(crate) async fn connection(
     plan: Arc<Plan>,
     shared: Arc<Shared>,
     wake: Option<Arc<Notify>>,
-    ready: mpsc::UnboundedSender<Result<(), String>>,
+    ready: mpsc::UnboundedSender<Result<(), SetupError>>,
     start: watch::Receiver<Option<Start>>,
     pb: ProgressBar,
 ) -> Option<TaskStats> {
@@ -578,11 +607,17 @@ impl Conn {
     }
 
     /// Handles one inbound packet; `Err` (why) means the connection must end.
-    fn on_packet(&mut self, p: Packet, now: Instant, wbuf: &mut BytesMut) -> Result<(), String> {
+    fn on_packet(
+        &mut self,
+        p: Packet,
+        now: Instant,
+        wbuf: &mut BytesMut,
+    ) -> Result<(), ServerEnded> {
         match p.kind {
             PacketType::Data => {
-                let m = Message::decode(p.body)
-                    .map_err(|e| format!("undecodable message from the server: {e}"))?;
+                let m = Message::decode(p.body).map_err(|e| {
+                    ServerEnded(format!("undecodable message from the server: {e}"))
+                })?;
                 match m.kind {
                     MessageType::Response => {
                         let error = m.error.then_some(&m.payload[..]);
@@ -593,7 +628,7 @@ impl Conn {
                 }
                 Ok(())
             }
-            PacketType::Kick => Err(kick_reason(&p.body)),
+            PacketType::Kick => Err(ServerEnded(kick_reason(&p.body))),
             PacketType::Handshake | PacketType::HandshakeAck | PacketType::Heartbeat => Ok(()),
         }
     }
@@ -885,7 +920,7 @@ async fn drive_tcp(
                     loop {
                         match codec.decode(&mut rbuf) {
                             Ok(Some(p)) => {
-                                if let Err(reason) = conn.on_packet(p, now, &mut wbuf) {
+                                if let Err(ServerEnded(reason)) = conn.on_packet(p, now, &mut wbuf) {
                                     conn.closed_by_server(reason, now);
                                     ok = false;
                                     break;
@@ -973,7 +1008,7 @@ fn on_ws(
         Some(Ok(WsMessage::Binary(b))) => match codec.decode_frame(b) {
             Ok(p) => match conn.on_packet(p, now, wbuf) {
                 Ok(()) => return true,
-                Err(reason) => reason,
+                Err(ServerEnded(reason)) => reason,
             },
             Err(e) => format!("undecodable packet from the server: {e}"),
         },

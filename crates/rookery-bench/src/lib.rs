@@ -399,7 +399,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
         .collect();
 
     // Connect phase: spawn the connection tasks at most `connect_rate` per second.
-    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Result<(), conn::SetupError>>();
     let (start_tx, start_rx) = watch::channel::<Option<Start>>(None);
     let mut handles = Vec::with_capacity(n);
     let pace = Duration::try_from_secs_f64(1.0 / args.connect_rate).unwrap_or(Duration::ZERO);
@@ -432,12 +432,12 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error + 
             Ok(Some(Ok(()))) => live += 1,
             Ok(Some(Err(e))) => {
                 connect_errors += 1;
-                first_error.get_or_insert(e);
+                first_error.get_or_insert(e.to_string());
             }
             // All senders gone (tasks ended or panicked) or deadline: the rest failed.
             Ok(None) | Err(_) => {
                 connect_errors = (n - live) as u64;
-                first_error.get_or_insert_with(|| "connection setup did not finish".into());
+                first_error.get_or_insert_with(|| "connection setup did not finish".to_string());
                 break;
             }
         }
@@ -755,7 +755,7 @@ pub fn hint(r: &Report) -> Option<&'static str> {
 
 /// Whether the run counts as a success: it does not when the server closed connections before
 /// the end, unless `--allow-disconnects` was given (their figures stop where they closed).
-pub fn check(r: &Report, args: &BenchArgs) -> Result<(), String> {
+pub fn check(r: &Report, args: &BenchArgs) -> Result<(), ClosedByServerError> {
     if r.closed_by_server.total == 0 || args.allow_disconnects {
         return Ok(());
     }
@@ -766,12 +766,17 @@ pub fn check(r: &Report, args: &BenchArgs) -> Result<(), String> {
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
         .join(", ");
-    Err(format!(
+    Err(ClosedByServerError(format!(
         "the server closed {} of {} connections before the end ({reasons}); \
          pass --allow-disconnects if that is expected",
         r.closed_by_server.total, r.connections
-    ))
+    )))
 }
+
+/// A run the server cut short: [`check`]'s refusal, with what to do about it.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ClosedByServerError(String);
 
 /// Appends a base-128 varint (low 7 bits first), as in the message layer.
 pub(crate) fn put_varint(out: &mut bytes::BytesMut, mut v: u64) {

@@ -131,7 +131,7 @@ async fn rate_limited_connections_are_reported_and_fail_the_run() {
     assert!(RATE_LIMIT_HINT.contains("gateway.rate_limit.per_second"));
     assert!(RATE_LIMIT_HINT.contains("ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND=0"));
     assert!(!RATE_LIMIT_HINT.contains('\n'));
-    let verdict = check(&r, &bench).unwrap_err();
+    let verdict = check(&r, &bench).unwrap_err().to_string();
     assert!(verdict.contains("closed 3 of 3 connections"), "{verdict}");
     assert!(verdict.contains("--allow-disconnects"), "{verdict}");
     let mut allowed = argv.to_vec();

@@ -259,7 +259,7 @@ async fn a_close_while_a_write_is_blocked_ends_within_the_flush_deadline() {
     assert_eq!(sessions.len(), 1);
     let closed_at = std::time::Instant::now();
     sessions[0].kick("bye");
-    eventually("the session left the pool", || app.sessions().len() == 0).await;
+    eventually("the session left the pool", || app.sessions().is_empty()).await;
     let took = closed_at.elapsed();
     // FLUSH_DEADLINE is 2 s; the margin covers a loaded machine.
     assert!(

@@ -328,7 +328,7 @@ impl Client {
             Some(rpc::response_op::Response::ResponseRange(r)) => r.kvs.into_iter().next(),
             _ => None,
         });
-        // Deleted between the compare and the read: report it as held by nobody we know.
+        // The read runs in the same transaction as the failed compare, so it sees the key.
         Ok(Some(existing.unwrap_or_default()))
     }
 

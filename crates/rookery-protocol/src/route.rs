@@ -108,24 +108,6 @@ pub fn hashed_code(route: &str) -> u16 {
 }
 
 impl RouteDict {
-    /// Builds a dictionary giving codes 1, 2, ... to the given routes in sorted order. Used where
-    /// a single fixed set is served (load-test servers); servers use [`RouteDict::stable`].
-    pub fn from_routes<I, S>(routes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let mut names: Vec<String> = routes.into_iter().map(Into::into).collect();
-        names.sort();
-        names.dedup();
-        let mut dict = Self::default();
-        for (i, name) in names.into_iter().enumerate() {
-            let code = u16::try_from(i + 1).unwrap_or(u16::MAX);
-            dict.insert(name, code);
-        }
-        dict
-    }
-
     /// Builds a dictionary with stable codes: `pinned` routes get their given codes; every other
     /// route its [`hashed_code`], or, when that code is taken, the next free one (routes taken
     /// in name order, so the result depends only on the set).
@@ -222,18 +204,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dict_codes_are_sorted_and_stable() {
-        let d =
-            RouteDict::from_routes(["room.room.say", "connector.entry.login", "room.room.join"]);
-        assert_eq!(d.code("connector.entry.login"), Some(1));
-        assert_eq!(d.code("room.room.join"), Some(2));
-        assert_eq!(d.code("room.room.say"), Some(3));
-        assert_eq!(d.name(2), Some("room.room.join"));
-        assert_eq!(d.code("nope"), None);
-        assert_eq!(d.len(), 3);
-    }
-
-    #[test]
     fn stable_codes_follow_the_name_not_the_set() {
         let d = RouteDict::stable([], ["room.room.join", "connector.entry.login"]).unwrap();
         let bigger = RouteDict::stable(
@@ -246,6 +216,10 @@ mod tests {
             assert_eq!(bigger.code(route), Some(code), "{route} moved");
         }
         assert!(d.iter().all(|(_, c)| c != 0));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d.code("nope"), None);
+        let join = d.code("room.room.join").unwrap();
+        assert_eq!(d.name(join), Some("room.room.join"));
         // Pinned codes win; a hash landing on a pinned code takes the next free one.
         let h = hashed_code("x.y.z");
         let d = RouteDict::stable([("p.q.r", h)], ["x.y.z", "p.q.r"]).unwrap();

@@ -162,11 +162,11 @@ async fn pushes_arrive_in_send_order() {
     server.shutdown().await;
 }
 
-/// Writes the socket cannot take at once (8 MiB of pushes through a 4 KiB receive window) are
-/// finished later, from where they stopped: every packet arrives whole, none twice, in order.
-#[tokio::test]
-async fn writes_cut_short_by_a_full_socket_resume_where_they_stopped() {
-    const BLOBS: usize = 256;
+/// Pushes that fill a socket: a client behind a 4 KiB receive window asks for `BLOBS` 32 KiB
+/// pushes (answered with request id 7 after them), with room for all of them in the queue.
+const BLOBS: usize = 256;
+
+async fn blobs_behind_a_small_window() -> (rookery::RunningServer, Raw2) {
     let mut cfg = config();
     cfg.gateway.outbound_queue = 2 * BLOBS;
     let (server, _) = start(cfg).await;
@@ -178,6 +178,14 @@ async fn writes_cut_short_by_a_full_socket_resume_where_they_stopped() {
         format!(r#"{{"n": {BLOBS}}}"#).as_bytes(),
     )
     .await;
+    (server, raw)
+}
+
+/// Writes the socket cannot take at once (8 MiB of pushes through a 4 KiB receive window) are
+/// finished later, from where they stopped: every packet arrives whole, none twice, in order.
+#[tokio::test]
+async fn writes_cut_short_by_a_full_socket_resume_where_they_stopped() {
+    let (server, mut raw) = blobs_behind_a_small_window().await;
     let mut blobs = 0;
     loop {
         let p = raw
@@ -239,18 +247,7 @@ async fn slow_client_is_disconnected_and_others_unaffected() {
 /// not wait for a reader that never comes, and the session leaves the pool.
 #[tokio::test]
 async fn a_close_while_a_write_is_blocked_ends_within_the_flush_deadline() {
-    const BLOBS: usize = 256;
-    let mut cfg = config();
-    cfg.gateway.outbound_queue = 2 * BLOBS;
-    let (server, _) = start(cfg).await;
-    let mut raw = Raw2::connect_small_window(&server, 4096).await;
-    raw.handshake().await;
-    raw.request(
-        7,
-        "test.push.blob",
-        format!(r#"{{"n": {BLOBS}}}"#).as_bytes(),
-    )
-    .await;
+    let (server, mut raw) = blobs_behind_a_small_window().await;
     // The writer is at work: the first blob arrives; the rest cannot fit the window.
     let first = raw.recv_non_heartbeat().await.expect("a first push");
     assert_eq!(first.kind, PacketType::Data);

@@ -1003,14 +1003,14 @@ impl Conn {
                         .tx
                         .send(reply_frame(id, answered, max_payload))
                         .await
-                        .map_err(|_| TransportError::closed("this connection"));
+                        .map_err(|_| TransportError::closed("the connection's reply queue"));
                 }
                 let permit = self
                     .permits
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| TransportError::closed("this connection"))?;
+                    .map_err(|_| TransportError::closed("the connection's reply queue"))?;
                 let tx = self.tx.clone();
                 let token = self.token.clone();
                 self.tasks.spawn(async move {

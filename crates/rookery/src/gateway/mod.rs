@@ -8,6 +8,8 @@ mod close;
 pub(crate) mod conn;
 mod request;
 mod running;
+#[cfg(test)]
+pub(crate) mod tests;
 mod transport;
 
 use std::net::SocketAddr;

@@ -413,3 +413,64 @@ impl Future for Running<'_> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use super::*;
+    use crate::gateway::tests::node;
+    use crate::session::{Acceptor, NewSession};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A connection woken during every one of its polls (by pushes and wakes from other tasks)
+    /// looks again at most `MAX_REPOLLS` times, then yields to the runtime and asks to be polled
+    /// again; one woken once during a poll looks again once and then sleeps.
+    #[tokio::test]
+    async fn a_connection_woken_during_each_poll_yields_after_the_repoll_cap() {
+        let node = node().await;
+        let app = node.app();
+        for (wakes_wanted, polls_expected, self_wakes) in [(usize::MAX, MAX_REPOLLS, 1), (1, 2, 0)]
+        {
+            let session = app.sessions().create(NewSession {
+                remote: "127.0.0.1:7".parse().unwrap(),
+                acceptor: Acceptor::Tcp,
+                serializer: Default::default(),
+                client: Default::default(),
+                outbound: 8,
+                dict: app.sessions().dict(),
+            });
+            let queue = session.outbound().expect("a local session's queue");
+            let (_peer, io) = tokio::io::duplex(64);
+            let t = super::super::transport::stream(io, 1024);
+            let mut running = Running::new(app, &session, queue, t.reader, t.writer);
+            let polls = Arc::new(AtomicUsize::new(0));
+            let counted = polls.clone();
+            running.request = Some(Box::pin(std::future::poll_fn(move |_| {
+                // Another task wakes the connection while it is being polled.
+                if counted.fetch_add(1, Ordering::SeqCst) < wakes_wanted {
+                    queue.wake();
+                }
+                Poll::<()>::Pending
+            })));
+            let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+            let waker = std::task::Waker::from(wakes.clone());
+            let mut cx = Context::from_waker(&waker);
+            assert!(Pin::new(&mut running).poll(&mut cx).is_pending());
+            assert_eq!(polls.load(Ordering::SeqCst), polls_expected);
+            assert_eq!(wakes.0.load(Ordering::SeqCst), self_wakes);
+            drop(running);
+            app.sessions().remove(&session);
+        }
+        node.shutdown().await;
+    }
+}

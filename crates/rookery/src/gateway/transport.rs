@@ -1,5 +1,6 @@
-//! Packet transports under a connection: TCP (a byte stream cut into packets) and WebSocket (one
-//! packet per binary frame). Both give the connection driver a stream of packets and a writer.
+//! Packet transports under a connection: TCP (a byte stream cut into packets), any other byte
+//! stream (the same framing over a boxed reader and writer) and WebSocket (one packet per binary
+//! frame). Each gives the connection driver a stream of packets and a writer.
 
 use std::io;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, Stream};
 use futures_util::{SinkExt, StreamExt};
 use rookery_protocol::{Packet, PacketCodec, ProtocolError};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -32,6 +33,8 @@ pub(crate) enum ConnError {
 /// is large and its own allocation does not matter beside the WebSocket's buffers).
 pub(crate) enum PacketReader {
     Tcp(FramedRead<OwnedReadHalf, TcpDecoder>),
+    /// Any other byte stream, boxed so that the TCP variant stays the size of the enum.
+    Stream(Box<FramedRead<BoxedRead, TcpDecoder>>),
     Ws(Pin<Box<dyn Stream<Item = Result<Packet, ConnError>> + Send>>),
 }
 
@@ -44,6 +47,7 @@ impl Stream for PacketReader {
     ) -> std::task::Poll<Option<Self::Item>> {
         match self.get_mut() {
             Self::Tcp(r) => Pin::new(r).poll_next(cx),
+            Self::Stream(r) => Pin::new(&mut **r).poll_next(cx),
             Self::Ws(r) => r.as_mut().poll_next(cx),
         }
     }
@@ -57,6 +61,7 @@ impl Stream for PacketReader {
 /// allocation), and only if something is left does [`finish`](Self::finish) wait for the rest.
 pub(crate) enum PacketWriter {
     Tcp(TcpWriter),
+    Stream(Box<StreamWriter>),
     Ws(WsWriter),
 }
 
@@ -66,6 +71,7 @@ impl PacketWriter {
     pub(crate) fn write_now(&mut self, batch: &[Bytes]) -> io::Result<bool> {
         match self {
             Self::Tcp(w) => w.write_now(batch),
+            Self::Stream(w) => w.write_now(batch),
             Self::Ws(_) => Ok(false),
         }
     }
@@ -74,6 +80,7 @@ impl PacketWriter {
     pub(crate) async fn finish(&mut self, batch: &[Bytes]) -> io::Result<()> {
         match self {
             Self::Tcp(w) => w.finish(batch).await,
+            Self::Stream(w) => w.finish(batch).await,
             Self::Ws(w) => w.write(batch).await,
         }
     }
@@ -92,6 +99,9 @@ impl PacketWriter {
         match self {
             Self::Tcp(w) => {
                 let _ = w.half.shutdown().await;
+            }
+            Self::Stream(w) => {
+                let _ = w.io.shutdown().await;
             }
             Self::Ws(w) => {
                 let _ = w.sink.close().await;
@@ -139,23 +149,9 @@ pub(crate) struct TcpWriter {
 }
 
 impl TcpWriter {
-    /// The bytes of `batch` as one slice: the packet itself, or the batch coalesced in `buf`.
-    fn coalesced<'a>(buf: &'a BytesMut, batch: &'a [Bytes]) -> &'a [u8] {
-        match batch {
-            [] => &[],
-            [one] => one,
-            _ => buf,
-        }
-    }
-
     fn write_now(&mut self, batch: &[Bytes]) -> io::Result<bool> {
-        if batch.len() > 1 {
-            self.buf.clear();
-            for p in batch {
-                self.buf.extend_from_slice(p);
-            }
-        }
-        let data = Self::coalesced(&self.buf, batch);
+        coalesce(&mut self.buf, batch);
+        let data = coalesced(&self.buf, batch);
         self.sent = match self.half.try_write(data) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -165,8 +161,88 @@ impl TcpWriter {
     }
 
     async fn finish(&mut self, batch: &[Bytes]) -> io::Result<()> {
-        let data = Self::coalesced(&self.buf, batch);
+        let data = coalesced(&self.buf, batch);
         self.half.write_all(&data[self.sent..]).await
+    }
+}
+
+/// Copies a batch of several packets into `buf`, so that it is written with one call.
+fn coalesce(buf: &mut BytesMut, batch: &[Bytes]) {
+    if batch.len() > 1 {
+        buf.clear();
+        for p in batch {
+            buf.extend_from_slice(p);
+        }
+    }
+}
+
+/// The bytes of `batch` as one slice: the packet itself, or the batch coalesced in `buf`.
+fn coalesced<'a>(buf: &'a BytesMut, batch: &'a [Bytes]) -> &'a [u8] {
+    match batch {
+        [] => &[],
+        [one] => one,
+        _ => buf,
+    }
+}
+
+type BoxedRead = Pin<Box<dyn AsyncRead + Send>>;
+
+/// The writer of a byte stream other than a plain TCP socket. Such a stream may buffer what it
+/// is given (TLS does), so a batch counts as written only once it has been flushed too.
+pub(crate) struct StreamWriter {
+    io: Pin<Box<dyn AsyncWrite + Send>>,
+    buf: BytesMut,
+    sent: usize,
+}
+
+impl StreamWriter {
+    /// Writes and flushes what the stream takes without waiting: each write polled until the
+    /// stream would block, with a waker that does nothing (`finish` polls again with the task's).
+    fn write_now(&mut self, batch: &[Bytes]) -> io::Result<bool> {
+        use std::task::{Context, Poll};
+        coalesce(&mut self.buf, batch);
+        let data = coalesced(&self.buf, batch);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        self.sent = 0;
+        while self.sent < data.len() {
+            match self.io.as_mut().poll_write(&mut cx, &data[self.sent..]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.sent += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        match self.io.as_mut().poll_flush(&mut cx) {
+            Poll::Ready(r) => r.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    async fn finish(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        let data = coalesced(&self.buf, batch);
+        self.io.write_all(&data[self.sent..]).await?;
+        self.io.flush().await
+    }
+}
+
+/// A transport over any byte stream, with the TCP framing and the given packet-size limit.
+// The in-memory pipe of the connection tests uses it so far.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn stream(
+    io: impl AsyncRead + AsyncWrite + Send + 'static,
+    max_packet: usize,
+) -> Transport {
+    let (read, write) = tokio::io::split(io);
+    let read: BoxedRead = Box::pin(read);
+    let reader =
+        FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), READ_BUF);
+    Transport {
+        reader: PacketReader::Stream(Box::new(reader)),
+        writer: PacketWriter::Stream(Box::new(StreamWriter {
+            io: Box::pin(write),
+            buf: BytesMut::new(),
+            sent: 0,
+        })),
     }
 }
 

@@ -19,5 +19,5 @@ pub use room::{Room, RoomSettings};
 
 /// Adds every demo module to a server builder.
 pub fn modules(builder: rookery::ServerBuilder) -> rookery::ServerBuilder {
-    builder.module(Connector).module(Room::default())
+    builder.module(Connector).module(Room)
 }

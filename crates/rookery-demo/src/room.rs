@@ -2,11 +2,30 @@
 
 use std::sync::Arc;
 
-use rookery::{async_trait, App, Context, Error, Json, Module, ModuleInit, Session, Target};
+use rookery::{
+    async_trait, App, Context, Error, Json, Module, ModuleInit, Push, Route, Session, Target,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 const PREFIX: &str = "room:";
+
+/// `room.room.join`: joins a room; answers its members.
+pub const JOIN: Route<Json<RoomReq>, Json<JoinResp>> = Route::new("room.room.join");
+/// `room.room.say`: says something to a room.
+pub const SAY: Route<Json<SayReq>, ()> = Route::new("room.room.say");
+/// `room.room.leave`: leaves a room.
+pub const LEAVE: Route<Json<RoomReq>, ()> = Route::new("room.room.leave");
+/// `room.room.list`: the rooms of every room node.
+pub const LIST: Route<(), Json<ListResp>> = Route::new("room.room.list");
+/// `room.room.rooms` (internal): the rooms of one node, for `list`.
+pub const ROOMS: Route<(), Json<ListResp>> = Route::new("room.room.rooms");
+/// Pushed to a room's members when someone joins.
+pub const ON_JOIN: Push<Json<serde_json::Value>> = Push::new("onJoin");
+/// Pushed to a room's members when someone speaks.
+pub const ON_MESSAGE: Push<Json<serde_json::Value>> = Push::new("onMessage");
+/// Pushed to a room's members when someone leaves.
+pub const ON_LEAVE: Push<Json<serde_json::Value>> = Push::new("onLeave");
 
 /// Settings, `[modules.room]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,43 +49,61 @@ impl Default for RoomSettings {
     }
 }
 
-/// The room module.
+/// The room module. Its handlers are methods of [`Rooms`], the state `init` builds from the
+/// module's settings.
 #[derive(Debug, Default)]
-pub struct Room {
-    settings: std::sync::OnceLock<RoomSettings>,
+pub struct Room;
+
+/// The room module's state: its settings (rooms themselves are groups).
+#[derive(Debug)]
+pub struct Rooms {
+    settings: RoomSettings,
 }
 
-#[derive(Deserialize)]
-struct RoomReq {
-    room: String,
+/// A room's name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomReq {
+    /// The room.
+    pub room: String,
 }
 
-#[derive(Deserialize)]
-struct SayReq {
-    room: String,
-    text: String,
+/// Something said in a room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SayReq {
+    /// The room.
+    pub room: String,
+    /// What is said.
+    pub text: String,
 }
 
-#[derive(Serialize)]
-struct JoinResp {
-    room: String,
-    members: Vec<String>,
+/// The answer to a join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinResp {
+    /// The room.
+    pub room: String,
+    /// Its members' uids.
+    pub members: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct RoomInfo {
-    room: String,
-    members: usize,
+/// One room of a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room.
+    pub room: String,
+    /// How many members it has.
+    pub members: usize,
 }
 
-#[derive(Serialize, Deserialize)]
-struct ListResp {
-    rooms: Vec<RoomInfo>,
+/// The rooms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListResp {
+    /// Every room, by name.
+    pub rooms: Vec<RoomInfo>,
 }
 
-impl Room {
+impl Rooms {
     fn settings(&self) -> &RoomSettings {
-        self.settings.get_or_init(RoomSettings::default)
+        &self.settings
     }
 
     fn group(&self, room: &str) -> Result<String, Error> {
@@ -79,7 +116,11 @@ impl Room {
         Ok(format!("{PREFIX}{room}"))
     }
 
-    async fn join(&self, ctx: Context, req: RoomReq) -> Result<Json<JoinResp>, Error> {
+    async fn join(
+        self: Arc<Self>,
+        ctx: Context,
+        Json(req): Json<RoomReq>,
+    ) -> Result<Json<JoinResp>, Error> {
         let uid = ctx.require_uid()?;
         let group = self.group(&req.room)?;
         let groups = ctx.app().groups();
@@ -91,7 +132,7 @@ impl Room {
         if groups.add(&group, ctx.session())? {
             groups.broadcast_except(
                 &group,
-                "onJoin",
+                ON_JOIN,
                 Json(json!({"room": req.room, "uid": &*uid})),
                 Some(&uid),
             );
@@ -102,7 +143,7 @@ impl Room {
         }))
     }
 
-    async fn say(&self, ctx: Context, req: SayReq) -> Result<(), Error> {
+    async fn say(self: Arc<Self>, ctx: Context, Json(req): Json<SayReq>) -> Result<(), Error> {
         let uid = ctx.require_uid()?;
         let group = self.group(&req.room)?;
         if req.text.len() > self.settings().max_text_len {
@@ -114,13 +155,13 @@ impl Room {
         }
         groups.broadcast(
             &group,
-            "onMessage",
+            ON_MESSAGE,
             Json(json!({"room": req.room, "from": &*uid, "text": req.text})),
         );
         Ok(())
     }
 
-    async fn leave(&self, ctx: Context, req: RoomReq) -> Result<(), Error> {
+    async fn leave(self: Arc<Self>, ctx: Context, Json(req): Json<RoomReq>) -> Result<(), Error> {
         let uid = ctx.require_uid()?;
         let group = self.group(&req.room)?;
         let groups = ctx.app().groups();
@@ -129,14 +170,18 @@ impl Room {
         }
         groups.broadcast(
             &group,
-            "onLeave",
+            ON_LEAVE,
             Json(json!({"room": req.room, "uid": &*uid})),
         );
         Ok(())
     }
 
     /// Rooms held by this node.
-    fn local_rooms(&self, app: &App) -> ListResp {
+    async fn rooms(self: Arc<Self>, ctx: Context, (): ()) -> Result<Json<ListResp>, Error> {
+        Ok(Json(Self::local_rooms(ctx.app())))
+    }
+
+    fn local_rooms(app: &App) -> ListResp {
         let rooms = app
             .groups()
             .list()
@@ -152,11 +197,12 @@ impl Room {
     }
 
     /// Rooms of every node running this module (rooms are spread over room nodes by name).
-    async fn list(&self, app: &App) -> Result<ListResp, Error> {
+    async fn list(self: Arc<Self>, ctx: Context, (): ()) -> Result<Json<ListResp>, Error> {
         let mut rooms = Vec::new();
-        for (node, r) in app
+        for (node, r) in ctx
+            .app()
             .rpc()
-            .call_all::<_, Json<ListResp>>(Target::Module("room".into()), "room.room.rooms", ())
+            .call_all(Target::Module("room".into()), ROOMS, ())
             .await
         {
             match r {
@@ -165,7 +211,7 @@ impl Room {
             }
         }
         rooms.sort_by(|a, b| a.room.cmp(&b.room));
-        Ok(ListResp { rooms })
+        Ok(Json(ListResp { rooms }))
     }
 }
 
@@ -176,48 +222,20 @@ impl Module for Room {
     }
 
     fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
-        let _ = self.settings.set(init.settings::<RoomSettings>()?);
-        let me = self.clone();
-        init.handler(
-            "room.join",
-            move |ctx: Context, Json(req): Json<RoomReq>| {
-                let me = me.clone();
-                async move { me.join(ctx, req).await }
-            },
-        )
-        .login_required();
-        let me = self.clone();
-        init.handler("room.say", move |ctx: Context, Json(req): Json<SayReq>| {
-            let me = me.clone();
-            async move { me.say(ctx, req).await }
-        })
-        .login_required();
-        let me = self.clone();
-        init.handler(
-            "room.leave",
-            move |ctx: Context, Json(req): Json<RoomReq>| {
-                let me = me.clone();
-                async move { me.leave(ctx, req).await }
-            },
-        )
-        .login_required();
-        let me = self.clone();
-        init.handler("room.list", move |ctx: Context, _: ()| {
-            let me = me.clone();
-            async move { Ok(Json(me.list(ctx.app()).await?)) }
+        let rooms = Arc::new(Rooms {
+            settings: init.settings()?,
         });
+        init.method(&rooms, JOIN, Rooms::join).login_required();
+        init.method(&rooms, SAY, Rooms::say).login_required();
+        init.method(&rooms, LEAVE, Rooms::leave).login_required();
+        init.method(&rooms, LIST, Rooms::list);
+        init.method(&rooms, ROOMS, Rooms::rooms).internal();
         // Answers its argument: the handler load tests and benchmarks drive.
         init.handler(
             "room.echo",
             |_ctx: Context, Json(v): Json<serde_json::Value>| async move { Ok(Json(v)) },
         );
-        let me = self;
-        init.handler("room.rooms", move |ctx: Context, _: ()| {
-            let resp = me.local_rooms(ctx.app());
-            async move { Ok(Json(resp)) }
-        })
-        .internal();
-        for push in ["onJoin", "onMessage", "onLeave"] {
+        for push in [ON_JOIN, ON_MESSAGE, ON_LEAVE] {
             init.push_route(push);
         }
         Ok(())
@@ -229,7 +247,7 @@ impl Module for Room {
             if let Some(room) = group.strip_prefix(PREFIX) {
                 app.groups().broadcast_except(
                     &group,
-                    "onLeave",
+                    ON_LEAVE,
                     Json(json!({"room": room, "uid": &*uid})),
                     Some(&uid),
                 );

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::router::Router;
-use crate::{Config, Error, Groups, Module, Session, SessionPool, ToPayload};
+use crate::{Config, Error, Groups, Module, PushName, Session, SessionPool, ToPayload};
 
 /// Decides whether a client's handshake is accepted (e.g. checks an auth token in `user`).
 /// A refusal's text is sent to the client with handshake code 400.
@@ -43,6 +43,8 @@ pub(crate) struct AppInner {
     pub rate_limited_elsewhere: metrics::Counter,
     /// Sessions of other gateways this node served (let go of when their gateway leaves).
     pub remote_sessions: crate::remote_sessions::RemoteSessions,
+    /// Layers around this node's outgoing calls, outermost first.
+    pub call_layers: Box<[Arc<dyn crate::middleware::CallMiddleware>]>,
 }
 
 impl App {
@@ -112,7 +114,17 @@ impl App {
                 session: Some(session.id()),
             };
             let ctx = Context::new(self.clone(), session, entry.route.clone());
-            let fut = std::panic::AssertUnwindSafe((entry.handler)(ctx, payload)).catch_unwind();
+            // Without layers (the common case) the handler's own future, with no box of its own.
+            let handler: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> =
+                if entry.layers.is_empty() {
+                    (entry.handler)(ctx, payload)
+                } else {
+                    Box::pin(
+                        crate::middleware::Next::new(&entry.layers, &entry.handler)
+                            .run(ctx, payload),
+                    )
+                };
+            let fut = std::panic::AssertUnwindSafe(handler).catch_unwind();
             let run = crate::telemetry::with_scope(scope, first_poll_then_deadline(timeout, fut));
             let outcome = if span.is_disabled() {
                 run.await
@@ -198,11 +210,11 @@ impl App {
     }
 
     /// Pushes to a user's session.
-    pub fn push_to_uid(
+    pub fn push_to_uid<P: ToPayload>(
         &self,
         uid: &str,
-        route: &str,
-        payload: impl ToPayload,
+        route: impl PushName<P>,
+        payload: P,
     ) -> Result<(), Error> {
         self.sessions().push_to_uid(uid, route, payload)
     }
@@ -213,7 +225,7 @@ impl App {
     }
 
     /// Pushes to every session of this node; returns how many accepted it.
-    pub fn broadcast(&self, route: &str, payload: impl ToPayload) -> usize {
+    pub fn broadcast<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
         self.sessions().broadcast(route, payload)
     }
 }
@@ -319,7 +331,7 @@ impl Context {
     }
 
     /// Pushes to the calling session.
-    pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
+    pub fn push<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> Result<(), Error> {
         self.session.push(route, payload)
     }
 }

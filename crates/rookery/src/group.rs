@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use crate::session::{fan_out, Session, SessionKey};
-use crate::{Error, ToPayload};
+use crate::{Error, PushName, ToPayload};
 
 /// The groups of a node. A cheap handle; clones share state.
 #[derive(Clone, Default)]
@@ -191,18 +191,24 @@ impl Groups {
 
     /// Pushes to every member; returns how many sessions accepted it. The payload is encoded once
     /// per serializer.
-    pub fn broadcast(&self, name: &str, route: &str, payload: impl ToPayload) -> usize {
+    pub fn broadcast<P: ToPayload>(
+        &self,
+        name: &str,
+        route: impl PushName<P>,
+        payload: P,
+    ) -> usize {
         self.broadcast_except(name, route, payload, None)
     }
 
     /// Like [`Groups::broadcast`], skipping one user.
-    pub fn broadcast_except(
+    pub fn broadcast_except<P: ToPayload>(
         &self,
         name: &str,
-        route: &str,
-        payload: impl ToPayload,
+        route: impl PushName<P>,
+        payload: P,
         except_uid: Option<&str>,
     ) -> usize {
+        let route = route.push_name();
         let sessions: Vec<Session> = match self.read().groups.get(name) {
             Some(g) => g
                 .members

@@ -42,6 +42,7 @@ mod gateway;
 mod group;
 pub mod logs;
 mod membership;
+pub mod middleware;
 mod module;
 mod outbound;
 mod payload;
@@ -51,12 +52,14 @@ mod rpc;
 mod server;
 mod session;
 pub mod telemetry;
+mod typed;
 
 /// The cluster layer's hash map, shared so both crates hash their per-call maps the same way.
 pub(crate) use rookery_cluster::FastMap;
 
 pub use app::{App, Context, HandshakeValidator};
 pub use async_trait::async_trait;
+pub use bytes::Bytes;
 pub use config::Config;
 pub use error::{Code, Error, Source, StartError, StartErrorKind};
 pub use gateway::{REASON_IDLE, REASON_SHUTDOWN};
@@ -73,3 +76,4 @@ pub use session::{
     Acceptor, Session, SessionId, SessionPool, REASON_DUPLICATE_LOGIN, REASON_SLOW_CLIENT,
 };
 pub use tokio_util::sync::CancellationToken;
+pub use typed::{Push, PushName, Route, RouteName};

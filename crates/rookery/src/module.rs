@@ -6,8 +6,10 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::middleware::Middleware;
 use crate::router::{Dispatch, Handler, RouteEntry};
-use crate::{App, Error, Session};
+use crate::typed::RouteName;
+use crate::{App, Context, Error, FromPayload, Session, ToPayload};
 
 /// A unit of game logic.
 ///
@@ -69,13 +71,25 @@ pub struct ModuleInit<'a> {
     pub(crate) routes: &'a mut Vec<RouteEntry>,
     pub(crate) push_routes: &'a mut Vec<String>,
     pub(crate) module_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Middleware around every handler of the module, outermost first.
+    pub(crate) layers: &'a mut Vec<Arc<dyn Middleware>>,
 }
 
 impl<'a> ModuleInit<'a> {
-    /// Registers a handler under `handler.method`; its route is `module.handler.method`.
-    pub fn handler<A, H: Handler<A>>(&mut self, name: &str, handler: H) -> RouteBuilder<'_> {
+    /// Registers a handler for a typed [`crate::Route`] (its full name must be in this module,
+    /// and the compiler checks the handler's argument and result against it), or under a
+    /// string `handler.method` whose route is then `module.handler.method`.
+    pub fn handler<A, R, H: Handler<A, R>>(
+        &mut self,
+        route: impl RouteName<A, R>,
+        handler: H,
+    ) -> RouteBuilder<'_> {
         let lock = (self.dispatch == Dispatch::Serial).then(|| self.module_lock.clone());
-        let route = format!("{}.{}", self.module, name);
+        let route = if route.is_full() {
+            route.route_name().to_string()
+        } else {
+            format!("{}.{}", self.module, route.route_name())
+        };
         self.routes.push(RouteEntry {
             stats: crate::telemetry::RouteStats::new(&route),
             route: Arc::from(route),
@@ -85,6 +99,7 @@ impl<'a> ModuleInit<'a> {
             login_required: false,
             internal: false,
             handler: handler.into_boxed(),
+            layers: Box::default(),
             module_lock: lock,
         });
         let entry = self.routes.last_mut().expect("just pushed");
@@ -94,9 +109,40 @@ impl<'a> ModuleInit<'a> {
         }
     }
 
-    /// Declares a push route so that it gets a dictionary code (pushes are then sent compressed).
-    pub fn push_route(&mut self, route: &str) {
-        self.push_routes.push(route.to_string());
+    /// Registers a method of the module's state as a handler: `f` is called with a clone of
+    /// `state` (typically the module itself), the context and the argument, so handlers are
+    /// `async fn join(self: Arc<Self>, ctx: Context, Json(req): Json<JoinReq>) -> Result<..>`
+    /// registered as `init.method(&self, JOIN, Self::join)`.
+    pub fn method<S, A, R, F, Fut>(
+        &mut self,
+        state: &Arc<S>,
+        route: impl RouteName<A, R>,
+        f: F,
+    ) -> RouteBuilder<'_>
+    where
+        S: Send + Sync + 'static,
+        F: Fn(Arc<S>, Context, A) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<R, Error>> + Send + 'static,
+        A: FromPayload,
+        R: ToPayload + 'static,
+    {
+        let state = state.clone();
+        self.handler(route, move |ctx: Context, arg: A| {
+            f(state.clone(), ctx, arg)
+        })
+    }
+
+    /// Adds a layer around every handler of this module (after the node's layers, before the
+    /// route's), whenever the handler is registered.
+    pub fn middleware(&mut self, layer: impl Middleware) -> &mut Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Declares a push route (a string or a typed [`crate::Push`]) so that it gets a
+    /// dictionary code (pushes are then sent compressed).
+    pub fn push_route(&mut self, route: impl AsRef<str>) {
+        self.push_routes.push(route.as_ref().to_string());
     }
 
     /// The module's settings (`[modules.NAME]`), or `T::default()` when there are none.
@@ -131,6 +177,14 @@ impl RouteBuilder<'_> {
     /// Clients cannot call this route (`RK-404`); it is for RPC and system use.
     pub fn internal(self) -> Self {
         self.entry.internal = true;
+        self
+    }
+
+    /// Adds a layer around this route's handler (inside the node's and the module's layers).
+    pub fn middleware(self, layer: impl Middleware) -> Self {
+        let mut layers = std::mem::take(&mut self.entry.layers).into_vec();
+        layers.push(Arc::new(layer));
+        self.entry.layers = layers.into_boxed_slice();
         self
     }
 

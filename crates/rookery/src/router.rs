@@ -19,12 +19,12 @@ pub type BoxHandler = Arc<dyn Fn(Context, Bytes) -> BoxFuture<Result<Bytes, Erro
 
 /// Anything that can handle a route: an async function `(Context, A) -> Result<R, Error>` where
 /// `A` decodes from the payload and `R` encodes into the response.
-pub trait Handler<A>: Send + Sync + 'static {
+pub trait Handler<A, R>: Send + Sync + 'static {
     /// Erases the argument and result types.
     fn into_boxed(self) -> BoxHandler;
 }
 
-impl<F, Fut, A, R> Handler<A> for F
+impl<F, Fut, A, R> Handler<A, R> for F
 where
     F: Fn(Context, A) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<R, Error>> + Send + 'static,
@@ -75,6 +75,9 @@ pub struct RouteEntry {
     /// Not callable by clients (RPC/system only).
     pub internal: bool,
     pub(crate) handler: BoxHandler,
+    /// The route's middleware, outermost first: the node's, the module's, the route's own
+    /// (until the node starts, only the route's own).
+    pub(crate) layers: Box<[Arc<dyn crate::middleware::Middleware>]>,
     pub(crate) module_lock: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Counters and metric handles of this route.
     pub stats: crate::telemetry::RouteStats,

@@ -18,6 +18,7 @@ use crate::cluster::{Discovery, DiscoveryEvent, NodeInfo, NodeState, Transport};
 use crate::config::secs;
 use crate::error::{StartError, StartErrorKind};
 use crate::gateway::{accept_loop, close_idle, summarise_disconnects, Listeners, REASON_SHUTDOWN};
+use crate::middleware::{CallMiddleware, Middleware};
 use crate::module::ModuleInit;
 use crate::router::Router;
 use crate::rpc::RpcServer;
@@ -37,6 +38,8 @@ impl Server {
             discovery: None,
             transport: None,
             selectors: Default::default(),
+            layers: Vec::new(),
+            call_layers: Vec::new(),
         }
     }
 }
@@ -49,6 +52,8 @@ pub struct ServerBuilder {
     discovery: Option<Arc<dyn Discovery>>,
     transport: Option<Arc<dyn Transport>>,
     selectors: std::collections::HashMap<String, Arc<dyn Selector>>,
+    layers: Vec<Arc<dyn Middleware>>,
+    call_layers: Vec<Arc<dyn CallMiddleware>>,
 }
 
 impl ServerBuilder {
@@ -94,6 +99,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Adds a layer around every handler of the node (outside the modules' and routes' layers;
+    /// layers added first are outermost). See [`crate::middleware`].
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.layers.push(Arc::new(layer));
+        self
+    }
+
+    /// Adds a layer around every RPC call this node makes (layers added first are outermost).
+    pub fn call_middleware(mut self, layer: impl CallMiddleware) -> Self {
+        self.call_layers.push(Arc::new(layer));
+        self
+    }
+
     /// Initialises modules, joins the cluster, binds the acceptors and starts serving.
     pub async fn start(mut self) -> Result<RunningServer, StartError> {
         self.config
@@ -114,6 +132,7 @@ impl ServerBuilder {
         }
         let mut routes = Vec::new();
         let mut push_routes = Vec::new();
+        let mut module_layers = Vec::new();
         for (index, m) in self.modules.iter().enumerate() {
             let name = m.name().to_string();
             if self.modules[..index].iter().any(|o| o.name() == name) {
@@ -122,6 +141,7 @@ impl ServerBuilder {
                     format!("module {name} added twice"),
                 ));
             }
+            let mut layers = Vec::new();
             let mut init = ModuleInit {
                 module: &name,
                 index,
@@ -130,10 +150,35 @@ impl ServerBuilder {
                 routes: &mut routes,
                 push_routes: &mut push_routes,
                 module_lock: Arc::new(tokio::sync::Mutex::new(())),
+                layers: &mut layers,
             };
             m.clone().init(&mut init).map_err(|error| {
                 StartError::new(StartErrorKind::Module, name.clone()).with_source(error)
             })?;
+            module_layers.push(layers);
+        }
+        for entry in &mut routes {
+            let module = self.modules[entry.module].name();
+            if entry
+                .route
+                .strip_prefix(module)
+                .and_then(|r| r.strip_prefix('.'))
+                .is_none()
+            {
+                return Err(StartError::new(
+                    StartErrorKind::Routes,
+                    format!("route {} registered by module {module}", entry.route),
+                ));
+            }
+            // The node's layers, the module's, the route's own: outermost first.
+            let own = std::mem::take(&mut entry.layers);
+            entry.layers = self
+                .layers
+                .iter()
+                .chain(&module_layers[entry.module])
+                .chain(own.iter())
+                .cloned()
+                .collect();
         }
         let router = Router::new(routes, &push_routes, &self.config)?;
         let sessions = SessionPool::new(router.dict().clone());
@@ -182,6 +227,7 @@ impl ServerBuilder {
                 "outcome" => crate::telemetry::OUTCOME_RATE_LIMITED
             ),
             remote_sessions: Default::default(),
+            call_layers: self.call_layers.into(),
         });
         join_cluster(&app).await?;
 

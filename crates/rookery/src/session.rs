@@ -15,7 +15,7 @@ use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName,
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::DisconnectReason;
-use crate::{Code, Error, ToPayload};
+use crate::{Code, Error, PushName, ToPayload};
 
 /// Session id, unique within a node for its lifetime.
 pub type SessionId = u64;
@@ -275,7 +275,8 @@ impl Session {
     /// Pushes a message to this client. The route is compressed when the dictionary has it.
     /// Fails if the session is closed, or if its outbound queue is full (the client is then
     /// disconnected as too slow).
-    pub fn push(&self, route: &str, payload: impl ToPayload) -> Result<(), Error> {
+    pub fn push<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> Result<(), Error> {
+        let route = route.push_name();
         let body = payload.to_payload(self.serializer())?;
         let r = match &self.inner.link {
             Link::Local(_) => self.send_packet(self.encode_push(route, body)?),
@@ -731,11 +732,11 @@ impl SessionPool {
     }
 
     /// Pushes to the session of a user. Fails with `RK-404` if the user has no session here.
-    pub fn push_to_uid(
+    pub fn push_to_uid<P: ToPayload>(
         &self,
         uid: &str,
-        route: &str,
-        payload: impl ToPayload,
+        route: impl PushName<P>,
+        payload: P,
     ) -> Result<(), Error> {
         let s = self
             .by_uid(uid)
@@ -756,8 +757,8 @@ impl SessionPool {
 
     /// Pushes to every session; returns how many accepted the push. The payload is encoded once
     /// per serializer.
-    pub fn broadcast(&self, route: &str, payload: impl ToPayload) -> usize {
-        fan_out(&self.all(), route, &payload)
+    pub fn broadcast<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
+        fan_out(&self.all(), route.push_name(), &payload)
     }
 }
 

@@ -12,6 +12,8 @@ use super::envelope::{ser_to_u32, text_field, Envelope, Kind, SessionRef};
 use super::{current_trace, Rpc, RpcError, Target};
 use crate::cluster::selector::SelectContext;
 use crate::cluster::NodeInfo;
+use crate::middleware::{Call, NextCall};
+use crate::typed::RouteName;
 use crate::{FromPayload, Session, ToPayload};
 
 /// Options of one call.
@@ -28,11 +30,12 @@ pub struct CallOptions {
 }
 
 impl<'a> Rpc<'a> {
-    /// Calls `route` on a node of `target` and waits for the typed result.
+    /// Calls `route` (a typed [`crate::Route`], whose argument and result types the compiler
+    /// checks, or a string) on a node of `target` and waits for the typed result.
     pub async fn call<A: ToPayload, R: FromPayload>(
         &self,
         target: impl Into<Target>,
-        route: &str,
+        route: impl RouteName<A, R>,
         arg: A,
     ) -> Result<R, RpcError> {
         self.call_with(target, route, arg, CallOptions::default())
@@ -43,13 +46,15 @@ impl<'a> Rpc<'a> {
     pub async fn call_with<A: ToPayload, R: FromPayload>(
         &self,
         target: impl Into<Target>,
-        route: &str,
+        route: impl RouteName<A, R>,
         arg: A,
         opts: CallOptions,
     ) -> Result<R, RpcError> {
         let ser = opts.serializer.unwrap_or(Serializer::Json);
         let payload = arg.to_payload(ser).map_err(RpcError::Remote)?;
-        let reply = self.call_raw(&target.into(), route, payload, &opts).await?;
+        let reply = self
+            .call_raw(&target.into(), route.route_name(), payload, &opts)
+            .await?;
         R::from_payload(ser, reply).map_err(RpcError::Remote)
     }
 
@@ -125,9 +130,10 @@ impl<'a> Rpc<'a> {
     pub async fn call_all<A: ToPayload, R: FromPayload>(
         &self,
         target: impl Into<Target>,
-        route: &str,
+        route: impl RouteName<A, R>,
         arg: A,
     ) -> Vec<(String, Result<R, RpcError>)> {
+        let route = route.route_name();
         let payload = match arg.to_payload(Serializer::Json) {
             Ok(p) => p,
             Err(e) => return vec![(String::new(), Err(RpcError::Remote(e)))],
@@ -157,8 +163,31 @@ impl<'a> Rpc<'a> {
         futures_util::future::join_all(calls).await
     }
 
-    /// Calls with an encoded payload; the result is encoded too.
+    /// Calls with an encoded payload; the result is encoded too. The node's call middleware
+    /// ([`crate::ServerBuilder::call_middleware`]) runs around it.
     pub async fn call_raw(
+        &self,
+        target: &Target,
+        route: &str,
+        payload: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, RpcError> {
+        let layers = &self.app.inner().call_layers;
+        if layers.is_empty() {
+            return self.call_unlayered(target, route, payload, opts).await;
+        }
+        let call = Call {
+            target: target.clone(),
+            route: route.to_string(),
+            payload,
+            options: opts.clone(),
+        };
+        NextCall::new(layers, self).run(call).await
+    }
+
+    /// A call without the node's call middleware (system operations, and the end of the
+    /// middleware's chain).
+    pub(crate) async fn call_unlayered(
         &self,
         target: &Target,
         route: &str,

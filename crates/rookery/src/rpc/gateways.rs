@@ -15,17 +15,18 @@ use super::system::{SysBind, SysBound, SysClosed, SysOp, SysUidKick, SysUidPush}
 use super::{CallOptions, RemoteSession, Rpc, RpcError, Target};
 use crate::cluster::NodeInfo;
 use crate::payload::EncodedOnce;
-use crate::{App, Error, Session, ToPayload};
+use crate::{App, Error, PushName, Session, ToPayload};
 
 impl<'a> Rpc<'a> {
     /// Pushes to users wherever they are connected: local sessions directly, the others through
     /// their gateways (one message per gateway for all the users). Returns the local deliveries.
-    pub async fn push_to_uids(
+    pub async fn push_to_uids<P: ToPayload>(
         &self,
         uids: &[&str],
-        route: &str,
-        payload: impl ToPayload,
+        route: impl PushName<P>,
+        payload: P,
     ) -> Result<usize, RpcError> {
+        let route = route.push_name();
         let mut local = Vec::new();
         let mut remote = Vec::new();
         for uid in uids {
@@ -49,7 +50,8 @@ impl<'a> Rpc<'a> {
     }
 
     /// Pushes to every session on every gateway; returns the local deliveries.
-    pub async fn broadcast_all(&self, route: &str, payload: impl ToPayload) -> usize {
+    pub async fn broadcast_all<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
+        let route = route.push_name();
         let delivered = crate::session::fan_out(&self.app.sessions().all(), route, &payload);
         let mut enc = EncodedOnce::new(&payload);
         let msg = SysUidPush {
@@ -208,7 +210,7 @@ impl App {
             uid: uid.to_string(),
         });
         self.rpc()
-            .call_raw(
+            .call_unlayered(
                 &Target::Node(link.gateway().to_string()),
                 op.route(),
                 op.encode(),

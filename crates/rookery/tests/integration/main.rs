@@ -14,6 +14,7 @@ mod groups_and_push;
 mod handshake;
 mod heartbeat_timeout;
 mod malformed_input;
+mod middleware_and_typed;
 mod routing_and_errors;
 mod sessions_and_kick;
 mod shutdown;

@@ -339,6 +339,18 @@ def build_table(rows, meta):
                  (f"p2-c{mc}", f"p1-c{mc}"), ("p2pair-rookery", "p2pair-ceiling"),
                  (f"Rookery, {mc} conn", f"ceiling, {mc} conn"), 0.60,
                  "one-process req/s vs ceiling")
+    # For information: the same server with three pass-through middleware layers on the route,
+    # in the same alternation; their ratio is what three layers cost.
+    pair_l = [f"p2pair-layers3-{i}" for i in (1, 2)]
+    pair_0 = [f"p2pair-rookery-{i}" for i in (1, 2)]
+    if all(ok(x) for x in pair_l + pair_0):
+        for i in (0, 1):
+            line("P2", f"(info) Rookery with three pass-through middleware layers, {mc} conn, in "
+                 f"the same alternation (run {i + 1})", pair_l[i])
+        rl = ratio(sum(rps(x) for x in pair_l), sum(rps(x) for x in pair_0))
+        lines.append(
+            f"| P2 | (info) three no-op middleware layers vs none over the same alternation "
+            f"(req/s summed per side) | | | | | | {rl * 100:.0f}% | |")
     # P3: from Rookery and pinus run in alternation at the main size (rows minutes apart can
     # see the host at different speeds); from the two blocks' rows when the pairs are missing.
     pair_r = [f"p3pair-rookery-{i}" for i in (1, 2)]

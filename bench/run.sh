@@ -500,6 +500,8 @@ ceiling_row() { # ID CONNS [bench args...]: one run against a freshly started ce
 }
 for i in 1 2; do
   single_row "p2pair-rookery-$i" "$MAIN_CONNS"
+  # The same with three pass-through middleware layers around the route (for information).
+  SINGLE_ENV=ROOKERY_MODULES__ROOM__ECHO_LAYERS=3 single_row "p2pair-layers3-$i" "$MAIN_CONNS"
   ceiling_row "p2pair-ceiling-$i" "$MAIN_CONNS"
 done
 

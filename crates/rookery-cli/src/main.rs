@@ -4,7 +4,6 @@ mod repl;
 mod serve;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 // mimalloc: the request path makes many small, short-lived allocations across tasks; glibc's
 // malloc spent ~12% of the server's time on them (BENCHMARKS.md, profiles).
@@ -29,34 +28,23 @@ enum Cmd {
     Bench(rookery_bench::BenchArgs),
 }
 
-fn init_logs(default: &str) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+/// Installs the log subscriber as `[log]` says (stderr by default; `RUST_LOG` wins over its
+/// level). The returned guard flushes the log file when dropped: hold it until the end.
+fn init_logs(
+    cfg: &rookery::config::LogConfig,
+    default: &str,
+) -> Result<Option<rookery::logs::FileGuard>, BoxError> {
     // Feature `otel`: spans also go to OpenTelemetry when OTEL_EXPORTER_OTLP_ENDPOINT is set;
     // then the handlers' `request` spans (level `debug`) are switched on.
     #[cfg(feature = "otel")]
-    let otel = serve::otel::layer();
-    #[cfg(feature = "otel")]
-    let filter = match &otel {
-        Some(_) => filter.add_directive(
-            format!("{}=debug", rookery::telemetry::REQUEST_SPAN_TARGET)
-                .parse()
-                .expect("a valid directive"),
-        ),
-        None => filter,
-    };
-    use std::io::IsTerminal;
-    // Colours only on a terminal: log files and pipes get plain text.
-    let ansi = std::io::stderr().is_terminal();
-    let logs = tracing_subscriber::registry().with(filter).with(
-        rookery::logs::layer()
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi),
-    );
-    #[cfg(feature = "otel")]
-    let logs = logs.with(otel);
-    logs.init();
+    let otel = serve::otel::layer().map(|l| {
+        Box::new(l)
+            as Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>
+    });
+    #[cfg(not(feature = "otel"))]
+    let otel = None;
+    let debug_requests = otel.is_some();
+    Ok(rookery::logs::init(cfg, default, otel, debug_requests)?)
 }
 
 async fn bench(
@@ -82,7 +70,7 @@ fn serve_main(args: serve::ServeArgs) -> Result<(), BoxError> {
     let cfg = serve::config(&args)?;
     let rt = cfg.runtime.build()?;
     rt.block_on(async {
-        init_logs("info");
+        let _log_file = init_logs(&cfg.log, "info")?;
         for ignored in cfg.runtime.ignored_settings() {
             tracing::warn!("{ignored}");
         }
@@ -98,7 +86,7 @@ fn run_quiet(
 ) -> Result<(), BoxError> {
     let rt = rt.build()?;
     rt.block_on(async {
-        init_logs("warn");
+        let _log_file = init_logs(&Default::default(), "warn")?;
         fut.await
     })
 }

@@ -124,8 +124,9 @@ pub enum NodeState {
 }
 
 /// Everything the cluster knows about a node. Serialized as JSON in discovery back ends.
+/// Unknown fields are ignored, so that nodes of a newer version, which may publish more, can
+/// join a running cluster (rolling upgrades).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeInfo {
     /// Unique node id.
     pub id: String,
@@ -135,6 +136,10 @@ pub struct NodeInfo {
     /// Software version of the node (selectors may filter on it).
     #[serde(default)]
     pub version: String,
+    /// The version of each module it runs (`Module::version`), for selectors that choose by a
+    /// module's version ([`crate::selector::NewestVersion`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub module_versions: BTreeMap<String, String>,
     /// Address other nodes reach it at, for transports that dial (TCP); empty otherwise.
     #[serde(default)]
     pub address: String,
@@ -173,6 +178,7 @@ impl NodeInfo {
             id: id.into(),
             node_type: node_type.into(),
             version: String::new(),
+            module_versions: BTreeMap::new(),
             address: String::new(),
             logical: LogicalAddr::default(),
             modules: Vec::new(),
@@ -187,6 +193,12 @@ impl NodeInfo {
     /// True if the node runs the module.
     pub fn runs(&self, module: &str) -> bool {
         self.modules.iter().any(|m| m == module)
+    }
+
+    /// The version that counts for calls to `module`: the module's own when the node publishes
+    /// it, else the node's.
+    pub fn version_of(&self, module: &str) -> &str {
+        self.module_versions.get(module).unwrap_or(&self.version)
     }
 
     /// True if selectors may pick it.

@@ -121,13 +121,17 @@ impl<S: Selector + ?Sized> Selector for Arc<S> {
 }
 
 /// Selector for a configuration name: `"random"`, `"round-robin"`, `"weighted"`,
-/// `"consistent-hash"` (100 virtual nodes). Underscores are accepted in place of hyphens.
+/// `"consistent-hash"` (100 virtual nodes), `"newest-version"` (round robin among the newest).
+/// Underscores are accepted in place of hyphens.
 pub fn by_name(name: &str) -> Option<Box<dyn Selector>> {
     match name {
         "random" => Some(Box::new(Random)),
         "round-robin" | "round_robin" => Some(Box::new(RoundRobin::new())),
         "weighted" => Some(Box::new(Weighted)),
         "consistent-hash" | "consistent_hash" => Some(Box::new(ConsistentHash::new(100))),
+        "newest-version" | "newest_version" => {
+            Some(Box::new(NewestVersion::new(RoundRobin::new())))
+        }
         _ => None,
     }
 }
@@ -425,25 +429,111 @@ impl<S: Selector> Selector for Filter<S> {
             .filter(|(_, n)| (self.pred)(n, ctx))
             .map(|(i, _)| i)
             .collect();
-        if keep.is_empty() {
-            return None;
-        }
-        if keep.len() == candidates.len() && !self.promote {
-            return self.inner.select(candidates, ctx);
-        }
-        let subset: Vec<NodeInfo> = keep
-            .iter()
-            .map(|&i| {
-                let mut n = candidates[i].clone();
-                if self.promote {
-                    n.state = NodeState::Available;
+        select_among(&self.inner, candidates, &keep, self.promote, ctx)
+    }
+}
+
+/// Lets `inner` choose among the candidates at positions `keep` (as available ones if
+/// `promote`), and returns its choice as a reference into `candidates`.
+fn select_among<'n, S: Selector + ?Sized>(
+    inner: &S,
+    candidates: &'n [NodeInfo],
+    keep: &[usize],
+    promote: bool,
+    ctx: &SelectContext<'_>,
+) -> Option<&'n NodeInfo> {
+    if keep.is_empty() {
+        return None;
+    }
+    if keep.len() == candidates.len() && !promote {
+        return inner.select(candidates, ctx);
+    }
+    let subset: Vec<NodeInfo> = keep
+        .iter()
+        .map(|&i| {
+            let mut n = candidates[i].clone();
+            if promote {
+                n.state = NodeState::Available;
+            }
+            n
+        })
+        .collect();
+    let picked = inner.select(&subset, ctx)?;
+    let pos = subset.iter().position(|n| std::ptr::eq(n, picked))?;
+    Some(&candidates[keep[pos]])
+}
+
+// ---------------------------------------------------------------------------------------------
+// NewestVersion
+
+/// Prefers the newest version (lego's default): `inner` chooses among the eligible candidates
+/// of the highest version only. A node's version for a call is its module's
+/// ([`NodeInfo::version_of`], the module being the route's first part), else the node's.
+/// Versions compare as dotted numbers (`1.10.0` > `1.9.2`; a part that is not a number
+/// compares as text, after numbers; no version is the oldest).
+#[derive(Debug)]
+pub struct NewestVersion<S> {
+    inner: S,
+}
+
+impl<S: Selector> NewestVersion<S> {
+    /// Newest first, then `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+/// Compares two versions as dotted numbers (see [`NewestVersion`]).
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    // No version at all is the oldest.
+    match (a.is_empty(), b.is_empty()) {
+        (true, true) => return Ordering::Equal,
+        (true, false) => return Ordering::Less,
+        (false, true) => return Ordering::Greater,
+        _ => {}
+    }
+    let mut a = a.split(['.', '-', '+']);
+    let mut b = b.split(['.', '-', '+']);
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return Ordering::Equal,
+            (Some(_), None) => return Ordering::Greater,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(x), Some(y)) => {
+                let o = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(x), Ok(y)) => x.cmp(&y),
+                    (Ok(_), Err(_)) => Ordering::Less,
+                    (Err(_), Ok(_)) => Ordering::Greater,
+                    (Err(_), Err(_)) => x.cmp(y),
+                };
+                if o != Ordering::Equal {
+                    return o;
                 }
-                n
-            })
+            }
+        }
+    }
+}
+
+impl<S: Selector> Selector for NewestVersion<S> {
+    fn select<'n>(
+        &self,
+        candidates: &'n [NodeInfo],
+        ctx: &SelectContext<'_>,
+    ) -> Option<&'n NodeInfo> {
+        let module = ctx.route.split('.').next().unwrap_or_default();
+        let newest = candidates
+            .iter()
+            .filter(|n| is_eligible(n, ctx))
+            .map(|n| n.version_of(module))
+            .max_by(|a, b| compare_versions(a, b))?;
+        let keep: Vec<usize> = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| is_eligible(n, ctx) && n.version_of(module) == newest)
+            .map(|(i, _)| i)
             .collect();
-        let picked = self.inner.select(&subset, ctx)?;
-        let pos = subset.iter().position(|n| std::ptr::eq(n, picked))?;
-        Some(&candidates[keep[pos]])
+        select_among(&self.inner, candidates, &keep, false, ctx)
     }
 }
 
@@ -656,6 +746,7 @@ mod tests {
                 Box::new(Filter::state(Random, NodeState::Draining)),
             ),
             ("sticky", Box::new(Sticky::new(Random))),
+            ("newest-version", Box::new(NewestVersion::new(Random))),
             (
                 "custom",
                 Box::new(Custom(|_: &[NodeInfo], _: &SelectContext<'_>| Some(0))),
@@ -689,13 +780,67 @@ mod tests {
     #[test]
     fn by_name_knows_config_names() {
         let c = nodes(&["a"]);
-        for name in ["random", "round-robin", "weighted", "consistent-hash"] {
+        for name in [
+            "random",
+            "round-robin",
+            "weighted",
+            "consistent-hash",
+            "newest-version",
+        ] {
             let s = by_name(name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(s.select(&c, &SelectContext::new("r")).unwrap().id, "a");
         }
         assert!(by_name("round_robin").is_some());
         assert!(by_name("nope").is_none());
         assert!(by_name("").is_none());
+    }
+
+    #[test]
+    fn versions_compare_as_dotted_numbers() {
+        use std::cmp::Ordering::*;
+        for (a, b, o) in [
+            ("1.10.0", "1.9.2", Greater),
+            ("2.0", "2.0.0", Less),
+            ("1.2.3", "1.2.3", Equal),
+            ("1.2.3-beta", "1.2.3", Greater),
+            ("1.2.x", "1.2.9", Greater),
+            ("", "0.1.0", Less),
+        ] {
+            assert_eq!(compare_versions(a, b), o, "{a} vs {b}");
+            assert_eq!(compare_versions(b, a), o.reverse(), "{b} vs {a}");
+        }
+    }
+
+    /// Only the newest eligible version is chosen, by the module's version where a node
+    /// publishes one; an unavailable newer node does not count.
+    #[test]
+    fn newest_version_picks_among_the_newest_only() {
+        let v = |id: &str, version: &str| {
+            let mut n = node(id);
+            n.version = version.into();
+            n
+        };
+        let mut c = vec![
+            v("a", "1.9.0"),
+            v("b", "1.10.0"),
+            v("c", "1.10.0"),
+            with_state(v("d", "2.0.0"), NodeState::Unavailable),
+        ];
+        let s = NewestVersion::new(RoundRobin::new());
+        let ctx = SelectContext::new("room.room.join");
+        let mut seen = BTreeMap::new();
+        for _ in 0..10 {
+            *seen
+                .entry(s.select(&c, &ctx).unwrap().id.clone())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["b", "c"]);
+        // `a`'s room module is newer than the others' node versions.
+        c[0].module_versions.insert("room".into(), "3.0.0".into());
+        assert_eq!(s.select(&c, &ctx).unwrap().id, "a");
+        // For another module, `a`'s node version counts.
+        let chat = SelectContext::new("chat.chat.say");
+        assert_ne!(s.select(&c, &chat).unwrap().id, "a");
     }
 
     #[test]

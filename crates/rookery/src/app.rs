@@ -71,6 +71,58 @@ impl App {
         self.inner.cluster.me()
     }
 
+    /// Changes this node's published info and publishes it at once: peers see
+    /// `DiscoveryEvent::Updated` and their selectors follow. Its identity (id, type, address,
+    /// logical address, modules, routes, whether it is a gateway) is kept whatever `change`
+    /// does; a draining node cannot be changed (`RK-503`).
+    pub async fn update_node(
+        &self,
+        change: impl FnOnce(&mut crate::cluster::NodeInfo),
+    ) -> Result<crate::cluster::NodeInfo, Error> {
+        let c = &self.inner.cluster;
+        let _order = c.publishing.lock().await;
+        if self.is_draining() || c.me().state == crate::cluster::NodeState::Draining {
+            return Err(Error::new(crate::Code::Unavailable, "the node is draining"));
+        }
+        let me = c.set_me(|n| {
+            let mut changed = n.clone();
+            change(&mut changed);
+            n.version = changed.version;
+            n.module_versions = changed.module_versions;
+            n.weight = changed.weight;
+            n.state = changed.state;
+            n.tags = changed.tags;
+        });
+        c.discovery.update(&me).await.map_err(|e| {
+            Error::new(
+                crate::Code::Unavailable,
+                "the node's info was not published",
+            )
+            .with_source(e)
+        })?;
+        Ok(me)
+    }
+
+    /// Sets this node's state: `Unavailable` takes it out of every selection (maintenance, a
+    /// gray release), `Available` brings it back. Published at once ([`App::update_node`]).
+    pub async fn set_node_state(&self, state: crate::cluster::NodeState) -> Result<(), Error> {
+        self.update_node(|n| n.state = state).await.map(drop)
+    }
+
+    /// Sets this node's selection weight (the weighted selector's). Published at once.
+    pub async fn set_node_weight(&self, weight: u32) -> Result<(), Error> {
+        self.update_node(|n| n.weight = weight).await.map(drop)
+    }
+
+    /// Replaces this node's tags (what calls with `CallOptions::with_tag` select on). Published
+    /// at once.
+    pub async fn set_node_tags(
+        &self,
+        tags: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), Error> {
+        self.update_node(|n| n.tags = tags).await.map(drop)
+    }
+
     /// Calls from other nodes being handled here right now.
     pub fn inbound_calls(&self) -> usize {
         self.inner.cluster.inbound.len()

@@ -69,6 +69,87 @@ pub struct Config {
     /// codes derived from route names, and every gateway hands them out, whether or not a node
     /// running their module is up yet.
     pub routes: BTreeMap<String, u16>,
+    /// Where log lines go (`[log]`): stderr, a rotated file, or both.
+    pub log: LogConfig,
+}
+
+/// Log output, `[log]`. `RUST_LOG`, when set, overrides `level`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// The filter when `RUST_LOG` is unset, e.g. `"info"` or `"info,my_game=debug"`; the
+    /// command's own default when absent.
+    pub level: Option<String>,
+    /// `"text"` (the default) or `"json"` (one object per line).
+    pub format: LogFormat,
+    /// Lines also go to stderr (on by default).
+    pub stderr: bool,
+    /// A log file, rotated (`[log.file]`); none when absent.
+    pub file: Option<LogFileConfig>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: None,
+            format: LogFormat::Text,
+            stderr: true,
+            file: None,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// tracing's usual text lines, with the request in scope.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A rotated log file, `[log.file]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogFileConfig {
+    /// The file's path; its directory is created if missing. With time-based rotation each
+    /// period's file gets the date as a suffix (`rookery.log.2026-12-06`); with size-based
+    /// rotation the current file keeps the name and older ones get `.1`, `.2`, ...
+    pub path: String,
+    /// `"daily"` (the default), `"hourly"`, `"size"` (at `max_size_mb`) or `"never"`.
+    pub rotation: LogRotation,
+    /// With `rotation = "size"`: the size at which a file is rotated, in MiB.
+    pub max_size_mb: u64,
+    /// Rotated files kept (older ones are deleted); at least 1.
+    pub keep: usize,
+}
+
+impl Default for LogFileConfig {
+    fn default() -> Self {
+        Self {
+            path: "logs/rookery.log".into(),
+            rotation: LogRotation::Daily,
+            max_size_mb: 100,
+            keep: 7,
+        }
+    }
+}
+
+/// When a log file is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    /// A new file every day.
+    #[default]
+    Daily,
+    /// A new file every hour.
+    Hourly,
+    /// A new file once the current one reaches `max_size_mb`.
+    Size,
+    /// One file, never rotated.
+    Never,
 }
 
 /// Which discovery back end a node uses.
@@ -587,6 +668,17 @@ impl Config {
         if g.disconnect_log_per_second > MAX_DISCONNECT_LOG_PER_SECOND {
             return bad("gateway.disconnect_log_per_second must be at most 1000000");
         }
+        if let Some(f) = &self.log.file {
+            if f.path.trim().is_empty() {
+                return bad("log.file.path must not be empty");
+            }
+            if f.keep == 0 {
+                return bad("log.file.keep must be at least 1");
+            }
+            if f.rotation == LogRotation::Size && f.max_size_mb == 0 {
+                return bad("log.file.max_size_mb must be at least 1");
+            }
+        }
         let (a, h) = (&self.admin, &self.http);
         for (name, value) in [
             ("admin.header_timeout", a.header_timeout),
@@ -683,6 +775,38 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn log_section_reads_with_defaults_env_and_checks() {
+        let cfg = Config::from_toml_with_env(
+            "[log]\nformat = \"json\"\n[log.file]\npath = \"var/game.log\"\nrotation = \"size\"\n",
+            env(&[
+                ("ROOKERY_LOG__FILE__KEEP", "3"),
+                ("ROOKERY_LOG__STDERR", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert!(!cfg.log.stderr);
+        let file = cfg.log.file.as_ref().expect("a file");
+        assert_eq!(file.path, "var/game.log");
+        assert_eq!(file.rotation, LogRotation::Size);
+        assert_eq!((file.max_size_mb, file.keep), (100, 3));
+        assert!(cfg.validate().is_ok());
+        // Stderr on, no file, by default.
+        let d = Config::default().log;
+        assert!(d.stderr && d.file.is_none() && d.format == LogFormat::Text);
+        for bad in [
+            "[log.file]\nkeep = 0\n",
+            "[log.file]\nrotation = \"size\"\nmax_size_mb = 0\n",
+            "[log.file]\npath = \"\"\n",
+        ] {
+            let e = Config::from_toml_with_env(bad, vec![]).unwrap_err();
+            assert!(e.to_string().contains("log.file."), "{bad}: {e}");
+        }
+        assert!(Config::from_toml_with_env("[log]\nformat = \"xml\"\n", vec![]).is_err());
+        assert!(Config::from_toml_with_env("[log.file]\nrotation = \"weekly\"\n", vec![]).is_err());
     }
 
     #[test]

@@ -264,6 +264,216 @@ impl Visit for PlainVisitor<'_> {
     }
 }
 
+/// One JSON object per line: `timestamp`, `level`, `target`, the event's fields (`message`
+/// among them) and, while a request is handled, its `route`, `trace_id` and `session`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonLines;
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut w: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        use serde_json::Value;
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut time = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut time))?;
+        let mut obj = serde_json::Map::new();
+        obj.insert("timestamp".into(), Value::String(time));
+        obj.insert("level".into(), meta.level().as_str().into());
+        obj.insert("target".into(), meta.target().into());
+        crate::telemetry::inspect_scope(|scope| {
+            if let Some(s) = scope {
+                if let Some(route) = &s.route {
+                    obj.insert("route".into(), route.to_string().into());
+                }
+                obj.insert("trace_id".into(), TraceId(s.trace_id).to_string().into());
+                if let Some(session) = s.session {
+                    obj.insert("session".into(), session.into());
+                }
+            }
+        });
+        event.record(&mut JsonVisitor(&mut obj));
+        let line = serde_json::to_string(&obj).map_err(|_| fmt::Error)?;
+        w.write_str(&line)?;
+        writeln!(w)
+    }
+}
+
+/// Collects an event's fields into a JSON object (fields of `log` records' own left out).
+struct JsonVisitor<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl JsonVisitor<'_> {
+    fn put(&mut self, field: &Field, value: serde_json::Value) {
+        let name = field.name();
+        if !name.starts_with("log.") {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            self.0.insert(name.to_string(), value);
+        }
+    }
+}
+
+impl Visit for JsonVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, format!("{value:?}").into());
+    }
+}
+
+/// Keeps a log file's writer thread running: lines still queued are written when it is dropped,
+/// so hold it until the process ends.
+pub struct FileGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// A writer to the log file `cfg` describes, rotated as it says, and the guard that flushes it.
+/// Lines are handed to a writer thread through a bounded queue (lines beyond it are dropped
+/// rather than blocking a runtime thread on the disk).
+pub fn file_writer(
+    cfg: &crate::config::LogFileConfig,
+) -> Result<(tracing_appender::non_blocking::NonBlocking, FileGuard), crate::config::ConfigError> {
+    use crate::config::{ConfigError, ConfigErrorKind, LogRotation};
+    use tracing_appender::rolling::{Builder, Rotation};
+    let path = std::path::Path::new(&cfg.path);
+    let failed = |what: &str, e: &dyn fmt::Display| {
+        ConfigError::new(
+            ConfigErrorKind::Invalid,
+            format!("log.file.path {}: {what}: {e}", cfg.path),
+        )
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| failed("cannot create its directory", &e))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| failed("no file name", &"the path ends in a directory"))?;
+    let keep = cfg.keep.max(1);
+    let rotation = match cfg.rotation {
+        LogRotation::Daily => Some(Rotation::DAILY),
+        LogRotation::Hourly => Some(Rotation::HOURLY),
+        LogRotation::Never => Some(Rotation::NEVER),
+        LogRotation::Size => None,
+    };
+    let (writer, guard) = match rotation {
+        Some(rotation) => {
+            let appender = Builder::new()
+                .rotation(rotation)
+                .filename_prefix(name)
+                .max_log_files(keep)
+                .build(dir)
+                .map_err(|e| failed("cannot open", &e))?;
+            tracing_appender::non_blocking(appender)
+        }
+        None => {
+            use file_rotate::{compression::Compression, suffix::AppendCount, ContentLimit};
+            let bytes =
+                usize::try_from(cfg.max_size_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+            // `FileRotate` opens the file lazily: check now that it can be, so that a bad path
+            // is a start error and not lost lines.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| failed("cannot open", &e))?;
+            let rotate = file_rotate::FileRotate::new(
+                path,
+                AppendCount::new(keep),
+                ContentLimit::BytesSurpassed(bytes),
+                Compression::None,
+                None,
+            );
+            tracing_appender::non_blocking(rotate)
+        }
+    };
+    Ok((writer, FileGuard(guard)))
+}
+
+/// Installs the process's log subscriber as `[log]` says: stderr and/or a rotated file, text or
+/// JSON, filtered by `RUST_LOG` or else `cfg.level` or else `default_level`. `extra` is one more
+/// layer (e.g. an OpenTelemetry exporter). Hold the returned guard until the process ends.
+pub fn init(
+    cfg: &crate::config::LogConfig,
+    default_level: &str,
+    extra: Option<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>,
+    debug_requests: bool,
+) -> Result<Option<FileGuard>, crate::config::ConfigError> {
+    use crate::config::{ConfigError, ConfigErrorKind};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer;
+    let directives = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => cfg
+            .level
+            .clone()
+            .unwrap_or_else(|| default_level.to_string()),
+    };
+    let mut filter = EnvFilter::try_new(&directives).map_err(|e| {
+        ConfigError::new(
+            ConfigErrorKind::Invalid,
+            format!("log level {directives:?}: {e}"),
+        )
+    })?;
+    if debug_requests {
+        if let Ok(d) = format!("{REQUEST_SPAN_TARGET}=debug").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let mut layers: Vec<Boxed> = Vec::new();
+    let json = cfg.format == crate::config::LogFormat::Json;
+    if cfg.stderr {
+        use std::io::IsTerminal;
+        // Colours only on a terminal: pipes get plain text.
+        let ansi = std::io::stderr().is_terminal();
+        let l = layer().with_writer(std::io::stderr).with_ansi(ansi);
+        layers.push(if json {
+            l.with_ansi(false).event_format(JsonLines).boxed()
+        } else {
+            l.boxed()
+        });
+    }
+    let mut guard = None;
+    if let Some(file) = &cfg.file {
+        let (writer, g) = file_writer(file)?;
+        guard = Some(g);
+        let l = layer().with_writer(writer).with_ansi(false);
+        layers.push(if json {
+            l.event_format(JsonLines).boxed()
+        } else {
+            l.boxed()
+        });
+    }
+    layers.extend(extra);
+    let _ = tracing_subscriber::registry()
+        .with(layers.with_filter(filter))
+        .try_init();
+    Ok(guard)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,5 +664,141 @@ mod tests {
         });
         assert!(plain.contains(": from the log crate\n"), "{plain}");
         assert!(!plain.contains("log."), "{plain}");
+    }
+
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("rookery-logs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn file_cfg(
+        dir: &std::path::Path,
+        rotation: crate::config::LogRotation,
+    ) -> crate::config::LogFileConfig {
+        crate::config::LogFileConfig {
+            path: dir.join("game.log").to_string_lossy().into_owned(),
+            rotation,
+            max_size_mb: 1,
+            keep: 2,
+        }
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A size-rotated file in JSON: rotated at its size, only `keep` old files kept, and every
+    /// line (the last one included) written whole once the guard is dropped.
+    #[test]
+    fn size_rotation_keeps_the_newest_files_and_loses_no_line() {
+        let dir = scratch_dir("size");
+        let (writer, guard) =
+            file_writer(&file_cfg(&dir, crate::config::LogRotation::Size)).unwrap();
+        let sub = tracing_subscriber::registry().with(
+            layer()
+                .with_writer(writer)
+                .with_ansi(false)
+                .event_format(JsonLines),
+        );
+        let padding = "x".repeat(1000);
+        let lines = 4000u64; // about 4 MiB: four rotations at 1 MiB
+        tracing::subscriber::with_default(sub, || {
+            for n in 0..lines {
+                tracing::info!(n, padding = %padding, "line");
+            }
+        });
+        drop(guard);
+        assert_eq!(files(&dir), ["game.log", "game.log.1", "game.log.2"]);
+        for f in ["game.log.1", "game.log.2"] {
+            let len = std::fs::metadata(dir.join(f)).unwrap().len();
+            assert!(
+                (1 << 20..(1 << 20) + 2048).contains(&len),
+                "{f}: {len} bytes"
+            );
+        }
+        let current = std::fs::read_to_string(dir.join("game.log")).unwrap();
+        let last: serde_json::Value =
+            serde_json::from_str(current.lines().last().expect("a line")).unwrap();
+        assert_eq!(last["n"], lines - 1);
+        assert_eq!(last["level"], "INFO");
+        assert_eq!(last["message"], "line");
+        assert_eq!(last["target"], module_path!());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A daily file carries its date; a JSON line logged in a request carries the request.
+    #[test]
+    fn daily_files_are_dated_and_json_lines_carry_the_request() {
+        let dir = scratch_dir("daily");
+        let (writer, guard) =
+            file_writer(&file_cfg(&dir, crate::config::LogRotation::Daily)).unwrap();
+        let sub = tracing_subscriber::registry().with(
+            layer()
+                .with_writer(writer)
+                .with_ansi(false)
+                .event_format(JsonLines),
+        );
+        let scope = RequestScope {
+            trace_id: 0xabc,
+            route: Some(Arc::from("room.room.join")),
+            session: Some(7),
+        };
+        tracing::subscriber::with_default(sub, || {
+            crate::telemetry::with_scope(scope, async { tracing::warn!(uid = "ann", "joined") })
+                .now_or_never()
+                .expect("ready");
+        });
+        drop(guard);
+        let names = files(&dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        let today = time_today();
+        assert_eq!(names[0], format!("game.log.{today}"));
+        let text = std::fs::read_to_string(dir.join(&names[0])).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["route"], "room.room.join");
+        assert_eq!(line["session"], 7);
+        assert_eq!(line["uid"], "ann");
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["trace_id"], TraceId(0xabc).to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Today's date (UTC, as tracing-appender names its files), `YYYY-MM-DD`.
+    fn time_today() -> String {
+        let days = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86_400;
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}")
+    }
+
+    #[test]
+    fn a_log_file_that_cannot_be_opened_is_a_clear_error() {
+        let dir = scratch_dir("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        // A directory where the file should be.
+        std::fs::create_dir_all(dir.join("game.log")).unwrap();
+        let err = file_writer(&file_cfg(&dir, crate::config::LogRotation::Size))
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("game.log"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

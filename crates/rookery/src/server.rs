@@ -283,6 +283,10 @@ fn node_info(
     info.tags = n.tags.clone();
     info.frontend = frontend;
     info.modules = modules.iter().map(|m| m.name().to_string()).collect();
+    info.module_versions = modules
+        .iter()
+        .map(|m| (m.name().to_string(), m.version().to_string()))
+        .collect();
     if let Some(l) = &n.logical {
         info.logical = l.parse().map_err(|e: crate::cluster::BadLogicalAddr| {
             StartError::new(StartErrorKind::Config, "node.logical").with_source(e)
@@ -378,8 +382,12 @@ impl RunningServer {
         tracing::info!(sessions, "draining");
         // Leave the cluster first so that no new work is routed here.
         let c = &self.app.inner().cluster;
-        let me = c.set_me(|n| n.state = NodeState::Draining);
-        let _ = c.discovery.update(&me).await;
+        {
+            // In order with `App::update_node`: nothing is published after this.
+            let _order = c.publishing.lock().await;
+            let me = c.set_me(|n| n.state = NodeState::Draining);
+            let _ = c.discovery.update(&me).await;
+        }
         if let Err(e) = c.discovery.deregister().await {
             tracing::warn!(error = %e, "deregistration failed");
         }

@@ -226,6 +226,52 @@ fn serve_runs_the_configured_number_of_workers() {
     }
 }
 
+/// `[log]`: JSON lines in a file (here through environment overrides), written through to the
+/// end by the time the process exits after SIGTERM.
+#[test]
+fn serve_writes_json_logs_to_its_log_file() {
+    let dir = std::env::temp_dir().join(format!("rookery-cli-logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let path = dir.join("logs").join("rookery.log");
+    let served = serve_with_env(&[
+        ("RUST_LOG", ""),
+        ("ROOKERY_LOG__LEVEL", "info"),
+        ("ROOKERY_LOG__FORMAT", "json"),
+        ("ROOKERY_LOG__FILE__PATH", path.to_str().unwrap()),
+        ("ROOKERY_LOG__FILE__ROTATION", "size"),
+    ]);
+    let (out, ok) = client(
+        &served.tcp,
+        "request connector.entry.login {\"uid\":\"bob\"}\n",
+    );
+    assert!(ok, "{out}");
+    Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = wait_exit(served.child, Duration::from_secs(15)).expect("exits after SIGTERM");
+    assert!(exit.success());
+    let text = std::fs::read_to_string(&path).expect("the log file");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "node started")
+        .unwrap_or_else(|| panic!("no start line in {text}"));
+    assert_eq!(started["level"], "INFO");
+    assert!(started["timestamp"].is_string());
+    // The shutdown's last lines are in it too: the file was flushed before the exit.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("stopped"))),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn client_reports_connection_failure() {
     // A port nobody listens on: bind one, then free it.

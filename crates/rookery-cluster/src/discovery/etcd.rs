@@ -819,7 +819,7 @@ impl Watcher {
                 *revision = (*revision).max(kv.mod_revision + 1);
                 let change = match EventType::try_from(event.r#type).unwrap_or(EventType::Put) {
                     EventType::Put => match parse_entry(&self.prefix, &kv.key, &kv.value) {
-                        Entry::Node(id, info) => apply_put(&mut self.known, id, info),
+                        Entry::Node(id, info) => apply_put(&mut self.known, id, *info),
                         Entry::Bad(id) => {
                             self.known.remove(&id).map(|_| DiscoveryEvent::Removed(id))
                         }
@@ -890,7 +890,7 @@ fn diff(
 #[derive(Debug, PartialEq)]
 enum Entry {
     /// A node.
-    Node(String, NodeInfo),
+    Node(String, Box<NodeInfo>),
     /// A node id whose value is not a valid node.
     Bad(String),
     /// A key that is not a node id.
@@ -910,7 +910,7 @@ fn parse_entry(prefix: &str, key: &[u8], value: &[u8]) -> Entry {
         return Entry::Foreign;
     };
     match serde_json::from_slice::<NodeInfo>(value) {
-        Ok(info) if info.id == id => Entry::Node(id.to_string(), info),
+        Ok(info) if info.id == id => Entry::Node(id.to_string(), Box::new(info)),
         Ok(info) => {
             tracing::warn!(key = %String::from_utf8_lossy(key), node = %info.id, "etcd: skipping a node stored under another id");
             Entry::Bad(id.to_string())
@@ -928,7 +928,7 @@ fn read_snapshot(prefix: &str, resp: &RangeResponse) -> (BTreeMap<String, NodeIn
         .kvs
         .iter()
         .filter_map(|kv| match parse_entry(prefix, &kv.key, &kv.value) {
-            Entry::Node(id, info) => Some((id, info)),
+            Entry::Node(id, info) => Some((id, *info)),
             Entry::Bad(_) | Entry::Foreign => None,
         })
         .collect();
@@ -1129,7 +1129,7 @@ mod tests {
         let json = serde_json::to_vec(&node("a", 1)).unwrap();
         assert_eq!(
             parse_entry(p, b"/n/a", &json),
-            Entry::Node("a".into(), node("a", 1))
+            Entry::Node("a".into(), Box::new(node("a", 1)))
         );
         assert_eq!(
             parse_entry(p, b"/n/b", &json),
@@ -1245,7 +1245,7 @@ mod tests {
                 let json = serde_json::to_vec(&info(&id)).unwrap();
                 prop_assert_eq!(
                     parse_entry(&prefix, key.as_bytes(), &json),
-                    Entry::Node(id.clone(), info(&id))
+                    Entry::Node(id.clone(), Box::new(info(&id)))
                 );
                 prop_assume!(other != id);
                 let json = serde_json::to_vec(&info(&other)).unwrap();

@@ -34,6 +34,9 @@ pub(crate) struct ClusterState {
     pub rpc_metrics: crate::telemetry::RpcMetrics,
     /// This node's id as the envelopes' `source` field (shared, not copied per call).
     pub source: Bytes,
+    /// Held while this node's info is changed and published, so that two changes are published
+    /// in the order they were made.
+    pub publishing: tokio::sync::Mutex<()>,
 }
 
 impl ClusterState {
@@ -81,6 +84,7 @@ impl ClusterState {
             inbound: TaskTracker::new(),
             rpc_metrics: Default::default(),
             source,
+            publishing: tokio::sync::Mutex::new(()),
         })
     }
 

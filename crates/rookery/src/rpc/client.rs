@@ -10,14 +10,14 @@ use tokio::time::Instant;
 
 use super::envelope::{ser_to_u32, text_field, Envelope, Kind, SessionRef};
 use super::{current_trace, Rpc, RpcError, Target};
-use crate::cluster::selector::SelectContext;
+use crate::cluster::selector::{SelectContext, Selector};
 use crate::cluster::NodeInfo;
 use crate::middleware::{Call, NextCall};
 use crate::typed::RouteName;
 use crate::{FromPayload, Session, ToPayload};
 
-/// Options of one call.
-#[derive(Debug, Clone, Default)]
+/// Options of one call: `CallOptions::default().with_tag("zone", "eu").with_key(room)`.
+#[derive(Clone, Default)]
 pub struct CallOptions {
     /// Deadline; the cluster's `rpc_timeout` when absent.
     pub timeout: Option<Duration>,
@@ -27,6 +27,62 @@ pub struct CallOptions {
     pub serializer: Option<Serializer>,
     /// The client session the call acts for (its gateway can be reached from the callee).
     pub session: Option<Session>,
+    /// Tags the chosen node must carry (all of them), e.g. `("zone", "eu")`.
+    pub tags: Vec<(String, String)>,
+    /// The selector for this call, in place of the one configured for the target.
+    pub selector: Option<Arc<dyn Selector>>,
+}
+
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("timeout", &self.timeout)
+            .field("key", &self.key)
+            .field("serializer", &self.serializer)
+            .field("session", &self.session.as_ref().map(Session::id))
+            .field("tags", &self.tags)
+            .field("selector", &self.selector.is_some())
+            .finish()
+    }
+}
+
+impl CallOptions {
+    /// Sets the deadline.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets the consistent-hash key (the node is chosen by it with a hashing selector).
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Requires the chosen node to carry tag `key` = `value`.
+    pub fn with_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+
+    /// Chooses the node with `selector` (any [`Selector`]: a strategy such as
+    /// `selector::ConsistentHash`, `selector::NewestVersion`, or a filter of your own).
+    pub fn with_selector(mut self, selector: impl Selector) -> Self {
+        self.selector = Some(Arc::new(selector));
+        self
+    }
+
+    /// Sets the serializer of the argument and result.
+    pub fn with_serializer(mut self, serializer: Serializer) -> Self {
+        self.serializer = Some(serializer);
+        self
+    }
+
+    /// Makes the call on behalf of a client session.
+    pub fn with_session(mut self, session: Session) -> Self {
+        self.session = Some(session);
+        self
+    }
 }
 
 impl<'a> Rpc<'a> {
@@ -67,7 +123,7 @@ impl<'a> Rpc<'a> {
     ) -> Result<(), RpcError> {
         let target = target.into();
         let payload = arg.to_payload(Serializer::Json).map_err(RpcError::Remote)?;
-        let node = self.pick(&target, route, None, None)?;
+        let node = self.pick(&target, route, &CallOptions::default(), None)?;
         let env = self.envelope(
             Kind::Notify,
             text_field(route),
@@ -259,7 +315,7 @@ impl<'a> Rpc<'a> {
         ser: Serializer,
         session_id: Option<u64>,
     ) -> Result<Bytes, RpcError> {
-        let node = self.pick(target, route, opts.key.as_deref(), session_id)?;
+        let node = self.pick(target, route, opts, session_id)?;
         if node.id == self.app.node_id() {
             let session = opts
                 .session
@@ -352,7 +408,7 @@ impl<'a> Rpc<'a> {
         &self,
         target: &Target,
         route: &str,
-        key: Option<&str>,
+        opts: &CallOptions,
         session_id: Option<u64>,
     ) -> Result<Picked, RpcError> {
         let c = self.cluster();
@@ -374,14 +430,23 @@ impl<'a> Rpc<'a> {
             Target::Type(t) => (c.registry.of_type(t), t),
             Target::Module(m) => (c.registry.running(m), m),
         };
+        // No allocation without tags (the common case).
+        let tags: Vec<(&str, &str)> = opts
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let ctx = SelectContext {
             route,
-            key,
+            key: opts.key.as_deref(),
             session_id,
-            tags: &[],
+            tags: &tags,
         };
-        let chosen = c
-            .selector(selector_key)
+        let selector = match &opts.selector {
+            Some(s) => s.as_ref(),
+            None => c.selector(selector_key),
+        };
+        let chosen = selector
             .select(&candidates, &ctx)
             .ok_or_else(|| RpcError::NoNode(selector_key.clone()))?;
         // Selectors return a reference into `candidates`: keep the shared snapshot and the

@@ -26,6 +26,7 @@ impl<'a> Rpc<'a> {
             key,
             serializer: Some(session.serializer()),
             session: Some(session.clone()),
+            ..CallOptions::default()
         };
         self.call_inner(
             &Target::Module(module.to_string()),

@@ -153,6 +153,10 @@ pub struct NodeInfo {
     /// dictionary holds them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// Client routes whose handlers run concurrently (`Dispatch::Concurrent`): a gateway
+    /// forwarding them does not wait for one of a session's requests to end before the next.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concurrent_routes: Vec<String>,
     /// True if this node accepts client connections.
     #[serde(default)]
     pub frontend: bool,
@@ -183,6 +187,7 @@ impl NodeInfo {
             logical: LogicalAddr::default(),
             modules: Vec::new(),
             routes: Vec::new(),
+            concurrent_routes: Vec::new(),
             frontend: false,
             weight: default_weight(),
             state: NodeState::Available,

@@ -45,6 +45,8 @@ pub(crate) struct AppInner {
     pub remote_sessions: crate::remote_sessions::RemoteSessions,
     /// Layers around this node's outgoing calls, outermost first.
     pub call_layers: Box<[Arc<dyn crate::middleware::CallMiddleware>]>,
+    /// Per module (by index): the calls from other nodes it runs or waits to run.
+    pub module_inbound: Vec<Arc<tokio::sync::Semaphore>>,
 }
 
 impl App {
@@ -214,6 +216,43 @@ impl App {
         result
     }
 
+    /// Runs a call that reached a module from elsewhere (another node's forward or RPC, or an
+    /// RPC this node made to itself) under the module's dispatch rule, as the gateway runs a
+    /// client's request: `Serial` routes one at a time per module (the lock the gateway's own
+    /// requests take), `Concurrent` and `Ordered` ones as they come (a gateway forwards one
+    /// session's ordered requests one after another). The module's inbound bound is taken first:
+    /// beyond it the call is refused at once.
+    pub(crate) async fn invoke_inbound(
+        &self,
+        entry: &crate::RouteEntry,
+        session: Session,
+        payload: bytes::Bytes,
+        timeout: std::time::Duration,
+        trace: u64,
+    ) -> Result<bytes::Bytes, Error> {
+        let _permit = self
+            .inner
+            .module_inbound
+            .get(entry.module)
+            .and_then(|s| s.clone().try_acquire_owned().ok())
+            .ok_or_else(|| {
+                let module = self.modules().get(entry.module).map_or("?", |m| m.name());
+                Error::new(
+                    crate::Code::Unavailable,
+                    format!(
+                        "module {module} is busy: {} calls from other nodes at once",
+                        self.config().cluster.inbound_per_module
+                    ),
+                )
+            })?;
+        let _serial = match &entry.module_lock {
+            Some(lock) if entry.dispatch == crate::Dispatch::Serial => Some(lock.lock().await),
+            _ => None,
+        };
+        self.invoke(entry, session, payload, timeout, trace, None)
+            .await
+    }
+
     /// The most recent request errors on this node, newest last.
     pub fn recent_errors(&self) -> Vec<crate::telemetry::RecentError> {
         self.inner.errors.snapshot()
@@ -261,24 +300,39 @@ impl App {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Pushes to a user's session.
-    pub fn push_to_uid<P: ToPayload>(
+    // The user operations: the same on every node, wherever the users are connected. (This
+    // node's own sessions: `sessions()`; a group's members: `groups()`; nodes: `rpc()`.)
+
+    /// Pushes to users wherever they are connected: this gateway's sessions directly, the
+    /// others through their gateways. Returns how many sessions of this node got it.
+    pub async fn push_to_uids<P: ToPayload>(
+        &self,
+        uids: &[&str],
+        route: impl PushName<P>,
+        payload: P,
+    ) -> Result<usize, Error> {
+        Ok(self.rpc().push_to_uids(uids, route, payload).await?)
+    }
+
+    /// Pushes to one user wherever it is connected ([`App::push_to_uids`]).
+    pub async fn push_to_uid<P: ToPayload>(
         &self,
         uid: &str,
         route: impl PushName<P>,
         payload: P,
-    ) -> Result<(), Error> {
-        self.sessions().push_to_uid(uid, route, payload)
+    ) -> Result<usize, Error> {
+        self.push_to_uids(&[uid], route, payload).await
     }
 
-    /// Kicks a user; returns whether it was online.
-    pub fn kick_uid(&self, uid: &str, reason: &str) -> bool {
-        self.sessions().kick_uid(uid, reason)
+    /// Kicks a user wherever it is connected.
+    pub async fn kick_uid(&self, uid: &str, reason: &str) {
+        self.rpc().kick_uid(uid, reason).await
     }
 
-    /// Pushes to every session of this node; returns how many accepted it.
-    pub fn broadcast<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
-        self.sessions().broadcast(route, payload)
+    /// Pushes to every user connected anywhere in the cluster; returns how many sessions of
+    /// this node got it.
+    pub async fn broadcast<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
+        self.rpc().broadcast_all(route, payload).await
     }
 }
 
@@ -380,6 +434,12 @@ impl Context {
     /// backend this goes to the gateway holding the connection.
     pub async fn bind(&self, uid: &str) -> Result<(), Error> {
         self.app.bind_session(&self.session, uid).await
+    }
+
+    /// Unbinds the calling session's uid (logout): the connection stays, without a user. On a
+    /// backend this goes to the gateway holding the connection. Returns the uid it had.
+    pub async fn unbind(&self) -> Result<Option<Arc<str>>, Error> {
+        self.app.unbind_session(&self.session).await
     }
 
     /// Pushes to the calling session.

@@ -215,6 +215,9 @@ pub struct ClusterConfig {
     pub tcp: toml::Table,
     /// Default deadline of RPC calls, seconds.
     pub rpc_timeout: f64,
+    /// Calls from other nodes (forwarded requests and RPC) one module runs or waits to run at
+    /// once; beyond it a call is refused at once with `RK-503` ("module busy").
+    pub inbound_per_module: usize,
     /// Routing per module (or node type): `[cluster.routing.room]`.
     pub routing: BTreeMap<String, RoutingConfig>,
 }
@@ -230,6 +233,7 @@ impl Default for ClusterConfig {
             nats: toml::Table::new(),
             tcp: toml::Table::new(),
             rpc_timeout: 5.0,
+            inbound_per_module: 1024,
             routing: BTreeMap::new(),
         }
     }
@@ -661,6 +665,9 @@ impl Config {
         }
         if g.outbound_queue == 0 || g.inbound_queue == 0 || g.max_connections == 0 {
             return bad("gateway queues and max_connections must be at least 1");
+        }
+        if self.cluster.inbound_per_module == 0 {
+            return bad("cluster.inbound_per_module must be at least 1");
         }
         if !g.ws_path.starts_with('/') {
             return bad("gateway.ws_path must start with '/'");

@@ -28,6 +28,7 @@ pub(crate) async fn watch_discovery(
         if let DiscoveryEvent::Added(n) | DiscoveryEvent::Updated(n) = &ev {
             app.sessions()
                 .learn_routes(n.routes.iter().map(String::as_str));
+            c.learn_concurrent(&n.concurrent_routes);
         }
         let Some(change) = c.registry.apply(ev) else {
             continue;

@@ -192,6 +192,15 @@ impl ServerBuilder {
 
         let mut node = node_info(&self.config, &self.modules, tcp.is_some() || ws.is_some())?;
         node.routes = router.client_routes();
+        node.concurrent_routes = router
+            .routes()
+            .iter()
+            .filter(|e| !e.internal && e.dispatch == crate::Dispatch::Concurrent)
+            .map(|e| e.route.to_string())
+            .collect();
+        let module_inbound = (0..self.modules.len())
+            .map(|_| Arc::new(Semaphore::new(self.config.cluster.inbound_per_module)))
+            .collect();
         let (discovery, transport) = match (self.discovery, self.transport) {
             (Some(d), Some(t)) => (d, t),
             (d, t) => {
@@ -228,6 +237,7 @@ impl ServerBuilder {
             ),
             remote_sessions: Default::default(),
             call_layers: self.call_layers.into(),
+            module_inbound,
         });
         join_cluster(&app).await?;
 

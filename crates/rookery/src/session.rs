@@ -56,8 +56,37 @@ pub(crate) trait GatewayLink: Send + Sync + 'static {
     fn push_many(&self, sids: Vec<SessionId>, route: &str, body: Bytes) -> Result<(), Error>;
     /// Queues a kick.
     fn kick(&self, sid: SessionId, reason: &str) -> Result<(), Error>;
+    /// Queues changes of the session's data made on this node.
+    fn set_data(&self, sid: SessionId, changes: Vec<DataChange>) -> Result<(), Error>;
     /// True once the link's sender task has ended (a new link is made on the next use).
     fn is_closed(&self) -> bool;
+}
+
+/// A change of one session value made on a backend: the key, the new value (`None`: removed),
+/// and its place in the changes that node made (a per-node increasing number).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct DataChange {
+    #[serde(rename = "k")]
+    pub key: String,
+    #[serde(rename = "v", default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+    #[serde(rename = "s")]
+    pub seq: u64,
+}
+
+/// The numbers of this process's data changes (increasing, so per node too).
+static DATA_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A session's values and what orders changes of them.
+#[derive(Default)]
+struct SessionData {
+    values: HashMap<String, serde_json::Value>,
+    /// The gateway's copy: per key and writing node, the newest change applied.
+    seen: HashMap<(String, Arc<str>), u64>,
+    /// A backend's copy: changes made while its request runs (sent with the answer).
+    pending: Vec<DataChange>,
+    /// A backend's copy: the answer went, so changes go to the gateway at once.
+    answered: bool,
 }
 
 /// Where a session's pushes and kicks go.
@@ -96,8 +125,7 @@ struct Inner {
     client: HandshakeSys,
     created: Instant,
     uid: RwLock<Option<Arc<str>>>,
-    data: Mutex<HashMap<String, serde_json::Value>>,
-    data_dirty: AtomicBool,
+    data: Mutex<SessionData>,
     /// Nodes this session's requests were forwarded to (told when it closes).
     touched: Mutex<Vec<Arc<str>>>,
     /// When the uid was bound (unix nanoseconds): the newer binding wins across gateways.
@@ -172,7 +200,8 @@ impl Session {
         self.inner.bound_at.load(Ordering::Acquire)
     }
 
-    /// Remote address of the client.
+    /// The client's address, on every node: a backend's copy of a session carries the address
+    /// its gateway sees.
     pub fn remote_addr(&self) -> SocketAddr {
         self.inner.remote
     }
@@ -208,30 +237,85 @@ impl Session {
 
     /// Reads a session value.
     pub fn get(&self, key: &str) -> Option<serde_json::Value> {
-        self.lock_data().get(key).cloned()
+        self.lock_data().values.get(key).cloned()
     }
 
-    /// Sets a session value. On a backend the change is synced back to the gateway when the
-    /// request completes.
+    /// Sets a session value. Wherever it is set, the change reaches the session's gateway:
+    /// made in a request forwarded from the gateway, with the answer; made at any other time,
+    /// at once, through the node's ordered link to the gateway. The gateway keeps, per key, the
+    /// last change it receives, and never one older than a change it has from the same node.
     pub fn set(&self, key: impl Into<String>, value: serde_json::Value) {
-        self.lock_data().insert(key.into(), value);
-        self.inner.data_dirty.store(true, Ordering::Release);
+        self.change(key.into(), Some(value));
     }
 
-    /// Removes a session value (synced back like [`Session::set`]).
+    /// Removes a session value (reaches the gateway as [`Session::set`] does).
     pub fn remove(&self, key: &str) -> Option<serde_json::Value> {
-        self.inner.data_dirty.store(true, Ordering::Release);
-        self.lock_data().remove(key)
+        self.change(key.to_string(), None)
     }
 
-    /// Replaces all values (the gateway applying a backend's changes).
-    pub(crate) fn replace_data(&self, data: HashMap<String, serde_json::Value>) {
-        *self.lock_data() = data;
+    fn change(&self, key: String, value: Option<serde_json::Value>) -> Option<serde_json::Value> {
+        let mut d = self.lock_data();
+        let old = match &value {
+            Some(v) => d.values.insert(key.clone(), v.clone()),
+            None => d.values.remove(&key),
+        };
+        let Link::Remote(link) = &self.inner.link else {
+            // The gateway's own copy: a later change from another node wins over this one.
+            d.seen.retain(|(k, _), _| *k != key);
+            return old;
+        };
+        let change = DataChange {
+            key,
+            value,
+            seq: DATA_SEQ.fetch_add(1, Ordering::Relaxed) + 1,
+        };
+        if d.answered {
+            drop(d);
+            if let Err(e) = link.set_data(self.id(), vec![change]) {
+                tracing::warn!(session = self.id(), error = %e, "session data change not sent");
+            }
+        } else {
+            d.pending.push(change);
+        }
+        old
     }
 
-    /// True if the data changed since the session copy was made.
-    pub(crate) fn data_dirty(&self) -> bool {
-        self.inner.data_dirty.load(Ordering::Acquire)
+    /// The changes made to a backend's copy while its request ran, for the answer; later
+    /// changes go to the gateway at once.
+    pub(crate) fn end_request(&self) -> Vec<DataChange> {
+        let mut d = self.lock_data();
+        d.answered = true;
+        std::mem::take(&mut d.pending)
+    }
+
+    /// Sends changes to the gateway through the ordered link (changes [`Session::end_request`]
+    /// returned that no answer carries).
+    pub(crate) fn send_data_changes(&self, changes: Vec<DataChange>) {
+        if changes.is_empty() {
+            return;
+        }
+        if let Link::Remote(link) = &self.inner.link {
+            if let Err(e) = link.set_data(self.id(), changes) {
+                tracing::warn!(session = self.id(), error = %e, "session data changes not sent");
+            }
+        }
+    }
+
+    /// Applies changes a node made (the gateway's side): per key, a change older than one
+    /// already applied from the same node is ignored; otherwise the last one to arrive wins.
+    pub(crate) fn merge_data(&self, node: &str, changes: Vec<DataChange>) {
+        let mut d = self.lock_data();
+        for c in changes {
+            let seen = d.seen.entry((c.key.clone(), Arc::from(node))).or_insert(0);
+            if c.seq <= *seen {
+                continue;
+            }
+            *seen = c.seq;
+            match c.value {
+                Some(v) => d.values.insert(c.key, v),
+                None => d.values.remove(&c.key),
+            };
+        }
     }
 
     /// The gateway node holding this session, when it is a remote one.
@@ -251,19 +335,19 @@ impl Session {
 
     /// A copy of all session values.
     pub fn data(&self) -> HashMap<String, serde_json::Value> {
-        self.lock_data().clone()
+        self.lock_data().values.clone()
     }
 
     /// The values as a JSON object; empty bytes when there are none (the common case).
     pub(crate) fn data_json(&self) -> Bytes {
         let data = self.lock_data();
-        if data.is_empty() {
+        if data.values.is_empty() {
             return Bytes::new();
         }
-        Bytes::from(serde_json::to_vec(&*data).unwrap_or_default())
+        Bytes::from(serde_json::to_vec(&data.values).unwrap_or_default())
     }
 
-    fn lock_data(&self) -> std::sync::MutexGuard<'_, HashMap<String, serde_json::Value>> {
+    fn lock_data(&self) -> std::sync::MutexGuard<'_, SessionData> {
         self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -481,8 +565,7 @@ impl Session {
                 created,
                 last_seen: AtomicU64::new(millis_since_epoch(created)),
                 uid: RwLock::new(None),
-                data: Mutex::new(HashMap::new()),
-                data_dirty: AtomicBool::new(false),
+                data: Mutex::new(SessionData::default()),
                 link,
                 touched: Mutex::new(Vec::new()),
                 bound_at: AtomicU64::new(0),
@@ -511,6 +594,7 @@ impl Session {
     pub(crate) fn remote(
         id: SessionId,
         uid: Option<&str>,
+        remote: SocketAddr,
         serializer: Serializer,
         data: HashMap<String, serde_json::Value>,
         link: Arc<dyn GatewayLink>,
@@ -518,7 +602,7 @@ impl Session {
     ) -> Self {
         let s = Self::build(
             id,
-            SocketAddr::from(([0, 0, 0, 0], 0)),
+            remote,
             Acceptor::Remote,
             serializer,
             HandshakeSys::default(),
@@ -528,7 +612,7 @@ impl Session {
         if let Some(uid) = uid.filter(|u| !u.is_empty()) {
             s.set_uid(Some(Arc::from(uid)));
         }
-        s.replace_data(data);
+        s.lock_data().values = data;
         s
     }
 }
@@ -678,6 +762,19 @@ impl SessionPool {
             old.kick_as(DisconnectReason::DuplicateLogin, REASON_DUPLICATE_LOGIN);
         }
         Ok(())
+    }
+
+    /// Unbinds a session's uid (logout): the session stays, without a user; the uid can be
+    /// bound again, here or on another gateway. Returns the uid it had.
+    pub fn unbind(&self, session: &Session) -> Option<Arc<str>> {
+        let mut maps = self.write();
+        let uid = session.uid()?;
+        if maps.by_uid.get(&uid).map(Session::id) == Some(session.id()) {
+            maps.by_uid.remove(&uid);
+        }
+        session.set_uid(None);
+        session.inner.bound_at.store(0, Ordering::Release);
+        Some(uid)
     }
 
     /// Removes a session (on close). Its uid binding is removed only if it still points at it.

@@ -62,7 +62,7 @@ async fn dashboard_shows_the_node_and_live_numbers() {
     // data before its handshake (a protocol error).
     let app = node.server.app().clone();
     let kicked = client(&node, Some("kicked")).await;
-    assert!(app.kick_uid("kicked", "bye"));
+    app.kick_uid("kicked", "bye").await;
     kicked.closed().await;
     let mut rude = tokio::net::TcpStream::connect(&node.tcp).await.unwrap();
     rude.write_all(&[4, 0, 0, 3, 0, 1, b'x']).await.unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rookery::cluster::{EmbeddedDiscovery, Transport};
 use rookery::{
-    App, Config, Context, Error, Json, Module, ModuleInit, RunningServer, Server, Session,
+    App, Config, Context, Dispatch, Error, Json, Module, ModuleInit, RunningServer, Server, Session,
 };
 use serde_json::{json, Value};
 
@@ -26,6 +26,38 @@ pub struct Seen {
     pub closed: Mutex<Vec<(String, String, String)>>,
     /// The same closes by backend: (backend node id, uid).
     pub closed_on: Mutex<Vec<(String, String)>>,
+    /// `mode.*` requests running right now (all backends), and the most seen at once since
+    /// [`Seen::take_most`].
+    pub running: tokio::sync::watch::Sender<(usize, usize)>,
+    /// The session copy a `data.keep` request left behind on its backend.
+    pub kept: Mutex<Option<Session>>,
+    /// Set to release the `mode.hold` requests.
+    pub release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Seen {
+    /// A `mode.*` request starts: counted, and the most at once noted.
+    fn enter(&self) {
+        self.running.send_modify(|(now, most)| {
+            *now += 1;
+            *most = (*most).max(*now);
+        });
+    }
+
+    fn leave(&self) {
+        self.running.send_modify(|(now, _)| *now -= 1);
+    }
+
+    /// The most `mode.*` requests seen running at once since the last call; starts counting
+    /// again.
+    pub fn take_most(&self) -> usize {
+        let mut most = 0;
+        self.running.send_modify(|(now, m)| {
+            most = *m;
+            *m = *now;
+        });
+        most
+    }
 }
 
 /// Module `game`, run by backend nodes.
@@ -61,7 +93,28 @@ impl Module for Game {
             Ok(())
         });
         init.handler("data.get", |c: Context, _: ()| async move {
-            Ok(Json(json!({ "v": c.session().get("k") })))
+            Ok(Json(
+                json!({ "v": c.session().get("k"), "all": c.session().data() }),
+            ))
+        });
+        // Sets `a` in the request and keeps the session copy, to change it afterwards.
+        let seen = self.seen.clone();
+        init.handler("data.keep", move |c: Context, _: ()| {
+            let seen = seen.clone();
+            async move {
+                c.session().set("a", json!(1));
+                *seen.kept.lock().unwrap() = Some(c.session().clone());
+                Ok(())
+            }
+        });
+        init.handler("auth.logout", |c: Context, _: ()| async move {
+            let had = c.unbind().await?;
+            Ok(Json(json!({ "was": had.map(|u| u.to_string()) })))
+        });
+        init.handler("auth.addr", |c: Context, _: ()| async move {
+            Ok(Json(
+                json!({ "addr": c.session().remote_addr().to_string() }),
+            ))
         });
         init.handler("push.me", |c: Context, Json(v): Json<Value>| async move {
             for i in 0..v["n"].as_u64().unwrap_or(1) {
@@ -73,6 +126,51 @@ impl Module for Game {
             c.session().kick("kicked by backend");
             Ok(())
         });
+        // The dispatch modes on a backend. `mode.concurrent` waits (up to 2 s) until another
+        // `mode.*` request runs beside it: with concurrent dispatch the wait ends at once.
+        let seen = self.seen.clone();
+        init.handler("mode.concurrent", move |_c: Context, _: ()| {
+            let seen = seen.clone();
+            async move {
+                seen.enter();
+                let mut rx = seen.running.subscribe();
+                // The most at once, not the number now: the other may have ended already.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    rx.wait_for(|(_, most)| *most >= 2),
+                )
+                .await;
+                seen.leave();
+                Ok(())
+            }
+        })
+        .dispatch(Dispatch::Concurrent);
+        // `mode.serial` gives others every chance to overlap it (a few yields and a timer).
+        let seen = self.seen.clone();
+        init.handler("mode.serial", move |_c: Context, _: ()| {
+            let seen = seen.clone();
+            async move {
+                seen.enter();
+                for _ in 0..3 {
+                    tokio::task::yield_now().await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                seen.leave();
+                Ok(())
+            }
+        })
+        .dispatch(Dispatch::Serial);
+        // `mode.hold` (serial) runs until released, or 10 s.
+        let seen = self.seen.clone();
+        init.handler("mode.hold", move |_c: Context, _: ()| {
+            let seen = seen.clone();
+            async move {
+                let mut rx = seen.release.subscribe();
+                let _ = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|r| *r)).await;
+                Ok(())
+            }
+        })
+        .dispatch(Dispatch::Serial);
         let seen = self.seen.clone();
         init.handler("order.seq", move |_c: Context, Json(v): Json<Value>| {
             let seen = seen.clone();
@@ -342,6 +440,9 @@ macro_rules! transport_suite {
             graceful_drain_in_flight
             route_dictionary
             gateway_loss_closes_its_sessions
+            dispatch_modes_on_a_backend
+            inbound_calls_are_bounded_per_module
+            complete_sessions_on_backends
         );
     };
     ($factory:expr) => {

@@ -12,7 +12,7 @@ use rookery::{CallOptions, Json, RpcError, Target};
 use rookery_client::{Client, ClientError, ClientOptions};
 use serde_json::{json, Value};
 
-use super::{start, Cluster};
+use super::{start, start_with, Cluster};
 use crate::{eventually, WAIT};
 
 async fn client(c: &Cluster) -> Client {
@@ -323,7 +323,7 @@ pub async fn module_rpc(transport: impl Fn() -> Arc<dyn Transport>) {
     nodes.sort();
     assert_eq!(nodes, vec!["game-1", "game-2"]);
     assert_eq!(
-        rpc.broadcast("game", "game.rpc.echo", Json(json!({})))
+        rpc.notify_nodes("game", "game.rpc.echo", Json(json!({})))
             .await
             .unwrap(),
         2
@@ -606,5 +606,187 @@ pub async fn gateway_loss_closes_its_sessions(transport: impl Fn() -> Arc<dyn Tr
     }
     assert_eq!(nodes.len(), 2, "{nodes:?}");
     assert_eq!(once_per_backend(), handled);
+    stop(c).await;
+}
+
+/// Takes `game-2` out of selection, so that every call to `game` runs on `game-1`.
+async fn one_backend(c: &Cluster) {
+    c.backends[1]
+        .app()
+        .set_node_state(rookery::cluster::NodeState::Unavailable)
+        .await
+        .unwrap();
+    eventually("every node sees game-2 out of service", || {
+        [&c.gate, &c.gate2, &c.backends[0]].iter().all(|n| {
+            n.app()
+                .cluster()
+                .get("game-2")
+                .is_some_and(|g| !g.is_available())
+        })
+    })
+    .await;
+}
+
+/// `Concurrent` and `Serial` mean on a backend what they mean on a gateway, for forwarded
+/// requests and RPC alike: concurrent requests of one session overlap, serial ones never do,
+/// whoever sends them. (`Ordered`: `ordering_across_hop`.)
+pub async fn dispatch_modes_on_a_backend(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    one_backend(&c).await;
+    let (a, b) = (client(&c).await, client2(&c).await);
+    let rpc_app = c.gate.app().clone();
+    let call = |route: &'static str| {
+        let app = rpc_app.clone();
+        async move {
+            app.rpc()
+                .call::<_, ()>(Target::Module("game".into()), route, ())
+                .await
+        }
+    };
+
+    // One session's two requests to a concurrent route run at once on the backend.
+    let (r1, r2) = tokio::join!(
+        a.request_json("game.mode.concurrent", json!({})),
+        a.request_json("game.mode.concurrent", json!({}))
+    );
+    r1.unwrap();
+    r2.unwrap();
+    assert_eq!(c.seen.take_most(), 2, "forwarded requests overlap");
+    // Two RPC calls too.
+    let (r1, r2) = tokio::join!(call("game.mode.concurrent"), call("game.mode.concurrent"));
+    r1.unwrap();
+    r2.unwrap();
+    assert_eq!(c.seen.take_most(), 2, "RPC calls overlap");
+
+    // A serial route: requests of two sessions on two gateways and RPC calls, all at once,
+    // run one at a time.
+    let mut all = Vec::new();
+    for i in 0..8 {
+        let client = if i % 2 == 0 { &a } else { &b };
+        all.push(futures_util::future::Either::Left(async move {
+            client
+                .request_json("game.mode.serial", json!({}))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }));
+        all.push(futures_util::future::Either::Right(async {
+            call("game.mode.serial").await.map_err(|e| e.to_string())
+        }));
+    }
+    for r in futures_util::future::join_all(all).await {
+        r.unwrap();
+    }
+    assert_eq!(c.seen.take_most(), 1, "serial requests never overlap");
+    stop(c).await;
+}
+
+/// A module takes at most `cluster.inbound_per_module` calls from other nodes at once; the next
+/// is refused at once with `RK-503`, and the ones accepted complete.
+pub async fn inbound_calls_are_bounded_per_module(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start_with(transport, |cfg| cfg.cluster.inbound_per_module = 2, |b| b).await;
+    one_backend(&c).await;
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let app = c.gate.app().clone();
+            tokio::spawn(async move {
+                app.rpc()
+                    .call::<_, ()>(Target::Module("game".into()), "game.mode.hold", ())
+                    .await
+            })
+        })
+        .collect();
+    let game1 = c.backends[0].app().clone();
+    eventually("two calls held on game-1", || game1.inbound_calls() == 2).await;
+    let refused = c
+        .gate
+        .app()
+        .rpc()
+        .call::<_, ()>(Target::Module("game".into()), "game.mode.hold", ())
+        .await;
+    match refused {
+        Err(RpcError::Remote(e)) => {
+            assert_eq!(e.code(), "RK-503");
+            assert!(e.to_string().contains("module game is busy"), "{e}");
+        }
+        other => panic!("expected RK-503, got {other:?}"),
+    }
+    c.seen.release.send_replace(true);
+    for h in held {
+        h.await.unwrap().unwrap();
+    }
+    stop(c).await;
+}
+
+/// A backend's copy of a session is complete: it has the client's address, it can unbind the
+/// uid, and its data changes reach the gateway wherever and whenever they are made, merged per
+/// key in each node's order, so that the next request, on any backend, reads them.
+pub async fn complete_sessions_on_backends(transport: impl Fn() -> Arc<dyn Transport>) {
+    let c = start(transport).await;
+    let cl = client(&c).await;
+    // The address the gateway sees, on the backend.
+    let addr = cl.request_json("game.auth.addr", json!({})).await.unwrap();
+    let gate_addr = c.gate.app().sessions().all()[0].remote_addr().to_string();
+    assert_eq!(addr["addr"], gate_addr);
+    assert!(gate_addr.starts_with("127.0.0.1:"), "{gate_addr}");
+
+    // Unbind on a backend: the gateway forgets the uid, the user can log in again.
+    cl.request_json("game.auth.login", json!({"uid": "bob"}))
+        .await
+        .unwrap();
+    let was = cl
+        .request_json("game.auth.logout", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(was["was"], "bob");
+    assert!(c.gate.app().sessions().by_uid("bob").is_none());
+    match cl.request_json("game.auth.whoami", json!({})).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, "RK-401"),
+        other => panic!("{other:?}"),
+    }
+    let other = client2(&c).await;
+    other
+        .request_json("game.auth.login", json!({"uid": "bob"}))
+        .await
+        .unwrap();
+    // An unbound session is not kicked by the uid's new login: it still answers.
+    cl.request_json("game.info.node", json!({})).await.unwrap();
+
+    // A change made in the request comes back with the answer; the kept copy's later changes
+    // (outside any request) reach the gateway on their own, in order.
+    cl.request_json("game.data.keep", json!({})).await.unwrap();
+    let sid = c
+        .gate
+        .app()
+        .sessions()
+        .all()
+        .iter()
+        .find(|s| s.uid().is_none())
+        .unwrap()
+        .id();
+    let gate_session = c.gate.app().sessions().get(sid).unwrap();
+    assert_eq!(gate_session.get("a"), Some(json!(1)));
+    let kept = c.seen.kept.lock().unwrap().take().expect("the kept copy");
+    for i in 0..20 {
+        kept.set("b", json!(i));
+    }
+    // Meanwhile a request on a backend changes another key: both stay.
+    cl.request_json("game.data.set", json!({"v": "x"}))
+        .await
+        .unwrap();
+    eventually("the kept copy's last change at the gateway", || {
+        gate_session.get("b") == Some(json!(19))
+    })
+    .await;
+    assert_eq!(gate_session.get("k"), Some(json!("x")));
+    assert_eq!(gate_session.get("a"), Some(json!(1)));
+    kept.remove("a");
+    eventually("the removal at the gateway", || {
+        gate_session.get("a").is_none()
+    })
+    .await;
+    // The next request, on whichever backend, reads the gateway's data.
+    let all = cl.request_json("game.data.get", json!({})).await.unwrap();
+    assert_eq!(all["all"], json!({"b": 19, "k": "x"}));
     stop(c).await;
 }

@@ -37,6 +37,11 @@ pub(crate) struct ClusterState {
     /// Held while this node's info is changed and published, so that two changes are published
     /// in the order they were made.
     pub publishing: tokio::sync::Mutex<()>,
+    /// Client routes other nodes run concurrently (from their `NodeInfo::concurrent_routes`):
+    /// a gateway forwards them without waiting for the session's previous request. Only grows.
+    concurrent_routes: RwLock<FastMap<String, ()>>,
+    /// True once `concurrent_routes` holds any: until then a forward looks nothing up.
+    any_concurrent: std::sync::atomic::AtomicBool,
 }
 
 impl ClusterState {
@@ -85,6 +90,8 @@ impl ClusterState {
             rpc_metrics: Default::default(),
             source,
             publishing: tokio::sync::Mutex::new(()),
+            concurrent_routes: RwLock::default(),
+            any_concurrent: Default::default(),
         })
     }
 
@@ -94,6 +101,33 @@ impl ClusterState {
             .get(name)
             .map(|s| s.as_ref())
             .unwrap_or(self.default_selector.as_ref())
+    }
+
+    /// Notes the routes a node runs concurrently.
+    pub(crate) fn learn_concurrent(&self, routes: &[String]) {
+        if routes.is_empty() {
+            return;
+        }
+        let mut set = self
+            .concurrent_routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        for r in routes {
+            set.insert(r.clone(), ());
+        }
+        self.any_concurrent
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True if the nodes running `route` run it concurrently.
+    pub(crate) fn is_concurrent(&self, route: &str) -> bool {
+        self.any_concurrent
+            .load(std::sync::atomic::Ordering::Acquire)
+            && self
+                .concurrent_routes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(route)
     }
 
     /// This node's published info.

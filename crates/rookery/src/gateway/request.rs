@@ -32,8 +32,9 @@ pub(super) enum End {
 pub(super) enum Dest {
     /// A handler of this node.
     Local(Arc<RouteEntry>),
-    /// A module on other nodes: forwarded with the session.
-    Remote(rookery_protocol::RouteName),
+    /// A module on other nodes: forwarded with the session; true if the route runs there
+    /// concurrently (`Dispatch::Concurrent`), so that the session's next request need not wait.
+    Remote(rookery_protocol::RouteName, bool),
 }
 
 /// One queued client message, resolved to its route.
@@ -111,7 +112,10 @@ pub(super) fn resolve(
     let dest = match app.router().resolve_client(route) {
         Some(entry) => Dest::Local(entry.clone()),
         None => match remote_route(app, session, route) {
-            Some(name) => Dest::Remote(name),
+            Some(name) => {
+                let concurrent = app.inner().cluster.is_concurrent(name.as_str());
+                Dest::Remote(name, concurrent)
+            }
             None => {
                 let name = match route {
                     rookery_protocol::Route::Name(n) => n.to_string(),
@@ -195,7 +199,7 @@ pub(super) async fn run_job(app: &App, session: &Session, job: Job, timeout: Dur
         ),
         // Boxed: a forward's state (~600 bytes) would otherwise be part of every local
         // request's box. The route is validated as UTF-8 once here, not for each use.
-        Dest::Remote(route) => {
+        Dest::Remote(route, _) => {
             let name = route.as_str();
             (
                 name,

@@ -194,8 +194,9 @@ impl<'a> Running<'a> {
     }
 
     /// A job's future, which the reader runs before it reads on: the request itself for an
-    /// ordered route (the common case) or a forwarded one; the request after its module's lock
-    /// for a `Serial` route; for a `Concurrent` one, a wait for a slot (at most
+    /// ordered route (the common case) or a forwarded one (the backend applies a `Serial`
+    /// route's lock); the request after its module's lock for a local `Serial` route; for a
+    /// `Concurrent` one, here or on the nodes it is forwarded to, a wait for a slot (at most
     /// `gateway.inbound_queue` at once) and then a task of its own.
     ///
     /// A box per request, not one reused per connection: a fresh allocation comes from memory
@@ -215,25 +216,34 @@ impl<'a> Running<'a> {
                 })
             }
             Dest::Local(entry) if entry.dispatch == Dispatch::Concurrent => {
-                let c = self.concurrent.get_or_insert_with(|| Concurrent {
-                    tasks: TaskTracker::new(),
-                    slots: Arc::new(Semaphore::new(app.config().gateway.inbound_queue)),
-                });
-                let (tasks, slots) = (c.tasks.clone(), c.slots.clone());
-                let (app, session) = (app.clone(), session.clone());
-                Box::pin(async move {
-                    let Ok(slot) = slots.acquire_owned().await else {
-                        return;
-                    };
-                    tasks.spawn(async move {
-                        request::run_job(&app, &session, job, timeout).await;
-                        drop(slot);
-                    });
-                })
+                self.spawn_concurrent(job)
             }
+            // A route its nodes run concurrently: forwarded the same way.
+            Dest::Remote(_, true) => self.spawn_concurrent(job),
             // Ordered routes (the common case) and forwarded requests run as they are.
             _ => Box::pin(request::run_job(app, session, job, timeout)),
         }
+    }
+
+    /// A concurrent request: a wait for a slot (at most `gateway.inbound_queue` at once), then a
+    /// task of its own.
+    fn spawn_concurrent(&mut self, job: Job) -> BoxFuture<'a, ()> {
+        let (app, session, timeout) = (self.app, self.session, self.request_timeout);
+        let c = self.concurrent.get_or_insert_with(|| Concurrent {
+            tasks: TaskTracker::new(),
+            slots: Arc::new(Semaphore::new(app.config().gateway.inbound_queue)),
+        });
+        let (tasks, slots) = (c.tasks.clone(), c.slots.clone());
+        let (app, session) = (app.clone(), session.clone());
+        Box::pin(async move {
+            let Ok(slot) = slots.acquire_owned().await else {
+                return;
+            };
+            tasks.spawn(async move {
+                request::run_job(&app, &session, job, timeout).await;
+                drop(slot);
+            });
+        })
     }
 
     /// The reader is done: kick with a reason where there is one, and close the session once

@@ -1,6 +1,5 @@
 //! Calls from this node: typed calls, notifies, broadcasts; the choice of a node; the envelope.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,8 +153,8 @@ impl<'a> Rpc<'a> {
     }
 
     /// Sends `route` to every available node of a type (this one included if it is of that
-    /// type); returns how many nodes it was sent to.
-    pub async fn broadcast<A: ToPayload>(
+    /// type); returns how many nodes it was sent to. (Pushes to users: [`crate::App::broadcast`].)
+    pub async fn notify_nodes<A: ToPayload>(
         &self,
         node_type: &str,
         route: &str,
@@ -378,6 +377,7 @@ impl<'a> Rpc<'a> {
             },
             data: s.data_json(),
             serializer: ser_to_u32(s.serializer()),
+            remote: Bytes::from(s.remote_addr().to_string()),
         }
     }
 
@@ -478,7 +478,34 @@ impl std::ops::Deref for Picked {
 }
 
 fn apply_session_data(session: &Session, data: &[u8]) {
-    if let Ok(map) = serde_json::from_slice::<HashMap<String, serde_json::Value>>(data) {
-        session.replace_data(map);
+    let d = match serde_json::from_slice::<DataChanges>(data) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(session = session.id(), error = %e, "bad session data in a reply");
+            return;
+        }
+    };
+    if session.gateway().is_none() {
+        session.merge_data(&d.node, d.changes);
+        return;
     }
+    // A backend's copy (the call was made for a session of another gateway): the changes
+    // become this node's, and reach the gateway as its own do.
+    for c in d.changes {
+        match c.value {
+            Some(v) => session.set(c.key, v),
+            None => {
+                session.remove(&c.key);
+            }
+        }
+    }
+}
+
+/// Changes of a session's data a node made, as a reply or `sys.session.data` carries them.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct DataChanges {
+    /// The node that made them.
+    pub node: String,
+    /// In the order they were made.
+    pub changes: Vec<crate::session::DataChange>,
 }

@@ -44,6 +44,9 @@ pub struct SessionRef {
     /// The client's serializer (0 JSON, 1 protobuf).
     #[prost(uint32, tag = "5")]
     pub serializer: u32,
+    /// The client's address as its gateway sees it (`ip:port`); UTF-8.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub remote: Bytes,
 }
 
 /// One node-to-node message.
@@ -148,6 +151,7 @@ impl SessionRef {
         put::slice(3, &self.gateway, buf);
         put::slice(4, &self.data, buf);
         put::varint(5, u64::from(self.serializer), buf);
+        put::slice(6, &self.remote, buf);
     }
 }
 
@@ -228,6 +232,7 @@ mod tests {
                 gateway: Bytes::from_static(b"gate-1"),
                 data: Bytes::from_static(b"{}"),
                 serializer: 0,
+                remote: Bytes::from_static(b"127.0.0.1:4000"),
             }),
             timeout_ms: 5000,
             ..Envelope::default()
@@ -261,6 +266,7 @@ mod tests {
                 gateway: Bytes::from_static(b"gate-1"),
                 data: Bytes::from_static(b"{\"k\":\"v\"}"),
                 serializer: 1,
+                remote: Bytes::new(),
             }),
             trace_id: Bytes::from_static(b"00000000000000ab"),
             timeout_ms: 5000,
@@ -327,13 +333,15 @@ mod tests {
             bytes(),
             bytes(),
             proptest::num::u32::ANY,
+            bytes(),
         )
-            .prop_map(|(id, uid, gateway, data, serializer)| SessionRef {
+            .prop_map(|(id, uid, gateway, data, serializer, remote)| SessionRef {
                 id,
                 uid,
                 gateway,
                 data,
                 serializer,
+                remote,
             })
     }
 

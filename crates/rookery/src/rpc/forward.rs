@@ -109,7 +109,7 @@ impl App {
         let timeout = timeout.unwrap_or_else(|| self.config().gateway.request_timeout());
         let trace =
             crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
-        self.invoke(&entry, session, payload, timeout, trace, None)
+        self.invoke_inbound(&entry, session, payload, timeout, trace)
             .await
     }
 }

@@ -198,6 +198,28 @@ impl App {
         link
     }
 
+    /// Unbinds a session's uid wherever its connection is; returns the uid it had.
+    pub(crate) async fn unbind_session(
+        &self,
+        session: &Session,
+    ) -> Result<Option<Arc<str>>, Error> {
+        let Some(link) = session.remote_link() else {
+            return Ok(self.sessions().unbind(session));
+        };
+        let op = SysOp::SessionUnbind(super::system::SysUnbind { sid: session.id() });
+        self.rpc()
+            .call_unlayered(
+                &Target::Node(link.gateway().to_string()),
+                op.route(),
+                op.encode(),
+                &CallOptions::default(),
+            )
+            .await?;
+        let uid = session.uid();
+        session.set_uid(None);
+        Ok(uid)
+    }
+
     /// Binds a uid to a session wherever its connection is.
     pub(crate) async fn bind_session(&self, session: &Session, uid: &str) -> Result<(), Error> {
         let Some(link) = session.remote_link() else {

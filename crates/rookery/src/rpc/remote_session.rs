@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::current_trace;
 use super::envelope::{Envelope, Kind};
-use super::system::{SysKick, SysOp, SysPush, SysPushMany};
+use super::system::{SysData, SysKick, SysOp, SysPush, SysPushMany};
 use crate::{Code, Error};
 
 /// A backend's way to reach the gateway that holds a session: operations are queued in order
@@ -70,6 +70,11 @@ impl crate::session::GatewayLink for RemoteSession {
             route: route.to_string(),
             body,
         }))
+    }
+
+    fn set_data(&self, sid: u64, changes: Vec<crate::session::DataChange>) -> Result<(), Error> {
+        let node = String::from_utf8_lossy(&self.source).into_owned();
+        self.send(SysOp::SessionData(SysData::new(sid, node, changes)))
     }
 
     fn kick(&self, sid: u64, reason: &str) -> Result<(), Error> {

@@ -64,14 +64,26 @@ impl RpcServer {
         };
         let trace =
             crate::telemetry::current_trace_id().unwrap_or_else(crate::telemetry::new_trace_id);
-        let out = app
-            .invoke(&entry, session.clone(), env.payload, timeout, trace, None)
-            .await?;
-        let data = session.data_dirty().then(|| match session.data_json() {
-            b if b.is_empty() => Bytes::from_static(b"{}"),
-            b => b,
-        });
-        Ok((out, data))
+        let is_call = env.kind == super::envelope::Kind::Call as i32;
+        let result = app
+            .invoke_inbound(&entry, session.clone(), env.payload, timeout, trace)
+            .await;
+        // The session's data changes made here: with the answer of a call that succeeded, else
+        // through the link to the gateway; later changes go through the link.
+        let changes = session.end_request();
+        match result {
+            Ok(out) if is_call && !changes.is_empty() => {
+                let data = super::client::DataChanges {
+                    node: app.node_id().to_string(),
+                    changes,
+                };
+                Ok((out, serde_json::to_vec(&data).ok().map(Bytes::from)))
+            }
+            result => {
+                session.send_data_changes(changes);
+                result.map(|out| (out, None))
+            }
+        }
     }
 }
 
@@ -110,9 +122,14 @@ impl App {
         } else {
             serde_json::from_slice(&r.data).unwrap_or_default()
         };
+        let remote = text(&r.remote)
+            .ok()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         Ok(Session::remote(
             r.id,
             Some(text(&r.uid)?),
+            remote,
             ser_from_u32(r.serializer),
             data,
             self.gateway_link(text(&r.gateway)?),

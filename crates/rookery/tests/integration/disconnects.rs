@@ -426,7 +426,7 @@ async fn kick_and_duplicate_login() {
     let app = server.app().clone();
 
     let kicked = login(&server, "kicked-user", ClientOptions::default()).await;
-    assert!(app.kick_uid("kicked-user", "see you"));
+    app.kick_uid("kicked-user", "see you").await;
     let closed = kicked.closed().await;
     assert!(closed.kicked);
     assert_eq!(
@@ -603,7 +603,7 @@ async fn zero_logs_only_summaries() {
     let (server, _) = start(cfg).await;
     let app = server.app().clone();
     let c = login(&server, "gone", ClientOptions::default()).await;
-    app.kick_uid("gone", "bye");
+    app.kick_uid("gone", "bye").await;
     c.closed().await;
     counted(&app, DisconnectReason::Kick, 1).await;
     server.shutdown().await;

@@ -64,6 +64,7 @@ async fn group_broadcast_reaches_members_in_their_serializer() {
 
     // The outsider got nothing from the group: the next thing it sees is a direct push.
     app.push_to_uid("c", "onDirect", Json(json!({"n": 1})))
+        .await
         .unwrap();
     let first = outsider.next_event().await.unwrap();
     match first {
@@ -72,7 +73,7 @@ async fn group_broadcast_reaches_members_in_their_serializer() {
     }
 
     // Everyone.
-    assert_eq!(app.broadcast("onAll", Json(json!({}))), 3);
+    assert_eq!(app.broadcast("onAll", Json(json!({}))).await, 3);
     for c in [&a, &outsider] {
         c.next_push("onAll", WAIT).await.unwrap();
     }

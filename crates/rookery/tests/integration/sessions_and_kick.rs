@@ -65,21 +65,25 @@ async fn kick_from_app_and_push_to_uid() {
     c.request_json("test.auth.login", json!({"uid": "bob"}))
         .await
         .unwrap();
-    server
+    let here = server
         .app()
         .push_to_uid("bob", "onNews", rookery::Json(json!({"n": 1})))
+        .await
         .unwrap();
+    assert_eq!(here, 1, "delivered to this node's session");
     let p = c.next_push("onNews", WAIT).await.unwrap();
     assert_eq!(p.json::<serde_json::Value>().unwrap(), json!({"n": 1}));
-    assert!(server
+    let nobody = server
         .app()
         .push_to_uid("nobody", "onNews", rookery::Json(json!({})))
-        .is_err());
-    assert!(server.app().kick_uid("bob", "banned"));
+        .await
+        .unwrap();
+    assert_eq!(nobody, 0, "no session of this node got it");
+    server.app().kick_uid("bob", "banned").await;
     let closed = c.closed().await;
     assert!(closed.kicked);
     assert_eq!(closed.reason.as_deref(), Some("banned"));
-    assert!(!server.app().kick_uid("bob", "again"));
+    assert!(server.app().sessions().by_uid("bob").is_none());
     server.shutdown().await;
 }
 

@@ -4,9 +4,11 @@
 mod broadcast;
 mod session_bind;
 mod session_closed;
+mod session_data;
 mod session_kick;
 mod session_push;
 mod session_push_many;
+mod session_unbind;
 mod uid_bound;
 mod uid_kick;
 mod uid_push;
@@ -15,9 +17,11 @@ use bytes::Bytes;
 
 pub(crate) use session_bind::SysBind;
 pub(crate) use session_closed::SysClosed;
+pub(crate) use session_data::SysData;
 pub(crate) use session_kick::SysKick;
 pub(crate) use session_push::SysPush;
 pub(crate) use session_push_many::SysPushMany;
+pub(crate) use session_unbind::SysUnbind;
 pub(crate) use uid_bound::SysBound;
 pub(crate) use uid_kick::SysUidKick;
 pub(crate) use uid_push::SysUidPush;
@@ -35,6 +39,10 @@ pub(crate) enum SysOp {
     SessionKick(SysKick),
     /// `sys.session.bind`: bind a uid to a session of the receiving gateway (a call).
     SessionBind(SysBind),
+    /// `sys.session.unbind`: unbind the uid of a session of the receiving gateway (a call).
+    SessionUnbind(SysUnbind),
+    /// `sys.session.data`: changes of a session's data made on the sending node.
+    SessionData(SysData),
     /// `sys.session.closed`: a session the receiving node served ended on its gateway.
     SessionClosed(SysClosed),
     /// `sys.uid.bound`: another gateway bound a uid (or tells its binding clock).
@@ -59,6 +67,8 @@ impl SysOp {
             "sys.session.push_many" => Self::SessionPushMany(msg(payload)?),
             "sys.session.kick" => Self::SessionKick(msg(payload)?),
             "sys.session.bind" => Self::SessionBind(msg(payload)?),
+            "sys.session.unbind" => Self::SessionUnbind(msg(payload)?),
+            "sys.session.data" => Self::SessionData(msg(payload)?),
             "sys.session.closed" => Self::SessionClosed(msg(payload)?),
             "sys.uid.bound" => Self::UidBound(msg(payload)?),
             "sys.uid.push" => Self::UidPush(msg(payload)?),
@@ -75,6 +85,8 @@ impl SysOp {
             Self::SessionPushMany(_) => "sys.session.push_many",
             Self::SessionKick(_) => "sys.session.kick",
             Self::SessionBind(_) => "sys.session.bind",
+            Self::SessionUnbind(_) => "sys.session.unbind",
+            Self::SessionData(_) => "sys.session.data",
             Self::SessionClosed(_) => "sys.session.closed",
             Self::UidBound(_) => "sys.uid.bound",
             Self::UidPush(_) => "sys.uid.push",
@@ -96,6 +108,8 @@ impl SysOp {
             Self::SessionPushMany(m) => m.encode_to_vec(),
             Self::SessionKick(m) => m.encode_to_vec(),
             Self::SessionBind(m) => m.encode_to_vec(),
+            Self::SessionUnbind(m) => m.encode_to_vec(),
+            Self::SessionData(m) => m.encode_to_vec(),
             Self::SessionClosed(m) => m.encode_to_vec(),
             Self::UidBound(m) => m.encode_to_vec(),
             Self::UidPush(m) | Self::Broadcast(m) => m.encode_to_vec(),
@@ -116,6 +130,11 @@ impl SysOp {
                 Ok(())
             }
             Self::SessionBind(m) => m.apply(app).await,
+            Self::SessionUnbind(m) => m.apply(app),
+            Self::SessionData(m) => {
+                m.apply(app);
+                Ok(())
+            }
             Self::SessionClosed(m) => m.apply(app).await,
             Self::UidBound(m) => {
                 m.apply(app).await;
@@ -162,6 +181,16 @@ mod tests {
                 sid: 4,
                 uid: "u".into(),
             }),
+            SysOp::SessionUnbind(SysUnbind { sid: 5 }),
+            SysOp::SessionData(SysData::new(
+                6,
+                "game-1".into(),
+                vec![crate::session::DataChange {
+                    key: "k".into(),
+                    value: Some(serde_json::json!(1)),
+                    seq: 7,
+                }],
+            )),
             SysOp::SessionClosed(SysClosed {
                 session: None,
                 reason: "gone".into(),

@@ -125,6 +125,13 @@ impl App {
         self.update_node(|n| n.tags = tags).await.map(drop)
     }
 
+    /// The application's settings (`[settings]`) as `T`: the same on every node.
+    pub fn settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
+        self.config()
+            .app_settings()
+            .map_err(|e| Error::bad_request(e.to_string()))
+    }
+
     /// Calls from other nodes being handled here right now.
     pub fn inbound_calls(&self) -> usize {
         self.inner.cluster.inbound.len()

@@ -69,6 +69,9 @@ pub struct Config {
     /// codes derived from route names, and every gateway hands them out, whether or not a node
     /// running their module is up yet.
     pub routes: BTreeMap<String, u16>,
+    /// Settings of the application as a whole (`[settings]`, mqant's `Settings`): every module
+    /// of every process reads them ([`Config::app_settings`]), whichever modules it runs.
+    pub settings: toml::Table,
     /// Where log lines go (`[log]`): stderr, a rotated file, or both.
     pub log: LogConfig,
 }
@@ -730,6 +733,14 @@ impl Config {
     pub fn module_settings(&self, name: &str) -> Option<&toml::Value> {
         self.modules.get(name)
     }
+
+    /// The application's settings (`[settings]`) as `T` (its defaults for absent fields, with
+    /// `#[serde(default)]`); an error names the section.
+    pub fn app_settings<T: serde::de::DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        toml::Value::Table(self.settings.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(format!("[settings]: {e}")))
+    }
 }
 
 /// Deep-merges `value` into `table[key]` (tables merge key by key; anything else replaces).
@@ -782,6 +793,35 @@ mod tests {
             .iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn app_settings_are_typed_with_defaults() {
+        #[derive(serde::Deserialize, Default, Debug, PartialEq)]
+        #[serde(default)]
+        struct Game {
+            motd: String,
+            max_level: u32,
+        }
+        let cfg = Config::from_toml_with_env(
+            "[settings]\nmotd = \"welcome\"\n",
+            env(&[("ROOKERY_SETTINGS__MAX_LEVEL", "60")]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.app_settings::<Game>().unwrap(),
+            Game {
+                motd: "welcome".into(),
+                max_level: 60
+            }
+        );
+        assert_eq!(
+            Config::default().app_settings::<Game>().unwrap(),
+            Game::default()
+        );
+        let bad = Config::from_toml_with_env("[settings]\nmax_level = \"x\"\n", vec![]).unwrap();
+        let e = bad.app_settings::<Game>().unwrap_err().to_string();
+        assert!(e.contains("[settings]") && e.contains("max_level"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct ModuleInit<'a> {
     pub(crate) module_lock: Arc<tokio::sync::Mutex<()>>,
     /// Middleware around every handler of the module, outermost first.
     pub(crate) layers: &'a mut Vec<Arc<dyn Middleware>>,
+    /// The node's configuration (for `[settings]`).
+    pub(crate) config: &'a crate::Config,
 }
 
 impl<'a> ModuleInit<'a> {
@@ -153,6 +155,13 @@ impl<'a> ModuleInit<'a> {
                 Error::bad_request(format!("settings of module {}: {e}", self.module))
             }),
         }
+    }
+
+    /// The application's settings (`[settings]`), the same for every module of every process.
+    pub fn app_settings<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        self.config
+            .app_settings()
+            .map_err(|e| Error::bad_request(e.to_string()))
     }
 
     /// The module name.

@@ -151,6 +151,7 @@ impl ServerBuilder {
                 push_routes: &mut push_routes,
                 module_lock: Arc::new(tokio::sync::Mutex::new(())),
                 layers: &mut layers,
+                config: &self.config,
             };
             m.clone().init(&mut init).map_err(|error| {
                 StartError::new(StartErrorKind::Module, name.clone()).with_source(error)

@@ -15,6 +15,7 @@ mod handshake;
 mod heartbeat_timeout;
 mod malformed_input;
 mod middleware_and_typed;
+mod module_lifecycle;
 mod routing_and_errors;
 mod sessions_and_kick;
 mod shutdown;

@@ -70,7 +70,7 @@ pub use rookery_cluster::LayerError;
 pub use rookery_protocol as protocol;
 pub use rookery_protocol::Serializer;
 pub use router::{BoxFuture, BoxHandler, Dispatch, Handler, RouteEntry, Router};
-pub use rpc::{CallOptions, Rpc, RpcError, Target};
+pub use rpc::{CallOptions, NodeChoice, Rpc, RpcError, Target};
 pub use server::{shutdown_signal, RunningServer, Server, ServerBuilder, ShutdownReport};
 pub use session::{
     Acceptor, Session, SessionId, SessionPool, REASON_DUPLICATE_LOGIN, REASON_SLOW_CLIENT,

@@ -122,6 +122,8 @@ struct Inner {
     // Cold: rarely read on the request path.
     id: SessionId,
     remote: SocketAddr,
+    /// `remote` as text, made once (every forwarded request carries it).
+    remote_text: OnceLock<Bytes>,
     client: HandshakeSys,
     created: Instant,
     uid: RwLock<Option<Arc<str>>>,
@@ -204,6 +206,14 @@ impl Session {
     /// its gateway sees.
     pub fn remote_addr(&self) -> SocketAddr {
         self.inner.remote
+    }
+
+    /// [`Session::remote_addr`] as text (made once per session).
+    pub(crate) fn remote_text(&self) -> Bytes {
+        self.inner
+            .remote_text
+            .get_or_init(|| Bytes::from(self.inner.remote.to_string()))
+            .clone()
     }
 
     /// The acceptor the client connected through.
@@ -559,6 +569,7 @@ impl Session {
             inner: Arc::new(Inner {
                 id,
                 remote,
+                remote_text: OnceLock::new(),
                 acceptor,
                 serializer,
                 client,

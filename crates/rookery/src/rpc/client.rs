@@ -26,9 +26,17 @@ pub struct CallOptions {
     pub serializer: Option<Serializer>,
     /// The client session the call acts for (its gateway can be reached from the callee).
     pub session: Option<Session>,
+    /// How the node is chosen, when the call says ([`CallOptions::with_tag`],
+    /// [`CallOptions::with_selector`]); boxed: most calls (every forwarded request) say nothing.
+    pub choice: Option<Box<NodeChoice>>,
+}
+
+/// A call's own way of choosing its node.
+#[derive(Clone, Default)]
+pub struct NodeChoice {
     /// Tags the chosen node must carry (all of them), e.g. `("zone", "eu")`.
     pub tags: Vec<(String, String)>,
-    /// The selector for this call, in place of the one configured for the target.
+    /// The selector, in place of the one configured for the target.
     pub selector: Option<Arc<dyn Selector>>,
 }
 
@@ -39,8 +47,11 @@ impl std::fmt::Debug for CallOptions {
             .field("key", &self.key)
             .field("serializer", &self.serializer)
             .field("session", &self.session.as_ref().map(Session::id))
-            .field("tags", &self.tags)
-            .field("selector", &self.selector.is_some())
+            .field("tags", &self.choice.as_ref().map(|c| &c.tags))
+            .field(
+                "selector",
+                &self.choice.as_ref().is_some_and(|c| c.selector.is_some()),
+            )
             .finish()
     }
 }
@@ -60,14 +71,17 @@ impl CallOptions {
 
     /// Requires the chosen node to carry tag `key` = `value`.
     pub fn with_tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.tags.push((key.into(), value.into()));
+        self.choice
+            .get_or_insert_with(Box::default)
+            .tags
+            .push((key.into(), value.into()));
         self
     }
 
     /// Chooses the node with `selector` (any [`Selector`]: a strategy such as
     /// `selector::ConsistentHash`, `selector::NewestVersion`, or a filter of your own).
     pub fn with_selector(mut self, selector: impl Selector) -> Self {
-        self.selector = Some(Arc::new(selector));
+        self.choice.get_or_insert_with(Box::default).selector = Some(Arc::new(selector));
         self
     }
 
@@ -377,7 +391,7 @@ impl<'a> Rpc<'a> {
             },
             data: s.data_json(),
             serializer: ser_to_u32(s.serializer()),
-            remote: Bytes::from(s.remote_addr().to_string()),
+            remote: s.remote_text(),
         }
     }
 
@@ -431,19 +445,23 @@ impl<'a> Rpc<'a> {
             Target::Module(m) => (c.registry.running(m), m),
         };
         // No allocation without tags (the common case).
-        let tags: Vec<(&str, &str)> = opts
-            .tags
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let choice = opts.choice.as_deref();
+        let tags: Vec<(&str, &str)> = choice
+            .map(|c| {
+                c.tags
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let ctx = SelectContext {
             route,
             key: opts.key.as_deref(),
             session_id,
             tags: &tags,
         };
-        let selector = match &opts.selector {
-            Some(s) => s.as_ref(),
+        let selector = match choice.and_then(|c| c.selector.as_deref()) {
+            Some(s) => s,
             None => c.selector(selector_key),
         };
         let chosen = selector

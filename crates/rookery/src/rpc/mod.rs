@@ -26,7 +26,7 @@ mod target;
 
 use bytes::Bytes;
 
-pub use client::CallOptions;
+pub use client::{CallOptions, NodeChoice};
 pub use error::RpcError;
 pub(crate) use remote_session::RemoteSession;
 pub(crate) use server::RpcServer;

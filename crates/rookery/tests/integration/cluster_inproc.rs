@@ -202,10 +202,6 @@ async fn nodes_change_at_runtime_and_calls_choose_their_node() {
             .is_some_and(|n| n.version_of("game") == "0.2.0")
     })
     .await;
-    let newest = std::sync::Arc::new(NewestVersion::new(Random));
-    let opts = CallOptions {
-        selector: Some(newest),
-        ..CallOptions::default()
-    };
+    let opts = CallOptions::default().with_selector(NewestVersion::new(Random));
     assert_eq!(ids(8, opts).await, ["game-2"]);
 }

@@ -89,6 +89,25 @@ impl Middleware for LoginRequired {
     }
 }
 
+/// A deadline of its own for a route or module (`RK-408` after it), inside the node's request
+/// deadline (`gateway.request_timeout`, which the framework applies without a layer).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub std::time::Duration);
+
+#[async_trait]
+impl Middleware for Deadline {
+    async fn handle(&self, ctx: Context, payload: Bytes, next: Next<'_>) -> Result<Bytes, Error> {
+        let route = ctx.route().to_string();
+        match tokio::time::timeout(self.0, next.run(ctx, payload)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                crate::Code::Timeout,
+                format!("{route} did not answer within {:?}", self.0),
+            )),
+        }
+    }
+}
+
 /// One outgoing call, as caller-side layers see it: they may change any part of it.
 #[derive(Debug, Clone)]
 pub struct Call {

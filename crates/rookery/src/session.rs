@@ -839,21 +839,9 @@ impl SessionPool {
         self.read().by_id.values().cloned().collect()
     }
 
-    /// Pushes to the session of a user. Fails with `RK-404` if the user has no session here.
-    pub fn push_to_uid<P: ToPayload>(
-        &self,
-        uid: &str,
-        route: impl PushName<P>,
-        payload: P,
-    ) -> Result<(), Error> {
-        let s = self
-            .by_uid(uid)
-            .ok_or_else(|| Error::new(Code::NotFound, format!("user {uid:?} is not online")))?;
-        s.push(route, payload)
-    }
-
-    /// Kicks a user; returns whether it had a session.
-    pub fn kick_uid(&self, uid: &str, reason: &str) -> bool {
+    /// Kicks a user's session of this node; returns whether it had one. (The user operation is
+    /// [`crate::App::kick_uid`], wherever the user is connected.)
+    pub(crate) fn kick_uid(&self, uid: &str, reason: &str) -> bool {
         match self.by_uid(uid) {
             Some(s) => {
                 s.kick(reason);
@@ -861,12 +849,6 @@ impl SessionPool {
             }
             None => false,
         }
-    }
-
-    /// Pushes to every session; returns how many accepted the push. The payload is encoded once
-    /// per serializer.
-    pub fn broadcast<P: ToPayload>(&self, route: impl PushName<P>, payload: P) -> usize {
-        fan_out(&self.all(), route.push_name(), &payload)
     }
 }
 

@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rookery::middleware::{Call, CallMiddleware, LoginRequired, Middleware, Next, NextCall};
+use rookery::middleware::{
+    Call, CallMiddleware, Deadline, LoginRequired, Middleware, Next, NextCall,
+};
 use rookery::{
     async_trait, Context, Error, Json, Module, ModuleInit, Push, Route, RpcError, Server,
     StartErrorKind, Target, ToPayload,
@@ -106,6 +108,12 @@ impl Module for Mw {
                 Ok(())
             },
         );
+        // Never answers: its own deadline (far inside the node's) ends it.
+        init.handler("h.stuck", |_c: Context, (): ()| async move {
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .middleware(Deadline(std::time::Duration::from_millis(50)));
         init.push_route(ON_NOTE);
         Ok(())
     }
@@ -184,6 +192,14 @@ async fn a_layer_rejects_answers_or_changes_the_session() {
         code_of(c.request_json("mw.h.denied", json!({})).await),
         "MW-DENIED"
     );
+    // The route's own deadline (its message), not the node's request timeout.
+    match c.request_json("mw.h.stuck", json!({})).await {
+        Err(ClientError::Server { code, msg, .. }) => {
+            assert_eq!(code, "RK-408");
+            assert!(msg.contains("did not answer within 50ms"), "{msg}");
+        }
+        other => panic!("expected RK-408, got {other:?}"),
+    }
     assert_eq!(
         c.request_json("mw.h.cached", json!({})).await.unwrap(),
         json!({"cached": true})

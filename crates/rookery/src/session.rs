@@ -270,8 +270,8 @@ impl Session {
             None => d.values.remove(&key),
         };
         let Link::Remote(link) = &self.inner.link else {
-            // The gateway's own copy: a later change from another node wins over this one.
-            d.seen.retain(|(k, _), _| *k != key);
+            // The gateway's own copy (or a detached session): the value is simply set; a change
+            // from another node that arrives later wins over it.
             return old;
         };
         let change = DataChange {
@@ -929,6 +929,36 @@ pub(crate) fn hot_fields_end() -> usize {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The gateway's rule for other nodes' changes: per key, the last to arrive wins, but never
+    /// one older than a change already applied from the same node.
+    #[test]
+    fn data_changes_merge_per_key_in_each_nodes_order() {
+        let s = Session::detached(Serializer::Json);
+        let change = |key: &str, v: Option<i64>, seq| DataChange {
+            key: key.into(),
+            value: v.map(serde_json::Value::from),
+            seq,
+        };
+        s.merge_data("a", vec![change("k", Some(1), 5), change("x", Some(1), 6)]);
+        s.merge_data("b", vec![change("k", Some(2), 1)]);
+        assert_eq!(s.get("k"), Some(2.into()), "b's change arrived last");
+        s.merge_data("a", vec![change("k", Some(3), 3)]);
+        assert_eq!(
+            s.get("k"),
+            Some(2.into()),
+            "older than a change already applied from a"
+        );
+        s.merge_data("a", vec![change("k", Some(4), 7)]);
+        assert_eq!(s.get("k"), Some(4.into()));
+        // A value set on the gateway itself stays until a newer change arrives.
+        s.set("k", 9.into());
+        s.merge_data("a", vec![change("k", Some(5), 7)]);
+        assert_eq!(s.get("k"), Some(9.into()), "a repeated change is not newer");
+        s.merge_data("a", vec![change("x", None, 8)]);
+        assert_eq!(s.get("x"), None, "removals apply like values");
+        assert_eq!(s.get("k"), Some(9.into()), "other keys are left alone");
+    }
 
     fn local(pool: &SessionPool) -> Session {
         pool.create(NewSession {

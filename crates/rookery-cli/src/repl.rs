@@ -44,9 +44,16 @@ use tokio::sync::mpsc;
 /// Arguments of `rookery client`.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// Server address: host:port (TCP) or ws://host:port/path; without it, start disconnected
-    /// (then `connect ADDR`)
+    /// Server address: host:port (TCP), tls://host:port (TCP over TLS), ws://host:port/path or
+    /// wss://host:port/path (WebSocket); without it, start disconnected (then `connect ADDR`)
     pub addr: Option<String>,
+    /// Trust the CA certificates in this PEM file for tls:// and wss:// (instead of the
+    /// system's roots)
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Do not check the server's certificate (self-signed test setups only)
+    #[arg(long)]
+    pub insecure: bool,
     /// Request timeout in seconds
     #[arg(long, default_value_t = 5)]
     pub timeout: u64,
@@ -447,6 +454,10 @@ pub async fn run(args: ClientArgs) -> Result<(), Error> {
     let opts = ClientOptions {
         request_timeout: Duration::from_secs(args.timeout),
         user,
+        tls: rookery_client::TlsOptions {
+            ca: args.ca.clone(),
+            insecure: args.insecure,
+        },
         ..Default::default()
     };
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();

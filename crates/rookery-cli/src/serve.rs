@@ -102,11 +102,14 @@ pub async fn run(
     .await?;
     let metrics = admin.is_some().then(rookery_ops::install_metrics);
     let server = rookery_demo::modules(Server::builder(cfg)).start().await?;
+    let tls = server.app().config().gateway.tls.is_some();
     if let Some(a) = server.tcp_addr() {
-        println!("rookery: TCP on {a}");
+        let scheme = if tls { "tls://" } else { "" };
+        println!("rookery: TCP on {scheme}{a}");
     }
     if let Some(a) = server.ws_addr() {
-        println!("rookery: WebSocket on ws://{a}/");
+        let scheme = if tls { "wss" } else { "ws" };
+        println!("rookery: WebSocket on {scheme}://{a}/");
     }
     let ops_stop = CancellationToken::new();
     let mut ops = Vec::new();
@@ -128,6 +131,30 @@ pub async fn run(
             l,
             ops_stop.clone(),
         )));
+    }
+    // SIGHUP reads the TLS certificate and key again (certificates renewed in place).
+    #[cfg(unix)]
+    if server.app().config().gateway.tls.is_some() {
+        let (app, stop) = (server.app().clone(), ops_stop.clone());
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => match app.reload_tls() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            cause = std::error::Error::source(&e).map(tracing::field::display),
+                            "TLS certificate not reloaded; the current one stays"
+                        ),
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
     }
     let node = server.app().node();
     println!(

@@ -18,7 +18,10 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+mod tls;
 mod transport;
+
+pub use tls::TlsOptions;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,6 +63,8 @@ pub struct ClientOptions {
     pub event_buffer: usize,
     /// Send heartbeats at the interval the server announced. Default true.
     pub heartbeat: bool,
+    /// How `tls://` and `wss://` servers are checked (the system's roots by default).
+    pub tls: TlsOptions,
 }
 
 impl Default for ClientOptions {
@@ -72,6 +77,7 @@ impl Default for ClientOptions {
             max_packet_size: rookery_protocol::DEFAULT_MAX_PACKET_SIZE,
             event_buffer: 1024,
             heartbeat: true,
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -126,6 +132,9 @@ pub enum ClientError {
     /// WebSocket-level error.
     #[error("websocket error: {0}")]
     WebSocket(String),
+    /// TLS: a certificate that does not check out, a CA file that cannot be read.
+    #[error("tls error: {0}")]
+    Tls(String),
     /// The server refused the handshake.
     #[error("handshake refused with code {code}{}", msg.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
     Handshake {
@@ -191,12 +200,14 @@ impl fmt::Debug for Client {
 impl Client {
     /// Connects and completes the handshake.
     ///
-    /// `addr`: `"host:port"` => TCP; `"ws://host:port/path"` => WebSocket (one packet per binary
-    /// frame). [`ClientOptions::connect_timeout`] covers the connect and the handshake.
+    /// `addr`: `"host:port"` => TCP; `"tls://host:port"` => TCP over TLS;
+    /// `"ws://host:port/path"` / `"wss://.."` => WebSocket, plain or over TLS (one packet per
+    /// binary frame). [`ClientOptions::connect_timeout`] covers the connect, TLS and the
+    /// handshake.
     pub async fn connect(addr: &str, opts: ClientOptions) -> Result<Client, ClientError> {
         let codec = PacketCodec::new(opts.max_packet_size);
         let (transport, handshake) = tokio::time::timeout(opts.connect_timeout, async {
-            let mut transport = Transport::connect(addr, opts.max_packet_size).await?;
+            let mut transport = Transport::connect(addr, opts.max_packet_size, &opts.tls).await?;
             let handshake = handshake(&mut transport, &codec, &opts).await?;
             Ok::<_, ClientError>((transport, handshake))
         })

@@ -1,5 +1,5 @@
 //! The two transports: TCP (packets framed by their header) and WebSocket (one packet per binary
-//! frame). Both read and write whole packets.
+//! frame), each plain or over TLS. Both read and write whole packets.
 
 use std::time::Duration;
 
@@ -10,8 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
-use crate::ClientError;
+use crate::{ClientError, TlsOptions};
+
+/// A TCP connection, plain or over TLS.
+type Io = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// Read buffer growth step for TCP.
 const READ_CHUNK: usize = 8 * 1024;
@@ -19,43 +23,58 @@ const READ_CHUNK: usize = 8 * 1024;
 /// An open connection to the server.
 pub(crate) enum Transport {
     /// Raw TCP with a read buffer holding partial packets.
-    Tcp { stream: TcpStream, buf: BytesMut },
+    Tcp { stream: Io, buf: BytesMut },
     /// WebSocket over TCP.
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Ws(Box<WebSocketStream<Io>>),
 }
 
 impl Transport {
-    /// Connects to `addr`: `ws://host[:port][/path]` for WebSocket, anything else as TCP `host:port`.
-    pub(crate) async fn connect(addr: &str, max_packet_size: usize) -> Result<Self, ClientError> {
-        if addr.starts_with("wss://") {
-            return Err(ClientError::WebSocket(
-                "wss:// (TLS) is not supported".into(),
-            ));
-        }
-        let Some(rest) = addr.strip_prefix("ws://") else {
-            let stream = TcpStream::connect(addr).await?;
-            stream.set_nodelay(true)?;
-            return Ok(Self::Tcp {
-                stream,
-                buf: BytesMut::with_capacity(READ_CHUNK),
-            });
+    /// Connects to `addr`: `ws://host[:port][/path]` or `wss://..` for WebSocket (plain or TLS),
+    /// `tls://host:port` for TCP over TLS, anything else as plain TCP `host:port`.
+    pub(crate) async fn connect(
+        addr: &str,
+        max_packet_size: usize,
+        tls: &TlsOptions,
+    ) -> Result<Self, ClientError> {
+        let (ws, secure, rest) = if let Some(r) = addr.strip_prefix("wss://") {
+            (true, true, r)
+        } else if let Some(r) = addr.strip_prefix("ws://") {
+            (true, false, r)
+        } else if let Some(r) = addr.strip_prefix("tls://") {
+            (false, true, r)
+        } else {
+            (false, false, addr)
         };
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if authority.is_empty() {
             return Err(ClientError::WebSocket(format!("no host in {addr:?}")));
         }
-        // Default port 80 unless the authority already ends with one (mind IPv6 brackets).
-        let has_port = match authority.rfind(':') {
-            Some(i) => !authority[i..].contains(']'),
-            None => false,
+        // Default port (WebSocket: 80 or 443) unless the authority has one (mind IPv6 brackets).
+        let port_at = authority
+            .rfind(':')
+            .filter(|&i| !authority[i..].contains(']'));
+        let (host, host_port) = match port_at {
+            Some(i) => (&authority[..i], authority.to_string()),
+            None if ws => (
+                authority,
+                format!("{authority}:{}", if secure { 443 } else { 80 }),
+            ),
+            // Left to the connect to refuse (as an I/O error).
+            None => (authority, authority.to_string()),
         };
-        let host_port = if has_port {
-            authority.to_string()
+        let tcp = TcpStream::connect(&host_port).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Io = if secure {
+            Either::Right(Box::new(crate::tls::connect(tcp, host, tls).await?))
         } else {
-            format!("{authority}:80")
+            Either::Left(tcp)
         };
-        let stream = TcpStream::connect(&host_port).await?;
-        stream.set_nodelay(true)?;
+        if !ws {
+            return Ok(Self::Tcp {
+                stream,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            });
+        }
         let frame_limit = max_packet_size.saturating_add(HEADER_LEN);
         let config = WebSocketConfig::default()
             .max_message_size(Some(frame_limit))

@@ -45,6 +45,8 @@ pub(crate) struct AppInner {
     pub remote_sessions: crate::remote_sessions::RemoteSessions,
     /// Layers around this node's outgoing calls, outermost first.
     pub call_layers: Box<[Arc<dyn crate::middleware::CallMiddleware>]>,
+    /// The gateway's TLS, when `gateway.tls` is set.
+    pub tls: Option<Arc<crate::gateway::tls::Tls>>,
     /// Per module (by index): the calls from other nodes it runs or waits to run.
     pub module_inbound: Vec<Arc<tokio::sync::Semaphore>>,
 }
@@ -123,6 +125,19 @@ impl App {
         tags: std::collections::BTreeMap<String, String>,
     ) -> Result<(), Error> {
         self.update_node(|n| n.tags = tags).await.map(drop)
+    }
+
+    /// Reads the gateway's TLS certificate and key again (what the `rookery` binary does on
+    /// SIGHUP): connections accepted from now on get the new certificate, open ones keep
+    /// theirs. On an error (or without `gateway.tls`) the current certificate stays.
+    pub fn reload_tls(&self) -> Result<(), Error> {
+        let tls = self
+            .inner
+            .tls
+            .as_ref()
+            .ok_or_else(|| Error::bad_request("no TLS to reload: gateway.tls is not set"))?;
+        tls.reload()
+            .map_err(|e| Error::bad_request("TLS not reloaded").with_source(e))
     }
 
     /// The application's settings (`[settings]`) as `T`: the same on every node.

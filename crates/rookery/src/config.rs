@@ -317,6 +317,9 @@ pub struct GatewayConfig {
     pub ws: Option<String>,
     /// WebSocket path.
     pub ws_path: String,
+    /// TLS for the TCP and WebSocket acceptors (`tls://`, `wss://`): certificate chain and key,
+    /// PEM files; read again on SIGHUP. Plain when absent.
+    pub tls: Option<TlsFiles>,
     /// Heartbeat interval in whole seconds; a connection silent for twice this is closed.
     pub heartbeat: u64,
     /// Seconds a new connection has to complete the handshake (and its ack).
@@ -349,6 +352,7 @@ impl Default for GatewayConfig {
             tcp: None,
             ws: None,
             ws_path: "/".into(),
+            tls: None,
             heartbeat: 30,
             handshake_timeout: 10.0,
             request_timeout: 5.0,
@@ -376,6 +380,16 @@ impl GatewayConfig {
     pub fn request_timeout(&self) -> Duration {
         secs(self.request_timeout)
     }
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain (leaf first).
+    pub cert: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
 }
 
 /// Per-connection rate limit on inbound messages (requests and notifies).

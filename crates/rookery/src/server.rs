@@ -199,6 +199,12 @@ impl ServerBuilder {
             .filter(|e| !e.internal && e.dispatch == crate::Dispatch::Concurrent)
             .map(|e| e.route.to_string())
             .collect();
+        let tls = match &self.config.gateway.tls {
+            Some(files) => Some(Arc::new(crate::gateway::tls::Tls::load(files).map_err(
+                |e| StartError::new(StartErrorKind::Config, "gateway.tls").with_source(e),
+            )?)),
+            None => None,
+        };
         let module_inbound = (0..self.modules.len())
             .map(|_| Arc::new(Semaphore::new(self.config.cluster.inbound_per_module)))
             .collect();
@@ -239,6 +245,7 @@ impl ServerBuilder {
             remote_sessions: Default::default(),
             call_layers: self.call_layers.into(),
             module_inbound,
+            tls,
         });
         join_cluster(&app).await?;
 

@@ -272,6 +272,89 @@ fn serve_writes_json_logs_to_its_log_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `gateway.tls` (here through environment overrides): `rookery client` reaches the server with
+/// `--ca` (and `--insecure`), and after the certificate files are replaced and SIGHUP is sent,
+/// new connections need the new certificate.
+#[test]
+fn serve_over_tls_reloads_its_certificate_on_sighup() {
+    let dir = std::env::temp_dir().join(format!("rookery-cli-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let make_cert = |copy_to: &str| {
+        let ok = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            // A server certificate, not a CA (which TLS clients refuse as a server's).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl (Debian package `openssl`) runs");
+        assert!(ok.success());
+        let to = dir.join(copy_to);
+        std::fs::copy(&cert, &to).unwrap();
+        to.to_string_lossy().into_owned()
+    };
+    let old_ca = make_cert("old.pem");
+    let served = serve_with_env(&[
+        ("ROOKERY_GATEWAY__TLS__CERT", cert.to_str().unwrap()),
+        ("ROOKERY_GATEWAY__TLS__KEY", key.to_str().unwrap()),
+    ]);
+    assert!(served.tcp.starts_with("tls://"), "{}", served.tcp);
+    assert!(served.ws.starts_with("wss://"), "{}", served.ws);
+    let script = "request connector.entry.login {\"uid\":\"tls-user\"}\n";
+    for addr in [&served.tcp, &served.ws] {
+        let (out, err, ok) = client_with(&[addr, "--ca", &old_ca], script);
+        assert!(ok, "{out}{err}");
+        assert!(
+            out.contains(r#"< connector.entry.login {"uid":"tls-user"}"#),
+            "{out}"
+        );
+    }
+    let (out, err, ok) = client_with(&[&served.tcp, "--insecure"], script);
+    assert!(ok, "{out}{err}");
+    // Without the CA: refused, with the reason.
+    let (_, err, ok) = client_with(&[&served.tcp], script);
+    assert!(!ok && err.contains("certificate"), "{err}");
+
+    let new_ca = make_cert("new.pem");
+    let pid = served.child.id().to_string();
+    Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+    // The reload happens when the signal is handled: wait (bounded) for new connections to
+    // need the new certificate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, ok) = client_with(&[&served.tcp, "--ca", &new_ca], script);
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new certificate was not loaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, _, ok) = client_with(&[&served.tcp, "--ca", &old_ca], script);
+    assert!(!ok, "the old certificate is gone");
+    let mut child = served.child;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn client_reports_connection_failure() {
     // A port nobody listens on: bind one, then free it.

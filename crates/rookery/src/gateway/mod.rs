@@ -10,6 +10,7 @@ mod request;
 mod running;
 #[cfg(test)]
 pub(crate) mod tests;
+pub(crate) mod tls;
 mod transport;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 pub use close::{REASON_IDLE, REASON_SHUTDOWN};
@@ -82,8 +84,21 @@ pub(crate) async fn accept_loop(
         // The connection's future is the task's own (no wrapper around it): every level of
         // `async` nesting is one more tag that each wake-up of the connection reads.
         let tasks = &app.inner().tasks;
+        if let Some(tls) = &app.inner().tls {
+            tasks.spawn(serve_tls(
+                app.clone(),
+                tls.acceptor(),
+                stream,
+                remote,
+                acceptor,
+                permit,
+            ));
+            continue;
+        }
         match acceptor {
-            Acceptor::Ws => tasks.spawn(serve_ws(app.clone(), stream, remote, permit)),
+            Acceptor::Ws => {
+                tasks.spawn(serve_ws(app.clone(), Either::Left(stream), remote, permit))
+            }
             _ => {
                 let max = app.config().gateway.max_packet_size;
                 let transport = transport::tcp(stream, max);
@@ -141,9 +156,51 @@ fn sweep_period(idle: Duration) -> Duration {
     (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// A TCP connection, plain or over TLS, under a WebSocket.
+pub(crate) type WsIo = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// Serves a connection on a TLS acceptor: the TLS handshake (within the handshake deadline),
+/// then the packet protocol over it, or the WebSocket upgrade.
+async fn serve_tls(
+    app: App,
+    tls: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    acceptor: Acceptor,
+    permit: OwnedSemaphorePermit,
+) {
+    let cfg = &app.config().gateway;
+    let stream = match timeout(cfg.handshake_timeout(), tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+            metrics::counter!(crate::telemetry::HANDSHAKES_FAILED_TOTAL, "reason" => "tls")
+                .increment(1);
+            return;
+        }
+        Err(_) => {
+            app.disconnects().record(
+                DisconnectReason::HandshakeTimeout,
+                None,
+                remote,
+                None,
+                "TLS handshake timeout",
+            );
+            return;
+        }
+    };
+    match acceptor {
+        Acceptor::Ws => serve_ws(app, Either::Right(stream), remote, permit).await,
+        _ => {
+            let transport = transport::stream(stream, cfg.max_packet_size);
+            Box::pin(conn::serve(app, transport, remote, Acceptor::Tcp, permit)).await
+        }
+    }
+}
+
 // The upgrade callback signature is fixed by tungstenite.
 #[allow(clippy::result_large_err)]
-async fn serve_ws(app: App, stream: TcpStream, remote: SocketAddr, permit: OwnedSemaphorePermit) {
+async fn serve_ws(app: App, stream: WsIo, remote: SocketAddr, permit: OwnedSemaphorePermit) {
     let cfg = &app.config().gateway;
     let path = cfg.ws_path.clone();
     let check_path = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {

@@ -28,6 +28,8 @@ pub(crate) enum ConnError {
     Ws(String),
 }
 
+use super::WsIo;
+
 /// Reads packets: a TCP stream cut into packets, held inline (a connection's every request
 /// reads through it; no box, no dynamic call), or a WebSocket's frames, boxed (its adapter type
 /// is large and its own allocation does not matter beside the WebSocket's buffers).
@@ -226,8 +228,6 @@ impl StreamWriter {
 }
 
 /// A transport over any byte stream, with the TCP framing and the given packet-size limit.
-// The in-memory pipe of the connection tests uses it so far.
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn stream(
     io: impl AsyncRead + AsyncWrite + Send + 'static,
     max_packet: usize,
@@ -275,7 +275,7 @@ pub(crate) fn ws_config(max_packet: usize) -> WebSocketConfig {
 }
 
 pub(crate) struct WsWriter {
-    sink: SplitSink<WebSocketStream<TcpStream>, WsMessage>,
+    sink: SplitSink<WebSocketStream<WsIo>, WsMessage>,
 }
 
 impl WsWriter {
@@ -291,7 +291,7 @@ impl WsWriter {
 }
 
 /// A WebSocket transport over an upgraded stream.
-pub(crate) fn ws(stream: WebSocketStream<TcpStream>, max_packet: usize) -> Transport {
+pub(crate) fn ws(stream: WebSocketStream<WsIo>, max_packet: usize) -> Transport {
     let codec = PacketCodec::new(max_packet);
     let (sink, stream) = stream.split();
     let reader = stream.filter_map(move |msg| {

@@ -19,3 +19,4 @@ mod module_lifecycle;
 mod routing_and_errors;
 mod sessions_and_kick;
 mod shutdown;
+mod tls;

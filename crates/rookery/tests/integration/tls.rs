@@ -1,0 +1,208 @@
+//! TLS on the gateway: `tls://` and `wss://` reach the same handlers, certificates are read
+//! again on reload without dropping connections, and a client nobody here wrote (OpenSSL's
+//! `s_client`) speaks the protocol over it. Certificates are made at run time (rcgen).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use rookery::config::TlsFiles;
+use rookery_client::{Client, ClientError, ClientOptions, TlsOptions};
+use serde_json::json;
+
+use crate::common::*;
+
+/// A directory of its own for a test's certificate files.
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rookery-tls-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes a fresh self-signed certificate for `localhost` and 127.0.0.1 (`cert.pem`, `key.pem`);
+/// a client trusts it with `cert.pem` as its CA.
+fn write_cert(dir: &Path) {
+    let c =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
+}
+
+/// A copy of the current certificate, to trust it after the files change.
+fn keep_ca(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::copy(dir.join("cert.pem"), &to).unwrap();
+    to
+}
+
+fn tls_config(dir: &Path) -> rookery::Config {
+    let mut cfg = config();
+    cfg.gateway.tls = Some(TlsFiles {
+        cert: dir.join("cert.pem").to_string_lossy().into_owned(),
+        key: dir.join("key.pem").to_string_lossy().into_owned(),
+    });
+    cfg
+}
+
+fn trusting(ca: &Path) -> ClientOptions {
+    ClientOptions {
+        tls: TlsOptions {
+            ca: Some(ca.to_path_buf()),
+            insecure: false,
+        },
+        ..ClientOptions::default()
+    }
+}
+
+fn tls_addr(server: &rookery::RunningServer) -> String {
+    format!("tls://{}", server.tcp_addr().unwrap())
+}
+
+fn wss_url(server: &rookery::RunningServer) -> String {
+    format!("wss://{}/", server.ws_addr().unwrap())
+}
+
+#[tokio::test]
+async fn tls_and_wss_reach_the_same_handlers() {
+    let d = dir("both");
+    write_cert(&d);
+    let (server, _) = start(tls_config(&d)).await;
+    let ca = d.join("cert.pem");
+    for addr in [tls_addr(&server), wss_url(&server)] {
+        let c = Client::connect(&addr, trusting(&ca)).await.unwrap();
+        let v = c
+            .request_json("test.echo.json", json!({"over": addr}))
+            .await
+            .unwrap();
+        assert_eq!(v, json!({"over": addr}));
+    }
+    // Without the CA the certificate does not check out; with --insecure it is not checked.
+    match Client::connect(&tls_addr(&server), ClientOptions::default()).await {
+        Err(ClientError::Io(e)) => assert!(e.to_string().contains("certificate"), "{e}"),
+        Err(other) => panic!("expected a certificate error, got {other:?}"),
+        Ok(_) => panic!("an unknown certificate was accepted"),
+    }
+    let insecure = ClientOptions {
+        tls: TlsOptions {
+            ca: None,
+            insecure: true,
+        },
+        ..ClientOptions::default()
+    };
+    let c = Client::connect(&tls_addr(&server), insecure).await.unwrap();
+    c.request_json("test.echo.json", json!({})).await.unwrap();
+    // A plain client on the TLS port gets no session.
+    assert!(Client::connect(
+        &server.tcp_addr().unwrap().to_string(),
+        ClientOptions::default()
+    )
+    .await
+    .is_err());
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test]
+async fn a_reloaded_certificate_serves_new_connections_and_keeps_open_ones() {
+    let d = dir("reload");
+    write_cert(&d);
+    let old_ca = keep_ca(&d, "old-ca.pem");
+    let (server, _) = start(tls_config(&d)).await;
+    let open = Client::connect(&tls_addr(&server), trusting(&old_ca))
+        .await
+        .unwrap();
+
+    write_cert(&d);
+    let new_ca = keep_ca(&d, "new-ca.pem");
+    server.app().reload_tls().unwrap();
+    open.request_json("test.echo.json", json!({"still": "here"}))
+        .await
+        .expect("an open connection keeps working");
+    assert!(Client::connect(&tls_addr(&server), trusting(&old_ca))
+        .await
+        .is_err());
+    Client::connect(&tls_addr(&server), trusting(&new_ca))
+        .await
+        .expect("new connections get the new certificate");
+
+    // A broken key: refused, and the current certificate stays.
+    std::fs::write(d.join("key.pem"), "not a key").unwrap();
+    let e = server.app().reload_tls().unwrap_err();
+    let why = std::error::Error::source(&e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    assert!(why.contains("gateway.tls.key"), "{e}: {why}");
+    Client::connect(&tls_addr(&server), trusting(&new_ca))
+        .await
+        .expect("still the certificate loaded last");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// OpenSSL's client, given the handshake packet on its input, gets the server's answer; it can
+/// negotiate TLS 1.2 but not 1.1.
+#[tokio::test]
+async fn openssl_s_client_handshakes_over_tls_1_2_and_not_1_1() {
+    let d = dir("openssl");
+    write_cert(&d);
+    let (server, _) = start(tls_config(&d)).await;
+    let addr = server.tcp_addr().unwrap().to_string();
+    let ca = d.join("cert.pem").to_string_lossy().into_owned();
+    let hs = rookery::protocol::ClientHandshake::new(Default::default(), serde_json::Value::Null);
+    let request = hs.request_packet().to_vec();
+    let (a, c) = (addr.clone(), ca.clone());
+    let answer = tokio::task::spawn_blocking(move || s_client(&a, &c, "-tls1_2", &request))
+        .await
+        .unwrap();
+    assert!(answer.len() > 4, "no answer: {answer:?}");
+    assert_eq!(answer[0], 1, "a Handshake packet");
+    let body = String::from_utf8_lossy(&answer[4..]);
+    assert!(body.contains("\"code\":200"), "{body}");
+    let refused = tokio::task::spawn_blocking(move || s_client(&addr, &ca, "-tls1_1", &[]))
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "TLS 1.1 must not be negotiated");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Runs `openssl s_client` against `addr`, writes `input`, and returns the bytes it received
+/// (until the first packet is whole, the connection ends, or 10 s pass).
+fn s_client(addr: &str, ca: &str, version: &str, input: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client", "-connect", addr, "-CAfile", ca, version, "-quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl (Debian package `openssl`) runs");
+    child.stdin.as_mut().unwrap().write_all(input).unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let whole = got.len() >= 4
+                && got.len()
+                    >= 4 + ((got[1] as usize) << 16 | (got[2] as usize) << 8 | got[3] as usize);
+            if whole {
+                break;
+            }
+        }
+        let _ = tx.send(got);
+    });
+    let got = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    got
+}

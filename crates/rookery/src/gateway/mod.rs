@@ -156,6 +156,12 @@ fn sweep_period(idle: Duration) -> Duration {
     (idle / 8).clamp(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// A connection that did not get through its TLS handshake or WebSocket upgrade in time.
+fn timed_out(app: &App, remote: SocketAddr, what: &str) {
+    app.disconnects()
+        .record(DisconnectReason::HandshakeTimeout, None, remote, None, what);
+}
+
 /// A TCP connection, plain or over TLS, under a WebSocket.
 pub(crate) type WsIo = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
 
@@ -178,16 +184,7 @@ async fn serve_tls(
                 .increment(1);
             return;
         }
-        Err(_) => {
-            app.disconnects().record(
-                DisconnectReason::HandshakeTimeout,
-                None,
-                remote,
-                None,
-                "TLS handshake timeout",
-            );
-            return;
-        }
+        Err(_) => return timed_out(&app, remote, "TLS handshake timeout"),
     };
     match acceptor {
         Acceptor::Ws => serve_ws(app, Either::Right(stream), remote, permit).await,
@@ -225,16 +222,7 @@ async fn serve_ws(app: App, stream: WsIo, remote: SocketAddr, permit: OwnedSemap
             tracing::debug!(%remote, error = %e, "websocket upgrade failed");
             return;
         }
-        Err(_) => {
-            app.disconnects().record(
-                DisconnectReason::HandshakeTimeout,
-                None,
-                remote,
-                None,
-                "websocket upgrade timeout",
-            );
-            return;
-        }
+        Err(_) => return timed_out(&app, remote, "websocket upgrade timeout"),
     };
     let max = cfg.max_packet_size;
     conn::serve(app, transport::ws(ws, max), remote, Acceptor::Ws, permit).await

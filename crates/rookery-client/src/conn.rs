@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rookery_protocol::packet::encode_parts;
-use rookery_protocol::{
-    Message, MessageType, Packet, PacketCodec, PacketType, ProtocolError, Route,
-};
+use rookery_protocol::{Message, MessageType, Packet, PacketCodec, PacketType, Route};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -212,6 +210,18 @@ impl Conn {
         }
     }
 
+    /// A message's payload, inflated if it came compressed (within the packet size limit).
+    fn payload(&self, msg: &Message) -> Result<Bytes, ClientError> {
+        if msg.compressed {
+            Ok(rookery_protocol::compression::inflate(
+                &msg.payload,
+                self.codec.max_body(),
+            )?)
+        } else {
+            Ok(msg.payload.clone())
+        }
+    }
+
     async fn on_message(&mut self, msg: Message) -> Result<(), End> {
         match msg.kind {
             MessageType::Response => {
@@ -220,23 +230,22 @@ impl Conn {
                     tracing::debug!(id = msg.id, "response for no pending request (timed out?)");
                     return Ok(());
                 };
-                let reply = if msg.compressed {
-                    Err(ClientError::Protocol(ProtocolError::Invalid(
-                        "compressed payloads are not supported",
-                    )))
-                } else if msg.error {
-                    Err(server_error(&msg.payload, self.serializer))
-                } else {
-                    Ok(msg.payload)
+                let reply = match self.payload(&msg) {
+                    Err(e) => Err(e),
+                    Ok(payload) if msg.error => Err(server_error(&payload, self.serializer)),
+                    Ok(payload) => Ok(payload),
                 };
                 let _ = tx.send(reply);
                 Ok(())
             }
             MessageType::Push => {
-                if msg.compressed {
-                    tracing::warn!("dropping push with a compressed payload (unsupported)");
-                    return Ok(());
-                }
+                let payload = match self.payload(&msg) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dropping a push that does not inflate");
+                        return Ok(());
+                    }
+                };
                 let route = match msg.route {
                     Some(Route::Name(name)) => name.as_str().to_string(),
                     Some(Route::Code(code)) => self
@@ -246,11 +255,7 @@ impl Conn {
                         .unwrap_or_else(|| format!("#{code}")),
                     None => String::new(),
                 };
-                self.deliver(Event::Push(Push {
-                    route,
-                    payload: msg.payload,
-                }))
-                .await
+                self.deliver(Event::Push(Push { route, payload })).await
             }
             MessageType::Request | MessageType::Notify => {
                 tracing::warn!(kind = ?msg.kind, "ignoring client-bound message of a client-only type");

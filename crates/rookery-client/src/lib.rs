@@ -65,6 +65,9 @@ pub struct ClientOptions {
     pub heartbeat: bool,
     /// How `tls://` and `wss://` servers are checked (the system's roots by default).
     pub tls: TlsOptions,
+    /// Announce that this client reads compressed payloads (zlib, flag 0x10), so the server
+    /// may compress large responses and pushes. Default true.
+    pub compression: bool,
 }
 
 impl Default for ClientOptions {
@@ -78,6 +81,7 @@ impl Default for ClientOptions {
             event_buffer: 1024,
             heartbeat: true,
             tls: TlsOptions::default(),
+            compression: true,
         }
     }
 }
@@ -435,6 +439,7 @@ async fn handshake(
             version: Some(env!("CARGO_PKG_VERSION").into()),
             platform: Some(std::env::consts::OS.into()),
             serializer: opts.serializer,
+            compression: opts.compression.then(|| "zlib".to_string()),
         },
         opts.user.clone(),
     );

@@ -24,6 +24,9 @@ pub enum ProtocolError {
     /// The message flag byte names an unknown message type.
     #[error("unknown message type {0}")]
     UnknownMessageType(u8),
+    /// A compressed payload that does not inflate.
+    #[error("bad compressed payload: {0}")]
+    BadCompression(String),
     /// The message ended before a required field.
     #[error("message truncated while reading {0}")]
     Truncated(&'static str),

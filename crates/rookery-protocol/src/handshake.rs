@@ -50,6 +50,10 @@ pub struct HandshakeSys {
     /// Serializer the client asks for; the server's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serializer: Option<Serializer>,
+    /// Payload compression the client reads (`"zlib"`): the server may then compress large
+    /// responses and pushes (message flag 0x10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
 }
 
 /// A client's handshake: `{"sys": {...}, "user": {...}}`.

@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compression;
 pub mod error;
 pub mod handshake;
 pub mod message;

@@ -317,6 +317,9 @@ pub struct GatewayConfig {
     pub ws: Option<String>,
     /// WebSocket path.
     pub ws_path: String,
+    /// Responses and pushes larger than this many bytes are compressed (zlib, flag 0x10) for
+    /// clients that announce `sys.compression = "zlib"` in their handshake; 0: never.
+    pub compress_above: usize,
     /// TLS for the TCP and WebSocket acceptors (`tls://`, `wss://`): certificate chain and key,
     /// PEM files; read again on SIGHUP. Plain when absent.
     pub tls: Option<TlsFiles>,
@@ -352,6 +355,7 @@ impl Default for GatewayConfig {
             tcp: None,
             ws: None,
             ws_path: "/".into(),
+            compress_above: 1024,
             tls: None,
             heartbeat: 30,
             handshake_timeout: 10.0,

@@ -116,6 +116,9 @@ struct Inner {
     closed: AtomicBool,
     serializer: Serializer,
     acceptor: Acceptor,
+    /// Payloads larger than this are sent compressed (0: never; in the padding before
+    /// `last_seen`, so it costs the session no space).
+    compress_above: u32,
     /// When the client last sent anything: milliseconds since [`EPOCH`].
     last_seen: AtomicU64,
     link: Link,
@@ -382,7 +385,24 @@ impl Session {
     }
 
     pub(crate) fn encode_push(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
-        encode_push(&self.inner.dict, route, body)
+        let (body, compressed) = self.maybe_compress(body);
+        encode_push(&self.inner.dict, route, body, compressed)
+    }
+
+    /// True if a payload of `len` bytes is sent compressed to this client.
+    pub(crate) fn compresses(&self, len: usize) -> bool {
+        let above = self.inner.compress_above;
+        above != 0 && len > above as usize
+    }
+
+    /// The payload as this client is sent it: compressed (and `true`) when it is large enough
+    /// and the client reads compressed payloads.
+    pub(crate) fn maybe_compress(&self, body: Bytes) -> (Bytes, bool) {
+        if self.compresses(body.len()) {
+            (rookery_protocol::compression::deflate(&body), true)
+        } else {
+            (body, false)
+        }
     }
 
     /// Queues an encoded packet. Never blocks: a full queue closes the session.
@@ -530,16 +550,21 @@ impl Session {
 }
 
 /// Encodes a Push packet, compressing the route if the dictionary has it.
-pub(crate) fn encode_push(dict: &RouteDict, route: &str, body: Bytes) -> Result<Bytes, Error> {
+pub(crate) fn encode_push(
+    dict: &RouteDict,
+    route: &str,
+    body: Bytes,
+    compressed: bool,
+) -> Result<Bytes, Error> {
     let route = match dict.code(route) {
         Some(code) => Route::Code(code),
         None => Route::Name(
             RouteName::try_from(route).map_err(|e| Error::internal(format!("push route: {e}")))?,
         ),
     };
-    Message::push(route, body)
-        .to_packet_bytes()
-        .map_err(Error::internal)
+    let mut m = Message::push(route, body);
+    m.compressed = compressed;
+    m.to_packet_bytes().map_err(Error::internal)
 }
 
 /// Everything needed to create a session after a successful handshake.
@@ -552,9 +577,12 @@ pub(crate) struct NewSession {
     pub outbound: usize,
     /// The route dictionary the client was given in the handshake.
     pub dict: Arc<RouteDict>,
+    /// `gateway.compress_above` (applied if the client reads compressed payloads).
+    pub compress_above: usize,
 }
 
 impl Session {
+    #[allow(clippy::too_many_arguments)]
     fn build(
         id: SessionId,
         remote: SocketAddr,
@@ -563,6 +591,7 @@ impl Session {
         client: HandshakeSys,
         link: Link,
         dict: Arc<RouteDict>,
+        compress_above: u32,
     ) -> Self {
         let created = Instant::now();
         Session {
@@ -571,6 +600,7 @@ impl Session {
                 remote,
                 remote_text: OnceLock::new(),
                 acceptor,
+                compress_above,
                 serializer,
                 client,
                 created,
@@ -598,6 +628,7 @@ impl Session {
             HandshakeSys::default(),
             Link::Detached,
             Arc::default(),
+            0,
         )
     }
 
@@ -619,6 +650,7 @@ impl Session {
             HandshakeSys::default(),
             Link::Remote(link),
             dict,
+            0,
         );
         if let Some(uid) = uid.filter(|u| !u.is_empty()) {
             s.set_uid(Some(Arc::from(uid)));
@@ -712,6 +744,12 @@ impl SessionPool {
 
     pub(crate) fn create(&self, new: NewSession) -> Session {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let compress_above = match new.client.compression.as_deref() {
+            Some("zlib") if new.compress_above > 0 => {
+                u32::try_from(new.compress_above).unwrap_or(u32::MAX)
+            }
+            _ => 0,
+        };
         let session = Session::build(
             id,
             new.remote,
@@ -720,6 +758,7 @@ impl SessionPool {
             new.client,
             Link::Local(crate::outbound::Outbound::new(new.outbound)),
             new.dict,
+            compress_above,
         );
         self.write().by_id.insert(id, session.clone());
         session
@@ -860,7 +899,8 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
     payload: &P,
 ) -> usize {
     let mut encoded = crate::payload::EncodedOnce::new(payload);
-    let mut packets: [Option<Bytes>; 2] = [None, None];
+    // Per serializer, plain and compressed.
+    let mut packets: [[Option<Bytes>; 2]; 2] = Default::default();
     // Per gateway and serializer: the link and the sessions to push to through it.
     type ByGateway = HashMap<(Arc<str>, usize), (Arc<dyn GatewayLink>, Vec<SessionId>)>;
     let mut remote: ByGateway = HashMap::new();
@@ -875,7 +915,11 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
                 .push(s.id());
             continue;
         }
-        let slot = &mut packets[ser as usize];
+        let compressed = encoded
+            .get(ser)
+            .map(|b| s.compresses(b.len()))
+            .unwrap_or(false);
+        let slot = &mut packets[ser as usize][usize::from(compressed)];
         if slot.is_none() {
             match encoded.get(ser).and_then(|b| s.encode_push(route, b)) {
                 Ok(p) => *slot = Some(p),
@@ -968,6 +1012,7 @@ mod tests {
             client: HandshakeSys::default(),
             outbound: 4,
             dict: Arc::default(),
+            compress_above: 0,
         })
     }
 

@@ -90,6 +90,7 @@ pub(crate) async fn serve(
         client,
         outbound: cfg.outbound_queue,
         dict,
+        compress_above: cfg.compress_above,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
     let sessions_gauge =

@@ -100,10 +100,17 @@ pub(super) fn resolve(
             return Ok(None);
         }
     }
+    let mut msg = msg;
     if msg.compressed {
-        let err = Error::bad_request("compressed payloads are not supported");
-        reply_error(session, &msg, err);
-        return Ok(None);
+        // Inflated within the packet size limit: a zip bomb is refused, never held.
+        let limit = app.config().gateway.max_packet_size;
+        match rookery_protocol::compression::inflate(&msg.payload, limit) {
+            Ok(payload) => msg.payload = payload,
+            Err(e) => {
+                reply_error(session, &msg, Error::bad_request(e.to_string()));
+                return Ok(None);
+            }
+        }
     }
     let route = msg
         .route
@@ -215,7 +222,12 @@ pub(super) async fn run_job(app: &App, session: &Session, job: Job, timeout: Dur
     match job.kind {
         MessageType::Request => {
             let msg = match result {
-                Ok(body) => Message::response(job.id, body),
+                Ok(body) => {
+                    let (body, compressed) = session.maybe_compress(body);
+                    let mut m = Message::response(job.id, body);
+                    m.compressed = compressed;
+                    m
+                }
                 Err(e) => Message::error_response(job.id, e.encode(session.serializer())),
             };
             match msg.to_packet_bytes() {

@@ -458,6 +458,7 @@ mod tests {
                 client: Default::default(),
                 outbound: 8,
                 dict: app.sessions().dict(),
+                compress_above: 0,
             });
             let queue = session.outbound().expect("a local session's queue");
             let (_peer, io) = tokio::io::duplex(64);

@@ -9,6 +9,7 @@ mod cluster_inproc;
 #[cfg(feature = "nats")]
 mod cluster_nats;
 mod cluster_tcp;
+mod compression;
 mod disconnects;
 mod groups_and_push;
 mod handshake;

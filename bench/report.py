@@ -404,6 +404,25 @@ def build_table(rows, meta):
         line("P3", f"(info) Rookery with a fair schedule (global_queue_interval = 4), {mc} conn, "
              "fair generator", "p3fair-rookery",
              f"vs the pinus runs above: {rf:.2f}x" if rf else "", "")
+    # Client protocols against plain TCP, one process, in alternation (for information; TLS
+    # has a target of its own: 70% of plain TCP).
+    tcp = [f"protopair-tcp-{i}" for i in (1, 2)]
+    for proto, label, target in (("tls", "TLS (tls://)", 0.70), ("ws", "WebSocket", None)):
+        rows = [f"protopair-{proto}-{i}" for i in (1, 2)]
+        if all(ok(x) for x in rows + tcp):
+            for i in (0, 1):
+                line("C", f"{label}, {mc} conn, alternating with plain TCP (run {i + 1})", rows[i])
+            r = ratio(sum(rps(x) for x in rows), sum(rps(x) for x in tcp))
+            if target is None:
+                lines.append(f"| C | {label} vs plain TCP over the alternating runs "
+                             f"(req/s summed per side) | | | | | | {r * 100:.0f}% | |")
+            else:
+                v = verdict("C", f"{label} vs plain TCP", r, target)
+                lines.append(f"| C | {label} vs plain TCP over the alternating runs "
+                             f"(req/s summed per side) | | | | | | {rtxt(r, target, '%')} | {v} |")
+    if all(ok(x) for x in tcp):
+        for i in (0, 1):
+            line("C", f"plain TCP, {mc} conn, in the same alternation (run {i + 1})", tcp[i])
     # P4, P5 (alternating rows as P2)
     ratio_target("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
                  ("p4-tcp", f"p2-c{mc}"), ("p4pair-remote", "p4pair-single"),

@@ -505,6 +505,31 @@ for i in 1 2; do
   ceiling_row "p2pair-ceiling-$i" "$MAIN_CONNS"
 done
 
+# Client protocols, for information beside P2: TLS and WebSocket against plain TCP, each on a
+# freshly started one-process server, in alternation (a certificate made for the run).
+TLS_DIR=$RUN_DIR/tls
+mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=localhost -addext subjectAltName=IP:127.0.0.1,DNS:localhost \
+  -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" >/dev/null 2>&1
+proto_row() { # ID ADDR [ENV...]: one run against a fresh one-process server at ADDR
+  local id=$1 addr=$2; shift 2
+  start_server "single-$id" env "$@" "$ROOKERY" serve --config bench/configs/single.toml
+  local s=$LAST_PID
+  if wait_port 3410 30 "$s"; then
+    bench_row "$id" rookery "$s" "$MAIN_CONNS" --addr "$addr" --ca "$TLS_DIR/cert.pem" \
+      --route "$ROUTE"
+  fi
+  stop_server "$s"
+}
+TLS_ENV=(ROOKERY_GATEWAY__TLS__CERT="$TLS_DIR/cert.pem" ROOKERY_GATEWAY__TLS__KEY="$TLS_DIR/key.pem")
+for i in 1 2; do
+  proto_row "protopair-tcp-$i" 127.0.0.1:3410
+  proto_row "protopair-tls-$i" tls://127.0.0.1:3410 "${TLS_ENV[@]}"
+  proto_row "protopair-ws-$i" ws://127.0.0.1:3411/
+done
+
 # P4, P6 (remote over TCP).
 start_server tcp-room "$ROOKERY" serve --config bench/configs/remote-tcp.toml --process room
 TROOM=$LAST_PID

@@ -24,12 +24,14 @@ use rookery_protocol::{
     ClientHandshake, HandshakeSys, Message, MessageType, Packet, PacketCodec, PacketType, Route,
     RouteName, HEADER_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{timeout, Instant};
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::{self, protocol::WebSocketConfig, Message as WsMessage};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 
 use crate::pacer::Schedule;
 use crate::{put_varint, varint_len, Shared};
@@ -37,6 +39,11 @@ use crate::{put_varint, varint_len, Shared};
 /// What a run asks of every connection (validated and resolved once).
 pub(crate) struct Plan {
     pub target: SocketAddr,
+    /// TLS (under the packets or the WebSocket) and the name the certificate is checked for.
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     pub ws_url: Option<String>,
     pub source_ips: Vec<IpAddr>,
     pub connections: usize,
@@ -162,10 +169,14 @@ const MAX_BURST: usize = 1024;
 const HEARTBEAT: [u8; 4] = [PacketType::Heartbeat as u8, 0, 0, 0];
 const LOGIN_ROUTE: &str = "connector.entry.login";
 
+/// A TCP connection, plain or over TLS (under a WebSocket).
+type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
+
 /// An open connection during setup.
 enum Link {
     Tcp(TcpStream, BytesMut),
-    Ws(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<TlsStream<TcpStream>>, BytesMut),
+    Ws(Box<WebSocketStream<Io>>),
 }
 
 /// Why a generator connection could not be set up (connect, upgrade, handshake, login).
@@ -214,23 +225,18 @@ impl Link {
     async fn send(&mut self, pkt: Bytes) -> Result<(), SetupError> {
         match self {
             Link::Tcp(s, _) => Ok(s.write_all(&pkt).await?),
+            Link::Tls(s, _) => {
+                s.write_all(&pkt).await?;
+                Ok(s.flush().await?)
+            }
             Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(pkt)).await?),
         }
     }
 
     async fn recv(&mut self, codec: &PacketCodec) -> Result<Packet, SetupError> {
         match self {
-            Link::Tcp(s, buf) => loop {
-                if let Some(p) = codec.decode(buf)? {
-                    return Ok(p);
-                }
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(INITIAL_READ);
-                }
-                if s.read_buf(buf).await? == 0 {
-                    return Err(SetupError::Closed);
-                }
-            },
+            Link::Tcp(s, buf) => read_packet(s, buf, codec).await,
+            Link::Tls(s, buf) => read_packet(s, buf, codec).await,
             Link::Ws(ws) => loop {
                 match ws.next().await {
                     Some(Ok(WsMessage::Binary(b))) => return Ok(codec.decode_frame(b)?),
@@ -239,6 +245,25 @@ impl Link {
                     Some(Err(e)) => return Err(e.into()),
                 }
             },
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole packet.
+async fn read_packet(
+    s: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    codec: &PacketCodec,
+) -> Result<Packet, SetupError> {
+    loop {
+        if let Some(p) = codec.decode(buf)? {
+            return Ok(p);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(INITIAL_READ);
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(SetupError::Closed);
         }
     }
 }
@@ -339,9 +364,18 @@ async fn setup(
         .map_err(|_| SetupError::Timeout("connect"))?
         .map_err(|e| SetupError::Connect(plan.target, e))?;
     let _ = stream.set_nodelay(true);
-    let mut link = match &plan.ws_url {
-        None => Link::Tcp(stream, BytesMut::with_capacity(INITIAL_READ)),
-        Some(url) => {
+    let stream = match &plan.tls {
+        None => Either::Left(stream),
+        Some((connector, name)) => Either::Right(Box::new(
+            timeout(plan.timeout, connector.connect(name.clone(), stream))
+                .await
+                .map_err(|_| SetupError::Timeout("TLS handshake"))??,
+        )),
+    };
+    let mut link = match (&plan.ws_url, stream) {
+        (None, Either::Left(s)) => Link::Tcp(s, BytesMut::with_capacity(INITIAL_READ)),
+        (None, Either::Right(s)) => Link::Tls(s, BytesMut::with_capacity(INITIAL_READ)),
+        (Some(url), stream) => {
             let config = WebSocketConfig::default()
                 .read_buffer_size(plan.ws_read_buffer)
                 .write_buffer_size(64 * 1024);
@@ -396,6 +430,7 @@ pub(crate) async fn connection(
     let wake = wake.unwrap_or_default();
     let stats = match link {
         Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, &wake, codec).await,
+        Link::Tls(stream, rbuf) => drive_tls(conn, *stream, rbuf, start, &wake, codec).await,
         Link::Ws(ws) => drive_ws(conn, *ws, start, &wake, codec).await,
     };
     if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -874,15 +909,57 @@ pub(crate) fn find_ts_us(payload: &[u8]) -> Option<u64> {
     })
 }
 
+/// A write half that can also write without waiting (a plain TCP socket's can; others say
+/// "would block" and leave it to the awaited write).
+trait TryWrite: AsyncWrite + Unpin {
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::tcp::WriteHalf<'_> {
+    fn try_write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.try_write(buf)
+    }
+}
+
+impl<S: AsyncWrite> TryWrite for tokio::io::WriteHalf<S> {
+    fn try_write_now(&mut self, _: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+}
+
 async fn drive_tcp(
-    mut conn: Conn,
+    conn: Conn,
     mut stream: TcpStream,
+    rbuf: BytesMut,
+    start: watch::Receiver<Option<Start>>,
+    signal: &Notify,
+    codec: PacketCodec,
+) -> TaskStats {
+    let (rd, wr) = stream.split();
+    drive_stream(conn, rd, wr, rbuf, start, signal, codec).await
+}
+
+async fn drive_tls(
+    conn: Conn,
+    stream: TlsStream<TcpStream>,
+    rbuf: BytesMut,
+    start: watch::Receiver<Option<Start>>,
+    signal: &Notify,
+    codec: PacketCodec,
+) -> TaskStats {
+    let (rd, wr) = tokio::io::split(stream);
+    drive_stream(conn, rd, wr, rbuf, start, signal, codec).await
+}
+
+async fn drive_stream(
+    mut conn: Conn,
+    mut rd: impl AsyncRead + Unpin,
+    mut wr: impl TryWrite,
     mut rbuf: BytesMut,
     mut start: watch::Receiver<Option<Start>>,
     signal: &Notify,
     codec: PacketCodec,
 ) -> TaskStats {
-    let (mut rd, mut wr) = stream.split();
     let mut wbuf = BytesMut::new();
     let mut read_chunk = INITIAL_READ;
     let mut armed = conn.next_wake();
@@ -968,7 +1045,7 @@ async fn drive_tcp(
             break;
         }
         if !wbuf.is_empty() {
-            match wr.try_write(&wbuf) {
+            match wr.try_write_now(&wbuf) {
                 Ok(n) => wbuf.advance(n),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -983,7 +1060,7 @@ async fn drive_tcp(
     conn.finish()
 }
 
-type WsSink = SplitSink<WebSocketStream<TcpStream>, WsMessage>;
+type WsSink = SplitSink<WebSocketStream<Io>, WsMessage>;
 
 /// Sends the packets in `wbuf` as one binary message each, then flushes.
 async fn ws_flush(tx: &mut WsSink, wbuf: &mut BytesMut) -> Result<(), tungstenite::Error> {
@@ -1022,7 +1099,7 @@ fn on_ws(
 
 async fn drive_ws(
     mut conn: Conn,
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Io>,
     mut start: watch::Receiver<Option<Start>>,
     signal: &Notify,
     codec: PacketCodec,

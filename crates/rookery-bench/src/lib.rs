@@ -50,12 +50,20 @@ use pacer::{Pacer, Schedule};
 /// Command-line options of `rookery bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Server address (host:port).
+    /// Server address: host:port, tls://host:port (TCP over TLS), ws://host:port/path or
+    /// wss://host:port/path (WebSocket, plain or over TLS).
     #[arg(long, default_value = "127.0.0.1:3250")]
     pub addr: String,
     /// Connect over WebSocket (ws://ADDR plus --ws-path) instead of raw TCP.
     #[arg(long)]
     pub ws: bool,
+    /// Trust the CA certificates in this PEM file for tls:// and wss:// (instead of the
+    /// system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Do not check the server's certificate (self-signed test setups only).
+    #[arg(long)]
+    pub insecure: bool,
     /// Path of the WebSocket endpoint.
     #[arg(long, default_value = "/")]
     pub ws_path: String,
@@ -328,9 +336,38 @@ async fn plan(args: &BenchArgs) -> Result<Plan, BoxError> {
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&args.addr)
+    // A scheme in the address: TLS and WebSocket (whose path it then gives).
+    let (tls, ws, rest) = match args.addr.split_once("://") {
+        None => (false, args.ws, args.addr.as_str()),
+        Some(("tls", r)) => (true, args.ws, r),
+        Some(("ws", r)) => (false, true, r),
+        Some(("wss", r)) => (true, true, r),
+        Some((other, _)) => return Err(format!("unknown scheme {other}:// in --addr").into()),
+    };
+    let (host_port, url_path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i..])),
+        None => (rest, None),
+    };
+    let tls = if tls {
+        let opts = rookery_client::TlsOptions {
+            ca: args.ca.clone(),
+            insecure: args.insecure,
+        };
+        let host = match host_port.rfind(':') {
+            Some(i) if !host_port[i..].contains(']') => &host_port[..i],
+            _ => host_port,
+        };
+        let config = rookery_client::tls::config(&opts)?;
+        Some((
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            rookery_client::tls::server_name(host)?,
+        ))
+    } else {
+        None
+    };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(host_port)
         .await
-        .map_err(|e| format!("cannot resolve {:?}: {e}", args.addr))?
+        .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?
         .collect();
     // Prefer an address of the same family as the source addresses.
     let target = match source_ips.first() {
@@ -339,16 +376,18 @@ async fn plan(args: &BenchArgs) -> Result<Plan, BoxError> {
     }
     .or_else(|| addrs.first().copied())
     .ok_or_else(|| format!("{:?} resolves to no address", args.addr))?;
-    let ws_url = args.ws.then(|| {
-        let path = if args.ws_path.starts_with('/') {
-            args.ws_path.clone()
-        } else {
-            format!("/{}", args.ws_path)
+    let ws_url = ws.then(|| {
+        let path = match url_path {
+            Some(p) => p.to_string(),
+            None if args.ws_path.starts_with('/') => args.ws_path.clone(),
+            None => format!("/{}", args.ws_path),
         };
-        format!("ws://{}{}", args.addr, path)
+        let scheme = if tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://{host_port}{path}")
     });
     Ok(Plan {
         target,
+        tls,
         ws_url,
         source_ips,
         connections: args.connections,

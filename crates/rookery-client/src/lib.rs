@@ -18,7 +18,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
-mod tls;
+pub mod tls;
 mod transport;
 
 pub use tls::TlsOptions;

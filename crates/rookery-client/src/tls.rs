@@ -32,8 +32,9 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(crypto::ring::default_provider())
 }
 
-/// The client configuration `opts` asks for.
-fn config(opts: &TlsOptions) -> Result<ClientConfig, ClientError> {
+/// The rustls client configuration `opts` asks for (also for load generators that open their
+/// own connections).
+pub fn config(opts: &TlsOptions) -> Result<ClientConfig, ClientError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(tls_error)?;
@@ -73,10 +74,14 @@ pub(crate) async fn connect(
     host: &str,
     opts: &TlsOptions,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name = ServerName::try_from(host.to_string()).map_err(tls_error)?;
     let connector = TlsConnector::from(Arc::new(config(opts)?));
-    Ok(connector.connect(name, tcp).await?)
+    Ok(connector.connect(server_name(host)?, tcp).await?)
+}
+
+/// The name a certificate is checked against: a DNS name or an IP address (brackets dropped).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, ClientError> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).map_err(tls_error)
 }
 
 /// A verifier that accepts every certificate (but still checks the handshake's signatures, so

@@ -13,12 +13,19 @@ struct Cli {
     args: BenchArgs,
 }
 
+/// Bench arguments as on the command line (all of them given), with progress off.
+pub fn argv(argv: &[&str]) -> BenchArgs {
+    let mut all = vec!["bench", "--no-progress"];
+    all.extend_from_slice(argv);
+    Cli::parse_from(all).args
+}
+
 /// Bench arguments as on the command line, with progress off.
 pub fn args(addr: SocketAddr, extra: &[&str]) -> BenchArgs {
     let addr = addr.to_string();
-    let mut argv = vec!["bench", "--no-progress", "--addr", addr.as_str()];
-    argv.extend_from_slice(extra);
-    Cli::parse_from(argv).args
+    let mut all = vec!["--addr", addr.as_str()];
+    all.extend_from_slice(extra);
+    argv(&all)
 }
 
 /// Starts the ceiling server on a free loopback port.

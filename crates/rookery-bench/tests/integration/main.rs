@@ -8,3 +8,4 @@ mod common;
 mod bench;
 mod disconnects;
 mod nats_ceiling;
+mod tls;

@@ -1,0 +1,106 @@
+//! The load generator over TLS: `tls://` and `wss://` addresses against a Rookery node whose
+//! acceptors speak TLS (a certificate made at run time with `openssl req`).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rookery::config::TlsFiles;
+use rookery::{Context, Error, Json, Module, ModuleInit, Server};
+use rookery_bench::run;
+use serde_json::Value;
+
+use crate::common::argv;
+
+struct Echo;
+
+impl Module for Echo {
+    fn name(&self) -> &str {
+        "echo"
+    }
+
+    fn init(self: Arc<Self>, init: &mut ModuleInit<'_>) -> Result<(), Error> {
+        init.handler("e.x", |_c: Context, Json(v): Json<Value>| async move {
+            Ok(Json(v))
+        });
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_over_tls_and_wss() {
+    let dir = std::env::temp_dir().join(format!("rookery-bench-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (Debian package `openssl`) runs");
+    assert!(ok.success());
+    let mut cfg = rookery_testkit::server::config();
+    cfg.gateway.rate_limit.per_second = 0;
+    cfg.gateway.tls = Some(TlsFiles {
+        cert: cert.to_string_lossy().into_owned(),
+        key: key.to_string_lossy().into_owned(),
+    });
+    let server = Server::builder(cfg).module(Echo).start().await.unwrap();
+    let ca = cert.to_string_lossy().into_owned();
+    let tls = format!("tls://{}", server.tcp_addr().unwrap());
+    let wss = format!("wss://{}/", server.ws_addr().unwrap());
+    for addr in [&tls, &wss] {
+        let r = run(argv(&[
+            "--addr",
+            addr,
+            "--ca",
+            &ca,
+            "--connections",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--route",
+            "echo.e.x",
+            "--payload",
+            "{\"n\":1}",
+        ]))
+        .await
+        .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        assert!(r.requests > 0, "{addr}: {r:?}");
+        assert_eq!(r.errors, 0, "{addr}: {r:?}");
+    }
+    // Without the CA, no connection is set up: the run reports them as failed.
+    let r = run(argv(&[
+        "--addr",
+        &tls,
+        "--connections",
+        "2",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "--route",
+        "echo.e.x",
+    ]))
+    .await
+    .unwrap();
+    assert_eq!((r.connections, r.connect_errors), (0, 2), "{r:?}");
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

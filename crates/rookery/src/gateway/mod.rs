@@ -163,7 +163,8 @@ fn timed_out(app: &App, remote: SocketAddr, what: &str) {
 }
 
 /// A TCP connection, plain or over TLS, under a WebSocket.
-pub(crate) type WsIo = Either<TcpStream, tokio_rustls::server::TlsStream<TcpStream>>;
+// The TLS side boxed: inline, its state (kilobytes) would be part of every plain WebSocket's.
+pub(crate) type WsIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Serves a connection on a TLS acceptor: the TLS handshake (within the handshake deadline),
 /// then the packet protocol over it, or the WebSocket upgrade.
@@ -187,7 +188,7 @@ async fn serve_tls(
         Err(_) => return timed_out(&app, remote, "TLS handshake timeout"),
     };
     match acceptor {
-        Acceptor::Ws => serve_ws(app, Either::Right(stream), remote, permit).await,
+        Acceptor::Ws => serve_ws(app, Either::Right(Box::new(stream)), remote, permit).await,
         _ => {
             let transport = transport::stream(stream, cfg.max_packet_size);
             Box::pin(conn::serve(app, transport, remote, Acceptor::Tcp, permit)).await

@@ -68,3 +68,15 @@ fn an_error_is_one_pointer() {
         std::mem::size_of::<usize>()
     );
 }
+
+/// A WebSocket connection holds its stream inline (inside the split halves' shared state):
+/// whatever the stream type carries, every idle WebSocket connection carries. A TLS stream is
+/// kilobytes, so it is boxed.
+#[test]
+fn a_websocket_stream_stays_small() {
+    let size = std::mem::size_of::<
+        tokio_tungstenite::WebSocketStream<crate::gateway::WsIo>,
+    >();
+    eprintln!("websocket stream: {size} bytes");
+    assert!(size <= 512, "websocket stream is {size} bytes");
+}

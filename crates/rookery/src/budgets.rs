@@ -74,9 +74,7 @@ fn an_error_is_one_pointer() {
 /// kilobytes, so it is boxed.
 #[test]
 fn a_websocket_stream_stays_small() {
-    let size = std::mem::size_of::<
-        tokio_tungstenite::WebSocketStream<crate::gateway::WsIo>,
-    >();
+    let size = std::mem::size_of::<tokio_tungstenite::WebSocketStream<crate::gateway::WsIo>>();
     eprintln!("websocket stream: {size} bytes");
     assert!(size <= 512, "websocket stream is {size} bytes");
 }

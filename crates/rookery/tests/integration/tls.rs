@@ -206,3 +206,69 @@ fn s_client(addr: &str, ca: &str, version: &str, input: &[u8]) -> Vec<u8> {
     let _ = child.wait();
     got
 }
+
+/// A pomelo exchange from Node's `tls` module, framed by hand (as a pinus client frames it):
+/// handshake, ack, then a request whose answer is printed.
+const NODE_CLIENT: &str = r#"
+const tls = require('tls'), fs = require('fs');
+const [port, ca] = process.argv.slice(2);
+const packet = (type, body) => {
+  const head = Buffer.from([type, (body.length >> 16) & 255, (body.length >> 8) & 255, body.length & 255]);
+  return Buffer.concat([head, body]);
+};
+const route = Buffer.from('test.echo.json');
+const request = Buffer.concat([
+  Buffer.from([0x00, 0x01, route.length]), route, Buffer.from('{"from":"node"}'),
+]);
+const sock = tls.connect({ host: '127.0.0.1', port: +port, ca: fs.readFileSync(ca) }, () => {
+  sock.write(packet(1, Buffer.from('{"sys":{"type":"node-tls"}}')));
+});
+let buf = Buffer.alloc(0);
+sock.on('data', (d) => {
+  buf = Buffer.concat([buf, d]);
+  while (buf.length >= 4) {
+    const len = (buf[1] << 16) | (buf[2] << 8) | buf[3];
+    if (buf.length < 4 + len) return;
+    const [type, body] = [buf[0], buf.subarray(4, 4 + len)];
+    buf = buf.subarray(4 + len);
+    if (type === 1) { sock.write(packet(2, Buffer.alloc(0))); sock.write(packet(4, request)); }
+    if (type === 4) {
+      // Response: flag (type 2 << 1), varint id 1, then the payload.
+      console.log(body.subarray(2).toString());
+      sock.end();
+      process.exit(0);
+    }
+  }
+});
+sock.on('error', (e) => { console.error(e.message); process.exit(1); });
+setTimeout(() => { console.error('timed out'); process.exit(1); }, 10000);
+"#;
+
+#[tokio::test]
+async fn nodes_tls_module_speaks_the_protocol() {
+    let d = dir("node");
+    write_cert(&d);
+    std::fs::write(d.join("client.js"), NODE_CLIENT).unwrap();
+    let (server, _) = start(tls_config(&d)).await;
+    let port = server.tcp_addr().unwrap().port().to_string();
+    let (script, ca) = (d.join("client.js"), d.join("cert.pem"));
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(script)
+            .arg(port)
+            .arg(ca)
+            .output()
+            .expect("node (Debian package `nodejs`) runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), r#"{"from":"node"}"#);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -436,6 +436,10 @@ impl Session {
     /// timeout, a protocol error, shutdown), which `why` names for the disconnect metric.
     pub(crate) fn kick_as(&self, why: DisconnectReason, reason: &str) {
         if !self.is_closed() {
+            // The reason first: once the Kick is queued, the client may read it and hang up
+            // before this thread closes the session, and the hang-up's reason (none) would be
+            // the one kept.
+            let _ = self.inner.close_reason.set((Some(why), reason.to_string()));
             match &self.inner.link {
                 Link::Local(out) => {
                     let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))

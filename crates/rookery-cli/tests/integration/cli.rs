@@ -70,6 +70,16 @@ fn serve_with_env(env: &[(&str, &str)]) -> Served {
     }
 }
 
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// One HTTP/1.1 request over a plain socket; returns the status and the body.
 fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::Read;
@@ -313,10 +323,13 @@ fn serve_over_tls_reloads_its_certificate_on_sighup() {
         ("ROOKERY_GATEWAY__TLS__CERT", cert.to_str().unwrap()),
         ("ROOKERY_GATEWAY__TLS__KEY", key.to_str().unwrap()),
     ]);
-    assert!(served.tcp.starts_with("tls://"), "{}", served.tcp);
-    assert!(served.ws.starts_with("wss://"), "{}", served.ws);
+    // Stopped however the test ends (a failed assertion would leave it running otherwise).
+    let Served { child, tcp, ws, .. } = served;
+    let server = KillOnDrop(child);
+    assert!(tcp.starts_with("tls://"), "{}", tcp);
+    assert!(ws.starts_with("wss://"), "{}", ws);
     let script = "request connector.entry.login {\"uid\":\"tls-user\"}\n";
-    for addr in [&served.tcp, &served.ws] {
+    for addr in [&tcp, &ws] {
         let (out, err, ok) = client_with(&[addr, "--ca", &old_ca], script);
         assert!(ok, "{out}{err}");
         assert!(
@@ -324,20 +337,20 @@ fn serve_over_tls_reloads_its_certificate_on_sighup() {
             "{out}"
         );
     }
-    let (out, err, ok) = client_with(&[&served.tcp, "--insecure"], script);
+    let (out, err, ok) = client_with(&[&tcp, "--insecure"], script);
     assert!(ok, "{out}{err}");
     // Without the CA: refused, with the reason.
-    let (_, err, ok) = client_with(&[&served.tcp], script);
+    let (_, err, ok) = client_with(&[&tcp], script);
     assert!(!ok && err.contains("certificate"), "{err}");
 
     let new_ca = make_cert("new.pem");
-    let pid = served.child.id().to_string();
+    let pid = server.0.id().to_string();
     Command::new("kill").args(["-HUP", &pid]).status().unwrap();
     // The reload happens when the signal is handled: wait (bounded) for new connections to
     // need the new certificate.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, _, ok) = client_with(&[&served.tcp, "--ca", &new_ca], script);
+        let (_, _, ok) = client_with(&[&tcp, "--ca", &new_ca], script);
         if ok {
             break;
         }
@@ -347,11 +360,9 @@ fn serve_over_tls_reloads_its_certificate_on_sighup() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (_, _, ok) = client_with(&[&served.tcp, "--ca", &old_ca], script);
+    let (_, _, ok) = client_with(&[&tcp, "--ca", &old_ca], script);
     assert!(!ok, "the old certificate is gone");
-    let mut child = served.child;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -53,6 +53,8 @@
 //! task. Notifies are handled one after another, in arrival order, by the reader. Closing a
 //! connection (peer gone, shutdown) cancels the handler calls still running for it.
 
+mod tls;
+
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -66,7 +68,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{timeout, timeout_at, Instant};
@@ -121,6 +122,23 @@ pub struct TcpConfig {
     /// Shared cluster secret. Dialled connections always start with a Hello carrying it; when
     /// set, the acceptor refuses connections whose Hello carries another one (or none).
     pub token: Option<String>,
+    /// Mutual TLS between nodes (`[cluster.tcp.tls]`): every connection is TLS 1.2+, and each
+    /// side shows a certificate signed by the cluster's CA; a node without one cannot connect.
+    pub tls: Option<TcpTlsConfig>,
+}
+
+/// Mutual TLS between nodes: this node's certificate and key, and the cluster's CA (PEM files).
+/// A node's certificate names the address other nodes dial it at (an IP address or DNS name in
+/// its subject alternative names); it serves as both the server's and the client's certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpTlsConfig {
+    /// This node's certificate chain (leaf first).
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+    /// The cluster CA's certificate(s): peers must present a certificate it signed.
+    pub ca: String,
 }
 
 impl Default for TcpConfig {
@@ -132,6 +150,7 @@ impl Default for TcpConfig {
             max_pending: 10_000,
             connect_timeout: 3.0,
             token: None,
+            tls: None,
         }
     }
 }
@@ -145,6 +164,7 @@ impl fmt::Debug for TcpConfig {
             .field("max_pending", &self.max_pending)
             .field("connect_timeout", &self.connect_timeout)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -158,6 +178,9 @@ struct Settings {
     max_pending: usize,
     connect_timeout: Duration,
     token: Option<Bytes>,
+    /// Mutual TLS, when configured: its connector and acceptor, or why they could not be made
+    /// (then the transport neither serves nor dials, and says why).
+    tls: Option<Result<Arc<tls::NodeTls>, TransportError>>,
 }
 
 impl Settings {
@@ -174,6 +197,16 @@ impl Settings {
             max_pending: c.max_pending.max(1),
             connect_timeout,
             token: c.token.map(Bytes::from),
+            tls: c.tls.map(|t| tls::NodeTls::load(&t).map(Arc::new)),
+        }
+    }
+
+    /// The TLS to use, if any; an error if it was configured but could not be loaded.
+    fn tls(&self) -> Result<Option<&Arc<tls::NodeTls>>, TransportError> {
+        match &self.tls {
+            None => Ok(None),
+            Some(Ok(t)) => Ok(Some(t)),
+            Some(Err(e)) => Err(e.clone()),
         }
     }
 }
@@ -245,6 +278,8 @@ impl Transport for TcpTransport {
         shutdown: CancellationToken,
     ) -> Result<String, TransportError> {
         let cfg = &self.inner.cfg;
+        // TLS that is configured but does not load: serve nothing rather than serve in clear.
+        cfg.tls()?;
         let listen_error = |e: std::io::Error| TransportError::listen(cfg.listen.clone(), e);
         let listener = TcpListener::bind(&cfg.listen).await.map_err(listen_error)?;
         let bound = listener.local_addr().map_err(listen_error)?;
@@ -396,7 +431,7 @@ fn parse(mut raw: BytesMut) -> Result<(Kind, u64, Bytes), TransportError> {
     Ok((kind, id, raw.freeze()))
 }
 
-type Frames = FramedRead<OwnedReadHalf, LengthDelimitedCodec>;
+type Frames = FramedRead<tls::Rd, LengthDelimitedCodec>;
 
 /// Reads and parses the next frame; `Ok(None)` on a clean EOF.
 async fn next_frame(frames: &mut Frames) -> Result<Option<(Kind, u64, Bytes)>, TransportError> {
@@ -702,7 +737,10 @@ async fn dial(
             .await
             .map_err(|e| unreachable(format!("connect to {addr}: {e}")))?;
         let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = match cfg.tls()? {
+            None => tls::plain(stream),
+            Some(t) => t.connect(stream, node_id, addr).await?,
+        };
         let mut frames = FramedRead::new(rd, codec(cfg.max_frame));
         let token = cfg.token.clone().unwrap_or_default();
         wr.write_all(&encode(Kind::Hello, PROTOCOL_VERSION, &token))
@@ -751,7 +789,7 @@ async fn dial(
 /// pending when it stops.
 async fn run_link(
     mut frames: Frames,
-    wr: OwnedWriteHalf,
+    wr: tls::Wr,
     rx: mpsc::Receiver<OutFrame>,
     shared: Arc<LinkShared>,
 ) {
@@ -845,7 +883,21 @@ async fn serve_conn(
 ) {
     // Whatever ends this task also stops its handler tasks.
     let _stop = token.clone().drop_guard();
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = match cfg.tls() {
+        Ok(None) => tls::plain(stream),
+        Ok(Some(t)) => match timeout(cfg.connect_timeout, t.accept(stream)).await {
+            Ok(Ok(halves)) => halves,
+            Ok(Err(e)) => {
+                warn!(node = %node_id, %peer, error = %e, "TLS refused: closing connection");
+                return;
+            }
+            Err(_) => {
+                debug!(node = %node_id, %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        Err(_) => return,
+    };
     let mut frames = FramedRead::new(rd, codec(cfg.max_frame));
 
     // Phase 1: the first frame (a Hello is answered directly, before anything else is written).

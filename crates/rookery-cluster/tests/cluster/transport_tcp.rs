@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rookery_cluster::transport::tcp::{TcpConfig, TcpTransport};
+use rookery_cluster::transport::tcp::{TcpConfig, TcpTlsConfig, TcpTransport};
 use rookery_cluster::{FrameHandler, NodeInfo, Transport, TransportError, TransportErrorKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -698,4 +698,110 @@ async fn a_taken_listen_address_is_a_listen_error() {
         Err(e) if e.kind() == TransportErrorKind::Listen => assert_eq!(e.message(), addr),
         other => panic!("expected a listen error, got {other:?}"),
     }
+}
+
+/// Certificates for mutual TLS, made at run time: a cluster CA, nodes it signs (for 127.0.0.1),
+/// and a node of another CA.
+struct Pki {
+    dir: std::path::PathBuf,
+    cas: std::collections::HashMap<&'static str, (rcgen::Certificate, rcgen::KeyPair)>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("rookery-mtls-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut pki = Self {
+            dir,
+            cas: Default::default(),
+        };
+        for ca in ["ca", "other-ca"] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).unwrap();
+            std::fs::write(pki.path(&format!("{ca}.pem")), cert.pem()).unwrap();
+            pki.cas.insert(ca, (cert, key));
+        }
+        pki
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// A node certificate signed by the CA `ca`, and the transport config that uses it (and
+    /// trusts that CA).
+    fn node(&self, name: &str, ca: &str) -> TcpConfig {
+        let (ca_cert, ca_key) = &self.cas[ca];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, ca_cert, ca_key)
+            .unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+        TcpConfig {
+            tls: Some(TcpTlsConfig {
+                cert: self.path(&format!("{name}.pem")),
+                key: self.path(&format!("{name}.key")),
+                ca: self.path(&format!("{ca}.pem")),
+            }),
+            ..TcpConfig::default()
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// With `tls`, only nodes showing a certificate of the cluster's CA get through: a node of
+/// the cluster calls and notifies; a node without TLS, or with another CA's certificate, is
+/// refused; a transport whose files do not load serves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_lets_only_the_clusters_nodes_in() {
+    let pki = Pki::new("only");
+    let mut node = start("b", pki.node("b", "ca")).await;
+
+    let member = TcpTransport::new(pki.node("a", "ca"));
+    assert_eq!(
+        member
+            .request(&node.info, b("hi"), in_secs(5))
+            .await
+            .unwrap(),
+        b("hi")
+    );
+    member.notify(&node.info, b("note")).await.unwrap();
+    assert_eq!(
+        timeout(PROMPT, node.notes.recv()).await.unwrap().unwrap(),
+        b("note")
+    );
+
+    let plain = client();
+    assert!(plain
+        .request(&node.info, b("hi"), in_secs(5))
+        .await
+        .is_err());
+
+    let stranger = TcpTransport::new(pki.node("x", "other-ca"));
+    let r = stranger.request(&node.info, b("hi"), in_secs(5)).await;
+    assert!(
+        matches!(&r, Err(e) if e.kind() == TransportErrorKind::Unauthorized),
+        "{r:?}"
+    );
+
+    let broken = TcpConfig {
+        tls: Some(TcpTlsConfig {
+            cert: pki.path("missing.pem"),
+            key: pki.path("missing.key"),
+            ca: pki.path("ca.pem"),
+        }),
+        ..TcpConfig::default()
+    };
+    let e = try_start("c", broken).await.err().expect("refused");
+    assert!(e.to_string().contains("missing.pem"), "{e}");
 }

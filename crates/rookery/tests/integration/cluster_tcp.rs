@@ -80,3 +80,50 @@ async fn static_discovery_from_config() {
     game.shutdown().await;
     let _ = std::fs::remove_file(file);
 }
+
+/// The whole suite again with mutual TLS between the nodes (one certificate of a cluster CA,
+/// made at run time, for every node).
+mod mutual_tls {
+    use std::sync::{Arc, OnceLock};
+
+    use rookery::cluster::transport::tcp::{TcpConfig, TcpTlsConfig, TcpTransport};
+    use rookery::cluster::Transport;
+
+    fn config() -> TcpConfig {
+        static CONFIG: OnceLock<TcpConfig> = OnceLock::new();
+        CONFIG
+            .get_or_init(|| {
+                let dir =
+                    std::env::temp_dir().join(format!("rookery-suite-mtls-{}", std::process::id()));
+                std::fs::create_dir_all(&dir).unwrap();
+                let ca_key = rcgen::KeyPair::generate().unwrap();
+                let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+                ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+                let ca = ca.self_signed(&ca_key).unwrap();
+                let key = rcgen::KeyPair::generate().unwrap();
+                let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+                    .unwrap()
+                    .signed_by(&key, &ca, &ca_key)
+                    .unwrap();
+                let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+                std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+                std::fs::write(path("node.pem"), cert.pem()).unwrap();
+                std::fs::write(path("node.key"), key.serialize_pem()).unwrap();
+                TcpConfig {
+                    tls: Some(TcpTlsConfig {
+                        cert: path("node.pem"),
+                        key: path("node.key"),
+                        ca: path("ca.pem"),
+                    }),
+                    ..TcpConfig::default()
+                }
+            })
+            .clone()
+    }
+
+    fn tls() -> impl Fn() -> Arc<dyn Transport> {
+        || Arc::new(TcpTransport::new(config())) as Arc<dyn Transport>
+    }
+
+    rookery_testkit::transport_suite!(tls());
+}

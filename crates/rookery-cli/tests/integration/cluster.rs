@@ -431,8 +431,11 @@ async fn demo_over(example: &str, with_nats: bool) {
     }
     assert_eq!(left, ["g1a".to_string(), "g1b".to_string()].into());
     let took = killed.elapsed();
+    // Within a few TTLs: the lease's expiry is etcd's, and on a loaded two-core machine it runs
+    // late (8.7 s was seen for a 2 s TTL while the whole test suite ran). A gateway that left
+    // while draining would be let go only after its drain grace, which this bound excludes.
     assert!(
-        took < Duration::from_secs(TTL + 4),
+        took < Duration::from_secs(TTL * 3 + 4),
         "ghosts stayed {took:?} (TTL {TTL} s)"
     );
     let v = until_ok(&late, "room.room.join", json!({"room": "seats"}), WAIT).await;

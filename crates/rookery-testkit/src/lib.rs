@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod certs;
 #[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]

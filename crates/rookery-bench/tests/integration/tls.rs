@@ -1,7 +1,6 @@
 //! The load generator over TLS: `tls://` and `wss://` addresses against a Rookery node whose
-//! acceptors speak TLS (a certificate made at run time with `openssl req`).
+//! acceptors speak TLS (a certificate made at run time).
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use rookery::config::TlsFiles;
@@ -31,28 +30,7 @@ async fn bench_over_tls_and_wss() {
     let dir = std::env::temp_dir().join(format!("rookery-bench-tls-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl (Debian package `openssl`) runs");
-    assert!(ok.success());
+    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
     let mut cfg = rookery_testkit::server::config();
     cfg.gateway.rate_limit.per_second = 0;
     cfg.gateway.tls = Some(TlsFiles {

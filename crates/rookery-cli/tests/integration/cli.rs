@@ -292,28 +292,7 @@ fn serve_over_tls_reloads_its_certificate_on_sighup() {
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let make_cert = |copy_to: &str| {
-        let ok = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-            // A server certificate, not a CA (which TLS clients refuse as a server's).
-            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl (Debian package `openssl`) runs");
-        assert!(ok.success());
+        rookery_testkit::certs::write_server_cert(&dir);
         let to = dir.join(copy_to);
         std::fs::copy(&cert, &to).unwrap();
         to.to_string_lossy().into_owned()

@@ -704,7 +704,7 @@ async fn a_taken_listen_address_is_a_listen_error() {
 /// and a node of another CA.
 struct Pki {
     dir: std::path::PathBuf,
-    cas: std::collections::HashMap<&'static str, (rcgen::Certificate, rcgen::KeyPair)>,
+    cas: std::collections::HashMap<&'static str, rookery_testkit::certs::Ca>,
 }
 
 impl Pki {
@@ -712,19 +712,11 @@ impl Pki {
         let dir = std::env::temp_dir().join(format!("rookery-mtls-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let mut pki = Self {
-            dir,
-            cas: Default::default(),
-        };
-        for ca in ["ca", "other-ca"] {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            let cert = params.self_signed(&key).unwrap();
-            std::fs::write(pki.path(&format!("{ca}.pem")), cert.pem()).unwrap();
-            pki.cas.insert(ca, (cert, key));
-        }
-        pki
+        let cas = ["ca", "other-ca"]
+            .into_iter()
+            .map(|ca| (ca, rookery_testkit::certs::Ca::new(&dir, ca)))
+            .collect();
+        Self { dir, cas }
     }
 
     fn path(&self, file: &str) -> String {
@@ -734,19 +726,14 @@ impl Pki {
     /// A node certificate signed by the CA `ca`, and the transport config that uses it (and
     /// trusts that CA).
     fn node(&self, name: &str, ca: &str) -> TcpConfig {
-        let (ca_cert, ca_key) = &self.cas[ca];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, ca_cert, ca_key)
-            .unwrap();
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+        let ca = &self.cas[ca];
+        let (cert, key) = ca.issue(&self.dir, name);
+        let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
         TcpConfig {
             tls: Some(TcpTlsConfig {
-                cert: self.path(&format!("{name}.pem")),
-                key: self.path(&format!("{name}.key")),
-                ca: self.path(&format!("{ca}.pem")),
+                cert: text(&cert),
+                key: text(&key),
+                ca: text(ca.pem()),
             }),
             ..TcpConfig::default()
         }

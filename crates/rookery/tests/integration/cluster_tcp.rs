@@ -96,24 +96,14 @@ mod mutual_tls {
                 let dir =
                     std::env::temp_dir().join(format!("rookery-suite-mtls-{}", std::process::id()));
                 std::fs::create_dir_all(&dir).unwrap();
-                let ca_key = rcgen::KeyPair::generate().unwrap();
-                let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-                ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-                let ca = ca.self_signed(&ca_key).unwrap();
-                let key = rcgen::KeyPair::generate().unwrap();
-                let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-                    .unwrap()
-                    .signed_by(&key, &ca, &ca_key)
-                    .unwrap();
-                let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-                std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-                std::fs::write(path("node.pem"), cert.pem()).unwrap();
-                std::fs::write(path("node.key"), key.serialize_pem()).unwrap();
+                let ca = rookery_testkit::certs::Ca::new(&dir, "ca");
+                let (cert, key) = ca.issue(&dir, "node");
+                let text = |p: &std::path::Path| p.to_string_lossy().into_owned();
                 TcpConfig {
                     tls: Some(TcpTlsConfig {
-                        cert: path("node.pem"),
-                        key: path("node.key"),
-                        ca: path("ca.pem"),
+                        cert: text(&cert),
+                        key: text(&key),
+                        ca: text(ca.pem()),
                     }),
                     ..TcpConfig::default()
                 }

@@ -19,13 +19,9 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-/// Writes a fresh self-signed certificate for `localhost` and 127.0.0.1 (`cert.pem`, `key.pem`);
-/// a client trusts it with `cert.pem` as its CA.
+/// A fresh server certificate in `dir` (`cert.pem`, `key.pem`).
 fn write_cert(dir: &Path) {
-    let c =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), c.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), c.key_pair.serialize_pem()).unwrap();
+    rookery_testkit::certs::write_server_cert(dir);
 }
 
 /// A copy of the current certificate, to trust it after the files change.

@@ -207,14 +207,7 @@ impl App {
             return Ok(self.sessions().unbind(session));
         };
         let op = SysOp::SessionUnbind(super::system::SysUnbind { sid: session.id() });
-        self.rpc()
-            .call_unlayered(
-                &Target::Node(link.gateway().to_string()),
-                op.route(),
-                op.encode(),
-                &CallOptions::default(),
-            )
-            .await?;
+        self.call_gateway(link.gateway(), &op).await?;
         let uid = session.uid();
         session.set_uid(None);
         Ok(uid)
@@ -231,15 +224,22 @@ impl App {
             sid: session.id(),
             uid: uid.to_string(),
         });
+        self.call_gateway(link.gateway(), &op).await?;
+        session.set_uid(Some(Arc::from(uid)));
+        Ok(())
+    }
+
+    /// Calls a system operation on a gateway (not through the node's call middleware) and waits
+    /// for it to be done.
+    async fn call_gateway(&self, gateway: &str, op: &SysOp) -> Result<(), Error> {
         self.rpc()
             .call_unlayered(
-                &Target::Node(link.gateway().to_string()),
+                &Target::Node(gateway.to_string()),
                 op.route(),
                 op.encode(),
                 &CallOptions::default(),
             )
             .await?;
-        session.set_uid(Some(Arc::from(uid)));
         Ok(())
     }
 }

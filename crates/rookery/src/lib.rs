@@ -36,6 +36,7 @@ mod app;
 #[cfg(test)]
 mod budgets;
 pub mod cluster;
+mod codec;
 pub mod config;
 mod error;
 mod gateway;

@@ -11,9 +11,10 @@ use std::time::Instant;
 use crate::outbound::PushError;
 use bytes::Bytes;
 use rookery_protocol::handshake::HandshakeSys;
-use rookery_protocol::{Message, Packet, PacketType, Route, RouteDict, RouteName, Serializer};
+use rookery_protocol::{RouteDict, Serializer};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::{ClientCodec, Pomelo};
 use crate::telemetry::DisconnectReason;
 use crate::{Code, Error, PushName, ToPayload};
 
@@ -122,6 +123,8 @@ struct Inner {
     /// When the client last sent anything: milliseconds since [`EPOCH`].
     last_seen: AtomicU64,
     link: Link,
+    /// How this client's protocol puts responses, pushes and kicks on its wire.
+    codec: Box<dyn ClientCodec>,
     // Cold: rarely read on the request path.
     id: SessionId,
     remote: SocketAddr,
@@ -376,7 +379,7 @@ impl Session {
         let route = route.push_name();
         let body = payload.to_payload(self.serializer())?;
         let r = match &self.inner.link {
-            Link::Local(_) => self.send_packet(self.encode_push(route, body)?),
+            Link::Local(_) => self.inner.codec.push(self, route, body),
             Link::Remote(r) => r.push(self.id(), route, body),
             Link::Detached => Err(Error::new(Code::Unavailable, "no client session")),
         };
@@ -384,9 +387,24 @@ impl Session {
         r
     }
 
-    pub(crate) fn encode_push(&self, route: &str, body: Bytes) -> Result<Bytes, Error> {
-        let (body, compressed) = self.maybe_compress(body);
-        encode_push(&self.inner.dict, route, body, compressed)
+    /// Sends a push already in this session's serializer (through its protocol's codec).
+    pub(crate) fn push_encoded(&self, route: &str, body: Bytes) -> Result<(), Error> {
+        self.inner.codec.push(self, route, body)
+    }
+
+    /// The answer to a request of this client, encoded for its protocol.
+    pub(crate) fn encode_response(
+        &self,
+        id: u64,
+        reply_to: Option<&str>,
+        result: Result<Bytes, Error>,
+    ) -> Result<Bytes, Error> {
+        self.inner.codec.response(self, id, reply_to, result)
+    }
+
+    /// This client's protocol's codec.
+    pub(crate) fn codec(&self) -> &dyn ClientCodec {
+        &*self.inner.codec
     }
 
     /// True if a payload of `len` bytes is sent compressed to this client.
@@ -442,9 +460,7 @@ impl Session {
             let _ = self.inner.close_reason.set((Some(why), reason.to_string()));
             match &self.inner.link {
                 Link::Local(out) => {
-                    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason }))
-                        .unwrap_or_default();
-                    if let Ok(p) = Packet::new(PacketType::Kick, body).to_bytes() {
+                    if let Some(p) = self.inner.codec.kick(reason) {
                         let _ = out.push(p);
                     }
                 }
@@ -553,24 +569,6 @@ impl Session {
     }
 }
 
-/// Encodes a Push packet, compressing the route if the dictionary has it.
-pub(crate) fn encode_push(
-    dict: &RouteDict,
-    route: &str,
-    body: Bytes,
-    compressed: bool,
-) -> Result<Bytes, Error> {
-    let route = match dict.code(route) {
-        Some(code) => Route::Code(code),
-        None => Route::Name(
-            RouteName::try_from(route).map_err(|e| Error::internal(format!("push route: {e}")))?,
-        ),
-    };
-    let mut m = Message::push(route, body);
-    m.compressed = compressed;
-    m.to_packet_bytes().map_err(Error::internal)
-}
-
 /// Everything needed to create a session after a successful handshake.
 pub(crate) struct NewSession {
     pub remote: SocketAddr,
@@ -583,6 +581,8 @@ pub(crate) struct NewSession {
     pub dict: Arc<RouteDict>,
     /// `gateway.compress_above` (applied if the client reads compressed payloads).
     pub compress_above: usize,
+    /// The client's protocol's codec.
+    pub codec: Box<dyn ClientCodec>,
 }
 
 impl Session {
@@ -596,6 +596,7 @@ impl Session {
         link: Link,
         dict: Arc<RouteDict>,
         compress_above: u32,
+        codec: Box<dyn ClientCodec>,
     ) -> Self {
         let created = Instant::now();
         Session {
@@ -612,6 +613,7 @@ impl Session {
                 uid: RwLock::new(None),
                 data: Mutex::new(SessionData::default()),
                 link,
+                codec,
                 touched: Mutex::new(Vec::new()),
                 bound_at: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
@@ -633,6 +635,7 @@ impl Session {
             Link::Detached,
             Arc::default(),
             0,
+            Pomelo::boxed(),
         )
     }
 
@@ -655,6 +658,7 @@ impl Session {
             Link::Remote(link),
             dict,
             0,
+            Pomelo::boxed(),
         );
         if let Some(uid) = uid.filter(|u| !u.is_empty()) {
             s.set_uid(Some(Arc::from(uid)));
@@ -763,6 +767,7 @@ impl SessionPool {
             Link::Local(crate::outbound::Outbound::new(new.outbound)),
             new.dict,
             compress_above,
+            new.codec,
         );
         self.write().by_id.insert(id, session.clone());
         session
@@ -903,8 +908,10 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
     payload: &P,
 ) -> usize {
     let mut encoded = crate::payload::EncodedOnce::new(payload);
-    // Per serializer, plain and compressed.
-    let mut packets: [[Option<Bytes>; 2]; 2] = Default::default();
+    // Per codec class, serializer, plain and compressed: a few kinds at most, searched in a
+    // small array (no allocation per fan-out); beyond it, a packet is encoded per session.
+    type Kind = (u8, usize, bool);
+    let mut packets: [Option<(Kind, Bytes)>; 4] = Default::default();
     // Per gateway and serializer: the link and the sessions to push to through it.
     type ByGateway = HashMap<(Arc<str>, usize), (Arc<dyn GatewayLink>, Vec<SessionId>)>;
     let mut remote: ByGateway = HashMap::new();
@@ -919,24 +926,40 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
                 .push(s.id());
             continue;
         }
-        let compressed = encoded
-            .get(ser)
-            .map(|b| s.compresses(b.len()))
-            .unwrap_or(false);
-        let slot = &mut packets[ser as usize][usize::from(compressed)];
-        if slot.is_none() {
-            match encoded.get(ser).and_then(|b| s.encode_push(route, b)) {
-                Ok(p) => *slot = Some(p),
+        let body = match encoded.get(ser) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(route, error = %e, "broadcast encoding failed");
+                continue;
+            }
+        };
+        let codec = s.codec();
+        let Some(class) = codec.shared_class() else {
+            // A push of this session's own (e.g. one with delivery state).
+            if codec.push(s, route, body).is_ok() {
+                delivered += 1;
+            }
+            continue;
+        };
+        let key = (class, ser as usize, s.compresses(body.len()));
+        let known = packets.iter().flatten().find(|(k, _)| *k == key);
+        let packet = match known {
+            Some((_, p)) => p.clone(),
+            None => match codec.encode_push(s, route, body) {
+                Ok(p) => {
+                    if let Some(free) = packets.iter_mut().find(|slot| slot.is_none()) {
+                        *free = Some((key, p.clone()));
+                    }
+                    p
+                }
                 Err(e) => {
                     tracing::warn!(route, error = %e, "broadcast encoding failed");
                     continue;
                 }
-            }
-        }
-        if let Some(p) = slot {
-            if s.send_packet(p.clone()).is_ok() {
-                delivered += 1;
-            }
+            },
+        };
+        if s.send_packet(packet).is_ok() {
+            delivered += 1;
         }
     }
     for ((_, ser), (link, sids)) in remote {
@@ -1017,6 +1040,7 @@ mod tests {
             outbound: 4,
             dict: Arc::default(),
             compress_above: 0,
+            codec: Pomelo::boxed(),
         })
     }
 

@@ -16,26 +16,23 @@
 
 use std::net::SocketAddr;
 
-use futures_util::StreamExt;
-use rookery_protocol::handshake::{HandshakeResponseSys, CODE_BAD_REQUEST, CODE_OK};
-use rookery_protocol::{
-    HandshakeRequest, HandshakeResponse, HandshakeSys, Packet, PacketType, RouteDict, Serializer,
-};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
-use super::close::{heartbeat_packet, FLUSH_DEADLINE, REASON_HANDSHAKE_TIMEOUT, REASON_SHUTDOWN};
+use super::close::{FLUSH_DEADLINE, REASON_HANDSHAKE_TIMEOUT, REASON_SHUTDOWN};
 use super::running::Running;
-use super::transport::{PacketReader, PacketWriter, Transport};
+use super::transport::{PacketWriter, Transport};
+use super::wire::{Accepted, Refusal, Wire};
 use crate::session::{Acceptor, NewSession};
 use crate::telemetry::DisconnectReason;
 use crate::{telemetry, App};
 
-/// Serves one accepted connection until it ends.
+/// Serves one accepted connection, speaking `wire`, until it ends.
 /// `permit` (of the gateway's connection limit) is held until the connection ends.
-pub(crate) async fn serve(
+pub(crate) async fn serve<W: Wire>(
     app: App,
-    transport: Transport,
+    wire: std::sync::Arc<W>,
+    transport: Transport<W::Decoder>,
     remote: SocketAddr,
     acceptor: Acceptor,
     permit: OwnedSemaphorePermit,
@@ -46,17 +43,18 @@ pub(crate) async fn serve(
         mut writer,
     } = transport;
     let cfg = &app.config().gateway;
-    // The dictionary the client is given; the session keeps it to read the codes it sends.
-    let dict = app.sessions().dict();
     let hs = tokio::select! {
         // Boxed so that the handshake's state is not kept for the connection's whole life.
-        r = timeout(cfg.handshake_timeout(), Box::pin(handshake(&app, &dict, &mut reader, &mut writer))) => r,
+        // The accepted client boxed too: it is not kept either, and a box is one pointer there.
+        r = timeout(cfg.handshake_timeout(), Box::pin(async {
+            wire.handshake(&app, &mut reader, &mut writer).await.map(Box::new)
+        })) => r,
         _ = app.inner().draining.cancelled() => Ok(Err(Refusal {
             why: Some(DisconnectReason::Shutdown),
             reason: REASON_SHUTDOWN.into(),
         })),
     };
-    let (serializer, client) = match hs {
+    let accepted = match hs {
         Ok(Ok(v)) => v,
         Ok(Err(Refusal { why, reason })) => {
             tracing::debug!(%remote, %reason, "handshake failed");
@@ -65,7 +63,7 @@ pub(crate) async fn serve(
             if let Some(why) = why {
                 app.disconnects().record(why, None, remote, None, &reason);
             }
-            kick_raw(&mut writer, &reason).await;
+            kick_raw(&mut writer, wire.refusal(&reason)).await;
             return;
         }
         Err(_) => {
@@ -78,11 +76,20 @@ pub(crate) async fn serve(
                 None,
                 REASON_HANDSHAKE_TIMEOUT,
             );
-            kick_raw(&mut writer, REASON_HANDSHAKE_TIMEOUT).await;
+            kick_raw(&mut writer, wire.refusal(REASON_HANDSHAKE_TIMEOUT)).await;
             return;
         }
     };
 
+    let Accepted {
+        serializer,
+        client,
+        codec,
+        conn,
+        dict,
+    } = *accepted;
+    // Not needed past the handshake: not part of the running connection's state.
+    drop(wire);
     let session = app.sessions().create(NewSession {
         remote,
         acceptor,
@@ -91,6 +98,7 @@ pub(crate) async fn serve(
         outbound: cfg.outbound_queue,
         dict,
         compress_above: cfg.compress_above,
+        codec,
     });
     tracing::debug!(session = session.id(), %remote, ?acceptor, "session opened");
     let sessions_gauge =
@@ -99,11 +107,10 @@ pub(crate) async fn serve(
     for m in app.modules() {
         m.session_opened(&app, &session).await;
     }
-    // Pomelo clients start their heartbeats when the server's first one arrives.
-    let _ = session.send_packet(heartbeat_packet());
+    W::opened(&conn, &session);
     // Reader and writer until both have ended. A session made by `create` always has its queue.
     match session.outbound() {
-        Some(queue) => Running::new(&app, &session, queue, reader, writer).await,
+        Some(queue) => Running::<W>::new(&app, conn, &session, queue, reader, writer).await,
         None => session.close_as(None, "no outbound queue"),
     }
     // Counted and logged here, where each connection ends once, rather than where it is
@@ -133,128 +140,10 @@ pub(crate) async fn serve(
     );
 }
 
-/// Why a handshake did not succeed: the text the client is sent, and why the server refused
-/// it (None when it is not a disconnect by the server: the client left, the socket failed, or
-/// the answer could not be encoded, which is logged as an error).
-struct Refusal {
-    why: Option<DisconnectReason>,
-    reason: String,
-}
-
-impl Refusal {
-    fn client_gone(reason: impl Into<String>) -> Self {
-        Self {
-            why: None,
-            reason: reason.into(),
-        }
-    }
-
-    fn protocol(reason: impl Into<String>) -> Self {
-        Self {
-            why: Some(DisconnectReason::ProtocolError),
-            reason: reason.into(),
-        }
-    }
-}
-
-async fn next_packet(reader: &mut PacketReader) -> Result<Packet, Refusal> {
-    match reader.next().await {
-        Some(Ok(p)) => Ok(p),
-        Some(Err(e @ super::transport::ConnError::Io(_))) => {
-            Err(Refusal::client_gone(e.to_string()))
-        }
-        Some(Err(e)) => Err(Refusal::protocol(e.to_string())),
-        None => Err(Refusal::client_gone("connection closed during handshake")),
-    }
-}
-
-/// Runs the handshake; returns the chosen serializer and the client's self-description.
-async fn handshake(
-    app: &App,
-    dict: &RouteDict,
-    reader: &mut PacketReader,
-    writer: &mut PacketWriter,
-) -> Result<(Serializer, HandshakeSys), Refusal> {
-    let request = loop {
-        let p = next_packet(reader).await?;
-        match p.kind {
-            PacketType::Handshake => break p,
-            PacketType::Heartbeat => continue,
-            PacketType::Data => return Err(Refusal::protocol("data before handshake")),
-            other => {
-                return Err(Refusal::protocol(format!(
-                    "unexpected {other:?} before handshake"
-                )))
-            }
-        }
-    };
-    let req = match HandshakeRequest::decode(&request.body) {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = e.to_string();
-            refuse(writer, CODE_BAD_REQUEST, &reason).await;
-            return Err(Refusal::protocol(reason));
-        }
-    };
-    if let Some(validate) = &app.inner().validator {
-        if let Err(e) = validate(&req) {
-            let reason = e.msg().to_string();
-            refuse(writer, CODE_BAD_REQUEST, &reason).await;
-            return Err(Refusal {
-                why: Some(DisconnectReason::HandshakeRefused),
-                reason,
-            });
-        }
-    }
-    let cfg = &app.config().gateway;
-    let serializer = req.sys.serializer.unwrap_or(cfg.serializer);
-    let answer = HandshakeResponse {
-        code: CODE_OK,
-        sys: Some(HandshakeResponseSys {
-            heartbeat: cfg.heartbeat,
-            dict: dict.iter().map(|(k, v)| (k.to_string(), v)).collect(),
-            serializer,
-        }),
-        msg: None,
-    };
-    let bytes = Packet::new(PacketType::Handshake, answer.encode())
-        .to_bytes()
-        .map_err(|e| {
-            // The route dictionary is larger than a packet may be: the node's fault.
-            tracing::error!(error = %e, "handshake answer cannot be encoded");
-            Refusal::client_gone(e.to_string())
-        })?;
-    writer
-        .write(&[bytes])
-        .await
-        .map_err(|e| Refusal::client_gone(e.to_string()))?;
-    loop {
-        let p = next_packet(reader).await?;
-        match p.kind {
-            PacketType::HandshakeAck => return Ok((serializer, req.sys)),
-            PacketType::Heartbeat => continue,
-            PacketType::Data => return Err(Refusal::protocol("data before handshake ack")),
-            other => {
-                return Err(Refusal::protocol(format!(
-                    "unexpected {other:?} before handshake ack"
-                )))
-            }
-        }
-    }
-}
-
-/// Answers a handshake with a refusal; the caller then closes the connection.
-async fn refuse(writer: &mut PacketWriter, code: u16, msg: &str) {
-    let body = HandshakeResponse::refuse(code, msg.to_string()).encode();
-    if let Ok(b) = Packet::new(PacketType::Handshake, body).to_bytes() {
-        let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
-    }
-}
-
-/// Best-effort Kick with a reason on a connection that has no session (yet), then close.
-async fn kick_raw(writer: &mut PacketWriter, reason: &str) {
-    let body = serde_json::to_vec(&serde_json::json!({ "reason": reason })).unwrap_or_default();
-    if let Ok(b) = Packet::new(PacketType::Kick, body).to_bytes() {
+/// Best-effort refusal (pomelo: a Kick with the reason) on a connection that has no session
+/// (yet), then close.
+async fn kick_raw(writer: &mut PacketWriter, refusal: Option<bytes::Bytes>) {
+    if let Some(b) = refusal {
         let _ = timeout(FLUSH_DEADLINE, writer.write(&[b])).await;
     }
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;

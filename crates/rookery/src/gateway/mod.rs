@@ -6,12 +6,14 @@
 
 mod close;
 pub(crate) mod conn;
+mod pomelo;
 mod request;
 mod running;
 #[cfg(test)]
 pub(crate) mod tests;
 pub(crate) mod tls;
 mod transport;
+pub(crate) mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,9 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use close::{REASON_IDLE, REASON_SHUTDOWN};
 
+use crate::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::telemetry::DisconnectReason;
 use crate::App;
+use wire::Wire;
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -101,9 +105,10 @@ pub(crate) async fn accept_loop(
             }
             _ => {
                 let max = app.config().gateway.max_packet_size;
-                let transport = transport::tcp(stream, max);
+                let transport = transport::tcp(stream, Pomelo.decoder(max));
                 tasks.spawn(conn::serve(
                     app.clone(),
+                    Arc::new(Pomelo),
                     transport,
                     remote,
                     Acceptor::Tcp,
@@ -190,8 +195,16 @@ async fn serve_tls(
     match acceptor {
         Acceptor::Ws => serve_ws(app, Either::Right(Box::new(stream)), remote, permit).await,
         _ => {
-            let transport = transport::stream(stream, cfg.max_packet_size);
-            Box::pin(conn::serve(app, transport, remote, Acceptor::Tcp, permit)).await
+            let transport = transport::stream(stream, Pomelo.decoder(cfg.max_packet_size));
+            let serve = conn::serve(
+                app,
+                Arc::new(Pomelo),
+                transport,
+                remote,
+                Acceptor::Tcp,
+                permit,
+            );
+            Box::pin(serve).await
         }
     }
 }
@@ -226,5 +239,14 @@ async fn serve_ws(app: App, stream: WsIo, remote: SocketAddr, permit: OwnedSemap
         Err(_) => return timed_out(&app, remote, "websocket upgrade timeout"),
     };
     let max = cfg.max_packet_size;
-    conn::serve(app, transport::ws(ws, max), remote, Acceptor::Ws, permit).await
+    let transport = transport::ws(ws, max);
+    conn::serve(
+        app,
+        Arc::new(Pomelo),
+        transport,
+        remote,
+        Acceptor::Ws,
+        permit,
+    )
+    .await
 }

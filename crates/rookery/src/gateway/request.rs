@@ -11,11 +11,12 @@ use rookery_protocol::{Message, MessageType};
 use tokio::time::Instant;
 
 use super::close::REASON_RATE_LIMIT;
+use super::wire::Incoming;
 use crate::router::RouteEntry;
 use crate::{telemetry, App, Code, Error, Session};
 
 /// Why the reader ended.
-pub(super) enum End {
+pub(crate) enum End {
     /// The client closed the connection (or the socket failed).
     ClientGone,
     /// The client broke the protocol: kick with this reason.
@@ -42,6 +43,8 @@ pub(super) struct Job {
     pub(super) dest: Dest,
     kind: MessageType,
     id: u64,
+    /// What the protocol needs, beside `id`, to address the answer.
+    reply_to: Option<Box<str>>,
     payload: Bytes,
     /// When its packet was read (the start of the request's measured duration).
     received: Instant,
@@ -69,19 +72,16 @@ impl RateCheck {
     }
 }
 
-/// Turns a `Data` packet's body into a job: `Ok(None)` if it was refused with an error
+/// Turns a client's request or notify into a job: `Ok(None)` if it was refused with an error
 /// response (rate limit, compressed payload, unknown route), `Err` if the connection must end.
 pub(super) fn resolve(
     app: &App,
     session: &Session,
-    body: Bytes,
+    incoming: Incoming,
     received: Instant,
     rate: Option<&mut RateCheck>,
 ) -> Result<Option<Job>, End> {
-    let msg = match Message::decode(body) {
-        Ok(m) => m,
-        Err(e) => return Err(End::Violation(format!("bad message: {e}"))),
-    };
+    let Incoming { msg, reply_to } = incoming;
     if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
         return Err(End::Violation(format!(
             "clients may not send {:?}",
@@ -96,7 +96,7 @@ pub(super) fn resolve(
                 return Err(End::RateLimited);
             }
             let err = Error::new(Code::RateLimited, REASON_RATE_LIMIT);
-            reply_error(session, &msg, err);
+            reply_error(session, &msg, reply_to.as_deref(), err);
             return Ok(None);
         }
     }
@@ -107,7 +107,12 @@ pub(super) fn resolve(
         match rookery_protocol::compression::inflate(&msg.payload, limit) {
             Ok(payload) => msg.payload = payload,
             Err(e) => {
-                reply_error(session, &msg, Error::bad_request(e.to_string()));
+                reply_error(
+                    session,
+                    &msg,
+                    reply_to.as_deref(),
+                    Error::bad_request(e.to_string()),
+                );
                 return Ok(None);
             }
         }
@@ -128,7 +133,7 @@ pub(super) fn resolve(
                     rookery_protocol::Route::Name(n) => n.to_string(),
                     rookery_protocol::Route::Code(c) => format!("#{c}"),
                 };
-                reply_error(session, &msg, Error::not_found(&name));
+                reply_error(session, &msg, reply_to.as_deref(), Error::not_found(&name));
                 return Ok(None);
             }
         },
@@ -137,6 +142,7 @@ pub(super) fn resolve(
         dest,
         kind: msg.kind,
         id: msg.id,
+        reply_to,
         payload: msg.payload,
         received,
     }))
@@ -177,10 +183,9 @@ fn remote_route(
     (!app.cluster().running(module).is_empty()).then_some(name)
 }
 
-fn reply_error(session: &Session, msg: &Message, err: Error) {
+fn reply_error(session: &Session, msg: &Message, reply_to: Option<&str>, err: Error) {
     if msg.kind == MessageType::Request {
-        let m = Message::error_response(msg.id, err.encode(session.serializer()));
-        if let Ok(b) = m.to_packet_bytes() {
+        if let Ok(b) = session.encode_response(msg.id, reply_to, Err(err)) {
             let _ = session.send_packet(b);
         }
     } else {
@@ -221,16 +226,7 @@ pub(super) async fn run_job(app: &App, session: &Session, job: Job, timeout: Dur
     };
     match job.kind {
         MessageType::Request => {
-            let msg = match result {
-                Ok(body) => {
-                    let (body, compressed) = session.maybe_compress(body);
-                    let mut m = Message::response(job.id, body);
-                    m.compressed = compressed;
-                    m
-                }
-                Err(e) => Message::error_response(job.id, e.encode(session.serializer())),
-            };
-            match msg.to_packet_bytes() {
+            match session.encode_response(job.id, job.reply_to.as_deref(), result) {
                 Ok(b) => {
                     let _ = session.send_packet(b);
                 }

@@ -17,14 +17,14 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
-use rookery_protocol::{Packet, PacketType};
 use tokio::sync::Semaphore;
 use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
-use super::close::{heartbeat_packet, FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN};
+use super::close::{FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN};
 use super::request::{self, Dest, End, Job, RateCheck};
-use super::transport::{ConnError, PacketReader, PacketWriter};
+use super::transport::{ConnError, FrameReader, PacketWriter};
+use super::wire::Wire;
 use crate::outbound::{Batch, Outbound};
 use crate::router::Dispatch;
 use crate::telemetry::DisconnectReason;
@@ -74,16 +74,18 @@ struct Concurrent {
 /// again right away instead, if that is still needed.
 // `repr(C)`: the fields every request touches, in this order, at the front.
 #[repr(C)]
-pub(super) struct Running<'a> {
+pub(super) struct Running<'a, W: Wire> {
     queue: &'a Outbound,
     session: &'a Session,
     app: &'a App,
+    /// What the protocol keeps of this connection (nothing, for pomelo).
+    conn: W::Conn,
     /// The connection's rate limit, if there is one.
     rate: Option<Box<RateCheck>>,
     /// The request running inline, boxed: the next packet is read when it is done.
     request: Option<BoxFuture<'a, ()>>,
     reading: Reading<'a>,
-    reader: PacketReader,
+    reader: FrameReader<W::Decoder>,
     /// `None` while a blocked write or the writer's end owns it.
     writer: Option<PacketWriter>,
     batch: Batch,
@@ -93,18 +95,20 @@ pub(super) struct Running<'a> {
     concurrent: Option<Concurrent>,
 }
 
-impl<'a> Running<'a> {
+impl<'a, W: Wire> Running<'a, W> {
     pub(super) fn new(
         app: &'a App,
+        conn: W::Conn,
         session: &'a Session,
         queue: &'a Outbound,
-        reader: PacketReader,
+        reader: FrameReader<W::Decoder>,
         writer: PacketWriter,
     ) -> Self {
         Self {
             queue,
             session,
             app,
+            conn,
             rate: RateCheck::new(app),
             request: None,
             reading: Reading::Open,
@@ -157,7 +161,7 @@ impl<'a> Running<'a> {
             let result = match next {
                 None | Some(Err(ConnError::Io(_))) => Err(End::ClientGone),
                 Some(Err(e)) => Err(End::Violation(e.to_string())),
-                Some(Ok(packet)) => self.on_packet(packet, now),
+                Some(Ok(frame)) => self.on_frame(frame, now),
             };
             if let Err(end) = result {
                 self.end_reading(end);
@@ -165,32 +169,23 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// Handles one packet; `Err` if the connection must end.
-    fn on_packet(&mut self, packet: Packet, now: Instant) -> Result<(), End> {
-        match packet.kind {
-            PacketType::Heartbeat => {
-                let _ = self.session.send_packet(heartbeat_packet());
-                Ok(())
-            }
-            PacketType::Data => {
-                // Decoded and resolved in a plain function: the message itself is not part of
-                // the state kept while the request runs.
-                if let Some(job) = request::resolve(
-                    self.app,
-                    self.session,
-                    packet.body,
-                    now,
-                    self.rate.as_deref_mut(),
-                )? {
-                    self.request = Some(self.start(job));
-                }
-                Ok(())
-            }
-            PacketType::Handshake | PacketType::HandshakeAck => {
-                Err(End::Violation("handshake after handshake".into()))
-            }
-            PacketType::Kick => Err(End::Violation("clients may not send kick".into())),
+    /// Handles one frame (what it means is the protocol's); `Err` if the connection must end.
+    fn on_frame(&mut self, frame: W::Frame, now: Instant) -> Result<(), End> {
+        let Some(incoming) = W::on_frame(&self.conn, self.session, frame)? else {
+            return Ok(());
+        };
+        // Resolved in a plain function: the message itself is not part of the state kept while
+        // the request runs.
+        if let Some(job) = request::resolve(
+            self.app,
+            self.session,
+            incoming,
+            now,
+            self.rate.as_deref_mut(),
+        )? {
+            self.request = Some(self.start(job));
         }
+        Ok(())
     }
 
     /// A job's future, which the reader runs before it reads on: the request itself for an
@@ -393,7 +388,7 @@ async fn shutdown(writer: &mut PacketWriter) {
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
 }
 
-impl Future for Running<'_> {
+impl<W: Wire> Future for Running<'_, W> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -459,11 +454,13 @@ mod tests {
                 outbound: 8,
                 dict: app.sessions().dict(),
                 compress_above: 0,
+                codec: crate::codec::Pomelo::boxed(),
             });
             let queue = session.outbound().expect("a local session's queue");
             let (_peer, io) = tokio::io::duplex(64);
-            let t = super::super::transport::stream(io, 1024);
-            let mut running = Running::new(app, &session, queue, t.reader, t.writer);
+            let t = super::super::transport::stream(io, crate::codec::Pomelo.decoder(1024));
+            let mut running =
+                Running::<crate::codec::Pomelo>::new(app, (), &session, queue, t.reader, t.writer);
             let polls = Arc::new(AtomicUsize::new(0));
             let counted = polls.clone();
             running.request = Some(Box::pin(std::future::poll_fn(move |_| {

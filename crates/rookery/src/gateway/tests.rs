@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 use super::close::FLUSH_DEADLINE;
 use super::transport;
+use super::wire::Wire;
+use crate::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::{App, Config, RunningServer, Server, Session};
 
@@ -65,7 +67,8 @@ pub(crate) async fn connect(app: &App, window: usize) -> (PipeClient, Session, J
         .expect("a free permit");
     let served = tokio::spawn(super::conn::serve(
         app.clone(),
-        transport::stream(server, DEFAULT_MAX_PACKET_SIZE),
+        Arc::new(Pomelo),
+        transport::stream(server, Pomelo.decoder(DEFAULT_MAX_PACKET_SIZE)),
         remote,
         Acceptor::Tcp,
         permit,

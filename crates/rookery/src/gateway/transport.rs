@@ -1,6 +1,7 @@
-//! Packet transports under a connection: TCP (a byte stream cut into packets), any other byte
-//! stream (the same framing over a boxed reader and writer) and WebSocket (one packet per binary
-//! frame). Each gives the connection driver a stream of packets and a writer.
+//! Transports under a connection: TCP (a byte stream cut into frames by the protocol's framing),
+//! any other byte stream (the same over a boxed reader and writer) and WebSocket (one pomelo
+//! packet per binary frame). Each gives the connection driver a stream of frames and a writer of
+//! encoded bytes; what the frames are is the protocol's business (`super::wire`).
 
 use std::io;
 use std::pin::Pin;
@@ -30,18 +31,21 @@ pub(crate) enum ConnError {
 
 use super::WsIo;
 
-/// Reads packets: a TCP stream cut into packets, held inline (a connection's every request
-/// reads through it; no box, no dynamic call), or a WebSocket's frames, boxed (its adapter type
-/// is large and its own allocation does not matter beside the WebSocket's buffers).
-pub(crate) enum PacketReader {
-    Tcp(FramedRead<OwnedReadHalf, TcpDecoder>),
+/// Reads frames: a TCP stream cut by the framing `D`, held inline (a connection's every request
+/// reads through it; no box, no dynamic call), or frames from elsewhere (a WebSocket's), boxed
+/// (its adapter type is large and its own allocation does not matter beside its buffers).
+pub(crate) enum FrameReader<D: Decoder> {
+    Tcp(FramedRead<OwnedReadHalf, Roomy<D>>),
     /// Any other byte stream, boxed so that the TCP variant stays the size of the enum.
-    Stream(Box<FramedRead<BoxedRead, TcpDecoder>>),
-    Ws(Pin<Box<dyn Stream<Item = Result<Packet, ConnError>> + Send>>),
+    Stream(Box<FramedRead<BoxedRead, Roomy<D>>>),
+    Frames(Pin<Box<dyn Stream<Item = Result<D::Item, ConnError>> + Send>>),
 }
 
-impl Stream for PacketReader {
-    type Item = Result<Packet, ConnError>;
+/// The pomelo protocol's reader.
+pub(crate) type PacketReader = FrameReader<PacketDecoder>;
+
+impl<D: Decoder<Error = ConnError> + Unpin> Stream for FrameReader<D> {
+    type Item = Result<D::Item, ConnError>;
 
     fn poll_next(
         self: Pin<&mut Self>,
@@ -50,7 +54,7 @@ impl Stream for PacketReader {
         match self.get_mut() {
             Self::Tcp(r) => Pin::new(r).poll_next(cx),
             Self::Stream(r) => Pin::new(&mut **r).poll_next(cx),
-            Self::Ws(r) => r.as_mut().poll_next(cx),
+            Self::Frames(r) => r.as_mut().poll_next(cx),
         }
     }
 }
@@ -112,10 +116,10 @@ impl PacketWriter {
     }
 }
 
-/// A packet reader and writer over one connection. Both are held inline in the connection's
+/// A frame reader and writer over one connection. Both are held inline in the connection's
 /// task (a box each would cost as much memory and one more cache line per request).
-pub(crate) struct Transport {
-    pub reader: PacketReader,
+pub(crate) struct Transport<D: Decoder = PacketDecoder> {
+    pub reader: FrameReader<D>,
     pub writer: PacketWriter,
 }
 
@@ -126,19 +130,31 @@ const READ_BUF: usize = 1024;
 /// second `recv` for each.
 const MIN_READ_ROOM: usize = READ_BUF / 4;
 
-pub(crate) struct TcpDecoder(PacketCodec);
+/// The pomelo packet framing.
+pub(crate) struct PacketDecoder(pub(crate) PacketCodec);
 
-impl Decoder for TcpDecoder {
+impl Decoder for PacketDecoder {
     type Item = Packet;
     type Error = ConnError;
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ConnError> {
-        let packet = self.0.decode(src)?;
-        // `None`: the next thing is a read. Once the packets read before are dropped (requests
+        Ok(self.0.decode(src)?)
+    }
+}
+
+/// A framing that keeps [`MIN_READ_ROOM`] free in the read buffer.
+pub(crate) struct Roomy<D>(D);
+
+impl<D: Decoder<Error = ConnError>> Decoder for Roomy<D> {
+    type Item = D::Item;
+    type Error = ConnError;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<D::Item>, ConnError> {
+        let frame = self.0.decode(src)?;
+        // `None`: the next thing is a read. Once the frames read before are dropped (requests
         // are handled before the next read), this reuses the same buffer instead of allocating.
-        if packet.is_none() && src.capacity() - src.len() < MIN_READ_ROOM {
+        if frame.is_none() && src.capacity() - src.len() < MIN_READ_ROOM {
             src.reserve(READ_BUF);
         }
-        Ok(packet)
+        Ok(frame)
     }
 }
 
@@ -227,17 +243,16 @@ impl StreamWriter {
     }
 }
 
-/// A transport over any byte stream, with the TCP framing and the given packet-size limit.
-pub(crate) fn stream(
+/// A transport over any byte stream, cut into frames by `framing`.
+pub(crate) fn stream<D: Decoder>(
     io: impl AsyncRead + AsyncWrite + Send + 'static,
-    max_packet: usize,
-) -> Transport {
+    framing: D,
+) -> Transport<D> {
     let (read, write) = tokio::io::split(io);
     let read: BoxedRead = Box::pin(read);
-    let reader =
-        FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), READ_BUF);
+    let reader = FramedRead::with_capacity(read, Roomy(framing), READ_BUF);
     Transport {
-        reader: PacketReader::Stream(Box::new(reader)),
+        reader: FrameReader::Stream(Box::new(reader)),
         writer: PacketWriter::Stream(Box::new(StreamWriter {
             io: Box::pin(write),
             buf: BytesMut::new(),
@@ -246,14 +261,13 @@ pub(crate) fn stream(
     }
 }
 
-/// A TCP transport with the given packet-size limit.
-pub(crate) fn tcp(stream: TcpStream, max_packet: usize) -> Transport {
+/// A TCP transport cut into frames by `framing`.
+pub(crate) fn tcp<D: Decoder>(stream: TcpStream, framing: D) -> Transport<D> {
     let (read, write) = stream.into_split();
     // A small initial buffer keeps idle connections cheap; it grows for larger packets.
-    let reader =
-        FramedRead::with_capacity(read, TcpDecoder(PacketCodec::new(max_packet)), READ_BUF);
+    let reader = FramedRead::with_capacity(read, Roomy(framing), READ_BUF);
     Transport {
-        reader: PacketReader::Tcp(reader),
+        reader: FrameReader::Tcp(reader),
         writer: PacketWriter::Tcp(TcpWriter {
             half: write,
             buf: BytesMut::new(),
@@ -290,7 +304,7 @@ impl WsWriter {
     }
 }
 
-/// A WebSocket transport over an upgraded stream.
+/// A pomelo transport over an upgraded WebSocket: one packet per binary message.
 pub(crate) fn ws(stream: WebSocketStream<WsIo>, max_packet: usize) -> Transport {
     let codec = PacketCodec::new(max_packet);
     let (sink, stream) = stream.split();
@@ -309,7 +323,7 @@ pub(crate) fn ws(stream: WebSocketStream<WsIo>, max_packet: usize) -> Transport 
         std::future::ready(item)
     });
     Transport {
-        reader: PacketReader::Ws(Box::pin(reader)),
+        reader: FrameReader::Frames(Box::pin(reader)),
         writer: PacketWriter::Ws(WsWriter { sink }),
     }
 }

@@ -24,6 +24,6 @@ impl SysPush {
             .sessions()
             .get(self.sid)
             .ok_or_else(|| Error::new(Code::NotFound, "session gone"))?;
-        s.send_packet(s.encode_push(&self.route, self.body)?)
+        s.push_encoded(&self.route, self.body)
     }
 }

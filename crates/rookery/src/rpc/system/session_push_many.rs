@@ -19,19 +19,31 @@ pub(crate) struct SysPushMany {
 }
 
 impl SysPushMany {
-    /// Encodes the packet once, for the first session still here, and shares it.
+    /// Encodes the packet once per kind of client (protocol class, compression) and shares it;
+    /// a session whose protocol keeps delivery state gets its own.
     pub(super) fn apply(self, app: &App) {
-        let mut packet = None;
+        let mut packets: Vec<((u8, bool), bytes::Bytes)> = Vec::new();
         for sid in self.sids {
             let Some(s) = app.sessions().get(sid) else {
                 continue;
             };
-            if packet.is_none() {
-                packet = s.encode_push(&self.route, self.body.clone()).ok();
-            }
-            if let Some(p) = &packet {
-                let _ = s.send_packet(p.clone());
-            }
+            let codec = s.codec();
+            let Some(class) = codec.shared_class() else {
+                let _ = codec.push(&s, &self.route, self.body.clone());
+                continue;
+            };
+            let key = (class, s.compresses(self.body.len()));
+            let packet = match packets.iter().find(|(k, _)| *k == key) {
+                Some((_, p)) => p.clone(),
+                None => match codec.encode_push(&s, &self.route, self.body.clone()) {
+                    Ok(p) => {
+                        packets.push((key, p.clone()));
+                        p
+                    }
+                    Err(_) => continue,
+                },
+            };
+            let _ = s.send_packet(packet);
         }
     }
 }

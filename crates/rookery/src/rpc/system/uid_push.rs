@@ -36,8 +36,8 @@ pub(super) fn push_both_forms(sessions: &[Session], m: &SysUidPush) {
             Serializer::Json => m.json.clone(),
             Serializer::Protobuf => m.proto.clone(),
         };
-        if let Some(p) = body.and_then(|b| s.encode_push(&m.route, b).ok()) {
-            let _ = s.send_packet(p);
+        if let Some(b) = body {
+            let _ = s.push_encoded(&m.route, b);
         }
     }
 }

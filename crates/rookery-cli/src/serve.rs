@@ -17,6 +17,18 @@ pub struct ServeArgs {
     /// WebSocket acceptor address [default: 127.0.0.1:3251].
     #[arg(long, value_name = "ADDR")]
     pub ws: Option<String>,
+    /// MQTT 3.1.1 acceptor address (mqant clients, mosquitto, MQTT.js) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt: Option<String>,
+    /// MQTT-over-WebSocket acceptor address (path /mqtt) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_ws: Option<String>,
+    /// zinx framing acceptor address (msgIDs from [zinx] and [routes]) [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub zinx: Option<String>,
+    /// KCP (UDP) acceptor address, pomelo protocol [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub kcp: Option<String>,
     /// Admin address: Prometheus /metrics, JSON /api/*, the dashboard at /
     /// [default: 127.0.0.1:3252].
     #[arg(long, value_name = "ADDR")]
@@ -54,6 +66,16 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
     if let Some(a) = &args.ws {
         gw.ws = Some(a.clone());
     }
+    for (flag, field) in [
+        (&args.mqtt, &mut gw.mqtt),
+        (&args.mqtt_ws, &mut gw.mqtt_ws),
+        (&args.zinx, &mut gw.zinx),
+        (&args.kcp, &mut gw.kcp),
+    ] {
+        if let Some(a) = flag {
+            *field = Some(a.clone());
+        }
+    }
     if let Some(h) = args.heartbeat {
         gw.heartbeat = h;
     }
@@ -62,6 +84,10 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
     }
     if demo_defaults && gw.ws.is_none() {
         gw.ws = Some(DEFAULT_WS.into());
+    }
+    if demo_defaults {
+        // The demo's MQTT clients (mosquitto_sub) log in with their CONNECT username.
+        cfg.mqtt.login = rookery::config::MqttLogin::Username;
     }
     if let Some(a) = &args.admin {
         cfg.admin.addr = Some(a.clone());
@@ -110,6 +136,21 @@ pub async fn run(
     if let Some(a) = server.ws_addr() {
         let scheme = if tls { "wss" } else { "ws" };
         println!("rookery: WebSocket on {scheme}://{a}/");
+    }
+    if let Some(a) = server.mqtt_addr() {
+        let scheme = if tls { "mqtts" } else { "mqtt" };
+        println!("rookery: MQTT on {scheme}://{a}");
+    }
+    if let Some(a) = server.mqtt_ws_addr() {
+        let scheme = if tls { "wss" } else { "ws" };
+        let path = &server.app().config().mqtt.ws_path;
+        println!("rookery: MQTT over WebSocket on {scheme}://{a}{path}");
+    }
+    if let Some(a) = server.zinx_addr() {
+        println!("rookery: zinx on {a}");
+    }
+    if let Some(a) = server.kcp_addr() {
+        println!("rookery: KCP on udp://{a}");
     }
     let ops_stop = CancellationToken::new();
     let mut ops = Vec::new();

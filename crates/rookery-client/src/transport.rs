@@ -1,5 +1,6 @@
-//! The two transports: TCP (packets framed by their header) and WebSocket (one packet per binary
-//! frame), each plain or over TLS. Both read and write whole packets.
+//! The transports: TCP (packets framed by their header) and WebSocket (one packet per binary
+//! frame), each plain or over TLS, and KCP over UDP (framed as TCP). All read and write whole
+//! packets.
 
 use std::time::Duration;
 
@@ -26,16 +27,46 @@ pub(crate) enum Transport {
     Tcp { stream: Io, buf: BytesMut },
     /// WebSocket over TCP.
     Ws(Box<WebSocketStream<Io>>),
+    /// KCP over UDP, framed as TCP.
+    Kcp {
+        stream: Box<tokio_kcp::KcpStream>,
+        buf: BytesMut,
+    },
+}
+
+/// The KCP settings a client uses: nodelay mode with a 10 ms interval and fast resend, as the
+/// gateway's defaults (`[kcp]`).
+pub(crate) fn kcp_config() -> tokio_kcp::KcpConfig {
+    tokio_kcp::KcpConfig {
+        nodelay: tokio_kcp::KcpNoDelayConfig::fastest(),
+        flush_write: true,
+        flush_acks_input: true,
+        ..Default::default()
+    }
 }
 
 impl Transport {
     /// Connects to `addr`: `ws://host[:port][/path]` or `wss://..` for WebSocket (plain or TLS),
-    /// `tls://host:port` for TCP over TLS, anything else as plain TCP `host:port`.
+    /// `tls://host:port` for TCP over TLS, `kcp://host:port` for KCP, anything else as plain
+    /// TCP `host:port`.
     pub(crate) async fn connect(
         addr: &str,
         max_packet_size: usize,
         tls: &TlsOptions,
     ) -> Result<Self, ClientError> {
+        if let Some(rest) = addr.strip_prefix("kcp://") {
+            let peer = tokio::net::lookup_host(rest)
+                .await?
+                .next()
+                .ok_or_else(|| std::io::Error::other(format!("no address for {rest:?}")))?;
+            let stream = tokio_kcp::KcpStream::connect(&kcp_config(), peer)
+                .await
+                .map_err(std::io::Error::other)?;
+            return Ok(Self::Kcp {
+                stream: Box::new(stream),
+                buf: BytesMut::with_capacity(READ_CHUNK),
+            });
+        }
         let (ws, secure, rest) = if let Some(r) = addr.strip_prefix("wss://") {
             (true, true, r)
         } else if let Some(r) = addr.strip_prefix("ws://") {
@@ -94,21 +125,8 @@ impl Transport {
         codec: &PacketCodec,
     ) -> Result<Option<Packet>, ClientError> {
         match self {
-            Self::Tcp { stream, buf } => loop {
-                if let Some(p) = codec.decode(buf)? {
-                    return Ok(Some(p));
-                }
-                if buf.capacity() - buf.len() < READ_CHUNK / 2 {
-                    buf.reserve(READ_CHUNK);
-                }
-                if stream.read_buf(buf).await? == 0 {
-                    return if buf.is_empty() {
-                        Ok(None)
-                    } else {
-                        Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
-                    };
-                }
-            },
+            Self::Tcp { stream, buf } => read_packet(stream, buf, codec).await,
+            Self::Kcp { stream, buf } => read_packet(&mut **stream, buf, codec).await,
             Self::Ws(ws) => loop {
                 match ws.next().await {
                     None => return Ok(None),
@@ -138,6 +156,10 @@ impl Transport {
     pub(crate) async fn send(&mut self, packet: Bytes) -> Result<(), ClientError> {
         match self {
             Self::Tcp { stream, .. } => Ok(stream.write_all(&packet).await?),
+            Self::Kcp { stream, .. } => {
+                stream.write_all(&packet).await?;
+                Ok(stream.flush().await?)
+            }
             Self::Ws(ws) => ws.send(WsMessage::Binary(packet)).await.map_err(ws_error),
         }
     }
@@ -158,7 +180,32 @@ impl Transport {
                 })
                 .await
             }
+            // KCP has no close of its own: the conversation expires on the server.
+            Self::Kcp { .. } => Ok(()),
         };
+    }
+}
+
+/// Reads from a byte stream until `buf` holds a whole packet; `Ok(None)` on a clean end.
+async fn read_packet(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    codec: &PacketCodec,
+) -> Result<Option<Packet>, ClientError> {
+    loop {
+        if let Some(p) = codec.decode(buf)? {
+            return Ok(Some(p));
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 2 {
+            buf.reserve(READ_CHUNK);
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+            };
+        }
     }
 }
 

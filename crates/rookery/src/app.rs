@@ -45,6 +45,8 @@ pub(crate) struct AppInner {
     pub remote_sessions: crate::remote_sessions::RemoteSessions,
     /// Layers around this node's outgoing calls, outermost first.
     pub call_layers: Box<[Arc<dyn crate::middleware::CallMiddleware>]>,
+    /// The client protocols other than pomelo, with their settings.
+    pub wires: crate::gateway::Wires,
     /// The gateway's TLS, when `gateway.tls` is set.
     pub tls: Option<Arc<crate::gateway::tls::Tls>>,
     /// Per module (by index): the calls from other nodes it runs or waits to run.

@@ -37,6 +37,10 @@ pub(crate) trait ClientCodec: Send + Sync + 'static {
 
     /// What tells the client why it is disconnected, if the protocol has such a thing.
     fn kick(&self, reason: &str) -> Option<Bytes>;
+
+    /// Called by the gateway's periodic sweep: protocols with delivery state send again what
+    /// is still unacknowledged.
+    fn tick(&self, _session: &Session, _now: std::time::Instant) {}
 }
 
 /// The pomelo/pitaya packet protocol (TCP, WebSocket, TLS, KCP).

@@ -52,6 +52,12 @@ pub struct Config {
     pub node: NodeConfig,
     /// Client-facing acceptors and per-connection limits.
     pub gateway: GatewayConfig,
+    /// MQTT clients: delivery of pushes, mqant's topic form.
+    pub mqtt: MqttConfig,
+    /// zinx clients: the msgID table.
+    pub zinx: ZinxConfig,
+    /// KCP clients.
+    pub kcp: KcpConfig,
     /// Per-module settings, `[modules.NAME]`, handed to each module's `init`.
     pub modules: BTreeMap<String, toml::Value>,
     /// How this node joins a cluster.
@@ -317,6 +323,14 @@ pub struct GatewayConfig {
     pub ws: Option<String>,
     /// WebSocket path.
     pub ws_path: String,
+    /// MQTT 3.1.1 acceptor address (TCP); none when absent. See `[mqtt]`.
+    pub mqtt: Option<String>,
+    /// MQTT over WebSocket acceptor address (subprotocol `mqtt`, path `mqtt.ws_path`).
+    pub mqtt_ws: Option<String>,
+    /// zinx framing acceptor address (TCP); none when absent. See `[zinx]`.
+    pub zinx: Option<String>,
+    /// KCP (UDP) acceptor address carrying the pomelo protocol; none when absent. See `[kcp]`.
+    pub kcp: Option<String>,
     /// Responses and pushes larger than this many bytes are compressed (zlib, flag 0x10) for
     /// clients that announce `sys.compression = "zlib"` in their handshake; 0: never.
     pub compress_above: usize,
@@ -355,6 +369,10 @@ impl Default for GatewayConfig {
             tcp: None,
             ws: None,
             ws_path: "/".into(),
+            mqtt: None,
+            mqtt_ws: None,
+            zinx: None,
+            kcp: None,
             compress_above: 1024,
             tls: None,
             heartbeat: 30,
@@ -383,6 +401,154 @@ impl GatewayConfig {
     /// Handler deadline.
     pub fn request_timeout(&self) -> Duration {
         secs(self.request_timeout)
+    }
+}
+
+/// MQTT clients (`gateway.mqtt`, `gateway.mqtt_ws`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The WebSocket path of `gateway.mqtt_ws`.
+    pub ws_path: String,
+    /// QoS 1 pushes sent to one client and not yet acknowledged, at most; further ones wait
+    /// (within `gateway.outbound_queue`).
+    pub inflight: u16,
+    /// Seconds after which an unacknowledged QoS 1 push is sent again (with DUP), while the
+    /// client stays connected.
+    pub redeliver: f64,
+    /// Whether CONNECT logs the client in: `"username"` or `"client_id"` binds it as the
+    /// session's user id once the handshake validator has accepted it (an older session of
+    /// that user is kicked, as with any login); `"none"` leaves login to the game's handlers.
+    pub login: MqttLogin,
+    /// mqant's topic form `moduleType/HD_handler[/msgid]`.
+    pub mqant: MqantConfig,
+}
+
+/// What, of an MQTT CONNECT, is the session's user id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MqttLogin {
+    /// Nothing: the game's login handler binds the user.
+    None,
+    /// The username.
+    Username,
+    /// The client id.
+    ClientId,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            ws_path: "/mqtt".into(),
+            inflight: 32,
+            redeliver: 5.0,
+            login: MqttLogin::None,
+            mqant: MqantConfig::default(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Redelivery interval of unacknowledged QoS 1 pushes.
+    pub fn redeliver(&self) -> Duration {
+        secs(self.redeliver)
+    }
+}
+
+/// How mqant's topics `moduleType/HD_handler[/msgid]` map to routes. A topic's
+/// `moduleType/HD_handler` is looked up in `routes` first (a whole route), then its moduleType
+/// in `modules` (a `module.handler`, to which the handler's name without `HD_` is appended).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqantConfig {
+    /// `"moduleType/HD_handler"` → route, e.g. `"Chat/HD_Say" = "room.room.say"`.
+    pub routes: BTreeMap<String, String>,
+    /// `"moduleType"` → `module.handler`, e.g. `Login = "connector.entry"`: `Login/HD_login`
+    /// is `connector.entry.login`.
+    pub modules: BTreeMap<String, String>,
+}
+
+/// zinx clients (`gateway.zinx`): which route each msgID is, and the msgIDs of answers and
+/// pushes. A msgID without an entry in `routes` is the route pinned to that code in `[routes]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ZinxConfig {
+    /// The data pack: `"tlv-big-endian"` (zinx 1.1.3 and later: msgID, then length, big-endian)
+    /// or `"ltv-little-endian"` (earlier zinx: length, then msgID, little-endian).
+    pub pack: ZinxPack,
+    /// msgID → route (keys are the msgIDs, as TOML keys are strings).
+    pub routes: BTreeMap<String, String>,
+    /// Route → the msgID its answers are sent with; by default the request's own.
+    pub replies: BTreeMap<String, u32>,
+    /// Push route → the msgID pushes on it are sent with; by default the route's code in the
+    /// dictionary. A push on a route with neither is not sent to zinx clients (and logged).
+    pub pushes: BTreeMap<String, u32>,
+    /// The msgID errors are answered with; by default the answer's own.
+    pub error_msg_id: Option<u32>,
+    /// The msgID of zinx's heartbeat (`ping`), echoed back as it came (zinx's default 99999).
+    pub heartbeat_msg_id: u32,
+    /// zinx-cluster's `route.json` (group → `[{MsgID, Name}]`): every msgID it lists must
+    /// have a route (in `routes` or `[routes]`), checked at start.
+    pub route_file: Option<String>,
+    /// zinx-cluster's `dinx.json` (group → nodes): read and checked at start; its groups must
+    /// be those of `route_file`. Nodes find each other through discovery, not this file.
+    pub node_file: Option<String>,
+}
+
+impl Default for ZinxConfig {
+    fn default() -> Self {
+        Self {
+            pack: ZinxPack::TlvBigEndian,
+            routes: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            pushes: BTreeMap::new(),
+            error_msg_id: None,
+            heartbeat_msg_id: 99999,
+            route_file: None,
+            node_file: None,
+        }
+    }
+}
+
+/// zinx's data packs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ZinxPack {
+    /// msgID (u32), data length (u32), big-endian: zinx's default since 1.1.3.
+    #[serde(rename = "tlv-big-endian")]
+    TlvBigEndian,
+    /// Data length (u32), msgID (u32), little-endian: zinx before 1.1.3.
+    #[serde(rename = "ltv-little-endian")]
+    LtvLittleEndian,
+}
+
+/// KCP clients (`gateway.kcp`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KcpConfig {
+    /// KCP's nodelay mode (faster resends, at the cost of bandwidth).
+    pub nodelay: bool,
+    /// Internal update interval, in milliseconds.
+    pub interval: i32,
+    /// Fast resend after this many duplicate acks (0: off).
+    pub resend: i32,
+    /// Turn congestion control off.
+    pub no_congestion_control: bool,
+    /// Send and receive windows, in packets.
+    pub window: u16,
+    /// The largest UDP datagram, in bytes.
+    pub mtu: usize,
+}
+
+impl Default for KcpConfig {
+    fn default() -> Self {
+        Self {
+            nodelay: true,
+            interval: 10,
+            resend: 2,
+            no_congestion_control: true,
+            window: 256,
+            mtu: 1400,
+        }
     }
 }
 
@@ -692,6 +858,25 @@ impl Config {
         }
         if !g.ws_path.starts_with('/') {
             return bad("gateway.ws_path must start with '/'");
+        }
+        if !self.mqtt.ws_path.starts_with('/') {
+            return bad("mqtt.ws_path must start with '/'");
+        }
+        if self.mqtt.inflight == 0 {
+            return bad("mqtt.inflight must be at least 1");
+        }
+        if !(self.mqtt.redeliver.is_finite() && self.mqtt.redeliver > 0.0) {
+            return bad("mqtt.redeliver must be a positive number of seconds");
+        }
+        if let Some(k) = self.zinx.routes.keys().find(|k| k.parse::<u32>().is_err()) {
+            return Err(invalid(format!(
+                "zinx.routes: {k:?} is not a msgID (0 to 4294967295)"
+            )));
+        }
+        if self.kcp.interval < 1 || self.kcp.window == 0 || !(64..=65_000).contains(&self.kcp.mtu) {
+            return bad(
+                "kcp.interval and kcp.window must be at least 1, kcp.mtu between 64 and 65000",
+            );
         }
         if g.disconnect_log_per_second > MAX_DISCONNECT_LOG_PER_SECOND {
             return bad("gateway.disconnect_log_per_second must be at most 1000000");

@@ -185,13 +185,38 @@ impl ServerBuilder {
         let sessions = SessionPool::new(router.dict().clone());
 
         let gw = &self.config.gateway;
-        let tcp = bind(gw.tcp.as_deref()).await?;
-        let ws = bind(gw.ws.as_deref()).await?;
-        let tcp_addr = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let ws_addr = ws.as_ref().and_then(|l| l.local_addr().ok());
+        let listeners = Listeners {
+            tcp: bind(gw.tcp.as_deref()).await?,
+            ws: bind(gw.ws.as_deref()).await?,
+            mqtt: bind(gw.mqtt.as_deref()).await?,
+            mqtt_ws: bind(gw.mqtt_ws.as_deref()).await?,
+            zinx: bind(gw.zinx.as_deref()).await?,
+        };
+        let kcp =
+            match gw.kcp.as_deref() {
+                Some(a) => Some(crate::gateway::kcp::bind(&self.config, a).await.map_err(
+                    |source| StartError::new(StartErrorKind::Bind, a).with_source(source),
+                )?),
+                None => None,
+            };
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        let addrs = Addrs {
+            tcp: addr(&listeners.tcp),
+            ws: addr(&listeners.ws),
+            mqtt: addr(&listeners.mqtt),
+            mqtt_ws: addr(&listeners.mqtt_ws),
+            zinx: addr(&listeners.zinx),
+            kcp: kcp.as_ref().and_then(|l| l.local_addr().ok()),
+        };
         let limit = Arc::new(Semaphore::new(gw.max_connections));
+        let wires = crate::gateway::Wires::new(&self.config)
+            .map_err(|e| StartError::new(StartErrorKind::Config, e))?;
 
-        let mut node = node_info(&self.config, &self.modules, tcp.is_some() || ws.is_some())?;
+        let mut node = node_info(
+            &self.config,
+            &self.modules,
+            listeners.any() || kcp.is_some(),
+        )?;
         node.routes = router.client_routes();
         node.concurrent_routes = router
             .routes()
@@ -245,40 +270,55 @@ impl ServerBuilder {
             remote_sessions: Default::default(),
             call_layers: self.call_layers.into(),
             module_inbound,
+            wires,
             tls,
         });
         join_cluster(&app).await?;
 
         let stop_accept = CancellationToken::new();
         let mut acceptors = JoinSet::new();
-        if tcp.is_some() || ws.is_some() {
+        let gateway = listeners.any() || kcp.is_some();
+        if let Some(kcp) = kcp {
+            acceptors.spawn(crate::gateway::kcp::accept_loop(
+                app.clone(),
+                kcp,
+                limit.clone(),
+                stop_accept.clone(),
+            ));
+        }
+        if listeners.any() {
             acceptors.spawn(accept_loop(
                 app.clone(),
-                Listeners { tcp, ws },
+                listeners,
                 limit,
                 stop_accept.clone(),
             ));
+        }
+        if gateway {
             acceptors.spawn(close_idle(app.clone(), stop_accept.clone()));
         }
         let stop_modules = CancellationToken::new();
         // Until the modules stop: the drain's disconnects are summarised too.
-        let disconnect_summary = (tcp_addr.is_some() || ws_addr.is_some())
-            .then(|| tokio::spawn(summarise_disconnects(app.clone(), stop_modules.clone())));
+        let disconnect_summary =
+            gateway.then(|| tokio::spawn(summarise_disconnects(app.clone(), stop_modules.clone())));
         let mut module_tasks = JoinSet::new();
         for m in app.modules() {
             module_tasks.spawn(m.clone().run(app.clone(), stop_modules.clone()));
         }
         tracing::info!(
             node = app.node_id(),
-            tcp = ?tcp_addr,
-            ws = ?ws_addr,
+            tcp = ?addrs.tcp,
+            ws = ?addrs.ws,
+            mqtt = ?addrs.mqtt,
+            mqtt_ws = ?addrs.mqtt_ws,
+            zinx = ?addrs.zinx,
+            kcp = ?addrs.kcp,
             routes = app.router().routes().len(),
             "node started"
         );
         Ok(RunningServer {
             app,
-            tcp_addr,
-            ws_addr,
+            addrs,
             stop_accept,
             stop_modules,
             acceptors,
@@ -357,14 +397,24 @@ async fn bind(addr: Option<&str>) -> Result<Option<TcpListener>, StartError> {
 /// A started node. Dropping it does not stop it; call [`RunningServer::shutdown`].
 pub struct RunningServer {
     app: App,
-    tcp_addr: Option<SocketAddr>,
-    ws_addr: Option<SocketAddr>,
+    addrs: Addrs,
     stop_accept: CancellationToken,
     stop_modules: CancellationToken,
     acceptors: JoinSet<()>,
     module_tasks: JoinSet<()>,
     /// Writes the summary of suppressed disconnect lines once a second (with a gateway).
     disconnect_summary: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The gateway's bound addresses.
+#[derive(Debug, Clone, Copy, Default)]
+struct Addrs {
+    tcp: Option<SocketAddr>,
+    ws: Option<SocketAddr>,
+    mqtt: Option<SocketAddr>,
+    mqtt_ws: Option<SocketAddr>,
+    zinx: Option<SocketAddr>,
+    kcp: Option<SocketAddr>,
 }
 
 /// What a graceful shutdown did.
@@ -384,12 +434,32 @@ impl RunningServer {
 
     /// Bound TCP address.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
-        self.tcp_addr
+        self.addrs.tcp
     }
 
     /// Bound WebSocket address.
     pub fn ws_addr(&self) -> Option<SocketAddr> {
-        self.ws_addr
+        self.addrs.ws
+    }
+
+    /// Bound MQTT (TCP) address.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mqtt
+    }
+
+    /// Bound MQTT-over-WebSocket address.
+    pub fn mqtt_ws_addr(&self) -> Option<SocketAddr> {
+        self.addrs.mqtt_ws
+    }
+
+    /// Bound zinx address.
+    pub fn zinx_addr(&self) -> Option<SocketAddr> {
+        self.addrs.zinx
+    }
+
+    /// Bound KCP (UDP) address.
+    pub fn kcp_addr(&self) -> Option<SocketAddr> {
+        self.addrs.kcp
     }
 
     /// Graceful shutdown: stop accepting; let every session finish the requests it already sent,

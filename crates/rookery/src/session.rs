@@ -39,6 +39,14 @@ pub enum Acceptor {
     Tcp,
     /// WebSocket.
     Ws,
+    /// MQTT 3.1.1 over TCP.
+    Mqtt,
+    /// MQTT over WebSocket.
+    MqttWs,
+    /// zinx framing over TCP.
+    Zinx,
+    /// KCP over UDP.
+    Kcp,
     /// A session held by another node's gateway, seen here while handling its request.
     Remote,
     /// No client connection (RPC or HTTP calls without a session).
@@ -136,6 +144,9 @@ struct Inner {
     data: Mutex<SessionData>,
     /// Nodes this session's requests were forwarded to (told when it closes).
     touched: Mutex<Vec<Arc<str>>>,
+    /// This session's idle timeout in milliseconds, if its protocol set one (MQTT's
+    /// keep-alive); 0: the gateway's.
+    idle_ms: AtomicU64,
     /// When the uid was bound (unix nanoseconds): the newer binding wins across gateways.
     bound_at: AtomicU64,
     /// Cancelled once the session closes, for [`Session::closed`] waiters.
@@ -527,10 +538,21 @@ impl Session {
     }
 
     /// True if the client sent nothing for `idle` or longer before `now`.
+    /// (`idle` is the gateway's timeout; a session whose protocol set its own uses that.)
     pub(crate) fn idle_at(&self, now: Instant, idle: std::time::Duration) -> bool {
         let seen = self.inner.last_seen.load(Ordering::Relaxed);
-        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let idle = match self.inner.idle_ms.load(Ordering::Relaxed) {
+            0 => u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            own => own,
+        };
         millis_since_epoch(now).saturating_sub(seen) >= idle
+    }
+
+    /// Sets this session's own idle timeout (a protocol's keep-alive), instead of the
+    /// gateway's.
+    pub(crate) fn set_idle_timeout(&self, idle: std::time::Duration) {
+        let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.inner.idle_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Why the session was closed, once it is.
@@ -616,6 +638,7 @@ impl Session {
                 codec,
                 touched: Mutex::new(Vec::new()),
                 bound_at: AtomicU64::new(0),
+                idle_ms: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 closing: CancellationToken::new(),
                 close_reason: OnceLock::new(),

@@ -107,7 +107,7 @@ pub(crate) async fn serve<W: Wire>(
     for m in app.modules() {
         m.session_opened(&app, &session).await;
     }
-    W::opened(&conn, &session);
+    W::opened(&app, &conn, &session);
     // Reader and writer until both have ended. A session made by `create` always has its queue.
     match session.outbound() {
         Some(queue) => Running::<W>::new(&app, conn, &session, queue, reader, writer).await,
@@ -149,10 +149,14 @@ async fn kick_raw(writer: &mut PacketWriter, refusal: Option<bytes::Bytes>) {
     let _ = timeout(FLUSH_DEADLINE, writer.shutdown()).await;
 }
 
-fn acceptor_label(a: Acceptor) -> &'static str {
+pub(super) fn acceptor_label(a: Acceptor) -> &'static str {
     match a {
         Acceptor::Tcp => "tcp",
         Acceptor::Ws => "ws",
+        Acceptor::Mqtt => "mqtt",
+        Acceptor::MqttWs => "mqtt_ws",
+        Acceptor::Zinx => "zinx",
+        Acceptor::Kcp => "kcp",
         Acceptor::Remote => "remote",
         Acceptor::Internal => "internal",
     }

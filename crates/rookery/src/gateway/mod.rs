@@ -6,6 +6,8 @@
 
 mod close;
 pub(crate) mod conn;
+pub(crate) mod kcp;
+mod mqtt;
 mod pomelo;
 mod request;
 mod running;
@@ -14,6 +16,7 @@ pub(crate) mod tests;
 pub(crate) mod tls;
 mod transport;
 pub(crate) mod wire;
+mod zinx;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,22 +36,53 @@ use crate::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::telemetry::DisconnectReason;
 use crate::App;
+use mqtt::Mqtt;
 use wire::Wire;
+use zinx::Zinx;
 
 /// Pause after an accept error (e.g. out of file descriptors) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// The gateway's listeners: plain TCP and WebSocket, either optional.
+/// The gateway's listeners, each optional.
 pub(crate) struct Listeners {
     pub tcp: Option<TcpListener>,
     pub ws: Option<TcpListener>,
+    pub mqtt: Option<TcpListener>,
+    pub mqtt_ws: Option<TcpListener>,
+    pub zinx: Option<TcpListener>,
 }
 
-/// Accepts connections on both listeners until `stop` fires. Each connection runs as a task
+impl Listeners {
+    pub(crate) fn any(&self) -> bool {
+        self.tcp.is_some()
+            || self.ws.is_some()
+            || self.mqtt.is_some()
+            || self.mqtt_ws.is_some()
+            || self.zinx.is_some()
+    }
+}
+
+/// The client protocols besides pomelo, built once at start from the configuration.
+pub(crate) struct Wires {
+    pub mqtt: Arc<Mqtt>,
+    pub zinx: Arc<Zinx>,
+}
+
+impl Wires {
+    /// Fails if the zinx tables or files are wrong.
+    pub(crate) fn new(config: &crate::Config) -> Result<Self, String> {
+        Ok(Self {
+            mqtt: Arc::new(Mqtt::new(config)),
+            zinx: Arc::new(Zinx::new(config)?),
+        })
+    }
+}
+
+/// Accepts connections on every listener until `stop` fires. Each connection runs as a task
 /// owned by the app's tracker; `limit` caps how many run at once (each holds a permit until it
-/// ends; beyond it, connections wait in the OS backlog). One loop for both listeners: a slot
+/// ends; beyond it, connections wait in the OS backlog). One loop for all listeners: a slot
 /// that frees up goes to whichever listener has a connection waiting (with a loop per listener,
-/// an idle listener's loop could hold the free slot while the other's connection waits).
+/// an idle listener's loop could hold the free slot while another's connection waits).
 pub(crate) async fn accept_loop(
     app: App,
     listeners: Listeners,
@@ -69,6 +103,9 @@ pub(crate) async fn accept_loop(
         let (accepted, acceptor) = tokio::select! {
             r = accept(&listeners.tcp) => (r, Acceptor::Tcp),
             r = accept(&listeners.ws) => (r, Acceptor::Ws),
+            r = accept(&listeners.mqtt) => (r, Acceptor::Mqtt),
+            r = accept(&listeners.mqtt_ws) => (r, Acceptor::MqttWs),
+            r = accept(&listeners.zinx) => (r, Acceptor::Zinx),
             _ = stop.cancelled() => return,
         };
         let (stream, remote) = match accepted {
@@ -82,7 +119,7 @@ pub(crate) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         metrics::counter!(
             crate::telemetry::CONNECTIONS_TOTAL,
-            "acceptor" => if acceptor == Acceptor::Ws { "ws" } else { "tcp" }
+            "acceptor" => conn::acceptor_label(acceptor)
         )
         .increment(1);
         // The connection's future is the task's own (no wrapper around it): every level of
@@ -103,13 +140,40 @@ pub(crate) async fn accept_loop(
             Acceptor::Ws => {
                 tasks.spawn(serve_ws(app.clone(), Either::Left(stream), remote, permit))
             }
-            _ => {
-                let max = app.config().gateway.max_packet_size;
-                let transport = transport::tcp(stream, Pomelo.decoder(max));
-                tasks.spawn(conn::serve(
+            Acceptor::MqttWs => tasks.spawn(serve_mqtt_ws(
+                app.clone(),
+                Either::Left(stream),
+                remote,
+                permit,
+            )),
+            Acceptor::Mqtt => {
+                let wire = app.inner().wires.mqtt.clone();
+                tasks.spawn(serve_tcp(
                     app.clone(),
-                    Arc::new(Pomelo),
-                    transport,
+                    wire,
+                    stream,
+                    remote,
+                    acceptor,
+                    permit,
+                ))
+            }
+            Acceptor::Zinx => {
+                let wire = app.inner().wires.zinx.clone();
+                tasks.spawn(serve_tcp(
+                    app.clone(),
+                    wire,
+                    stream,
+                    remote,
+                    acceptor,
+                    permit,
+                ))
+            }
+            _ => {
+                let wire = Arc::new(Pomelo);
+                tasks.spawn(serve_tcp(
+                    app.clone(),
+                    wire,
+                    stream,
                     remote,
                     Acceptor::Tcp,
                     permit,
@@ -119,25 +183,65 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// Serves a plain TCP connection speaking `wire`. (The returned future is the connection's own,
+/// not wrapped: see [`accept_loop`].)
+fn serve_tcp<W: Wire>(
+    app: App,
+    wire: Arc<W>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    acceptor: Acceptor,
+    permit: OwnedSemaphorePermit,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let transport = transport::tcp(stream, wire.decoder(app.config().gateway.max_packet_size));
+    conn::serve(app, wire, transport, remote, acceptor, permit)
+}
+
+/// Serves a connection over any byte stream (TLS, KCP, a WebSocket's bytes) speaking `wire`.
+pub(super) async fn serve_stream<W: Wire>(
+    app: App,
+    wire: Arc<W>,
+    io: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    remote: SocketAddr,
+    acceptor: Acceptor,
+    permit: OwnedSemaphorePermit,
+) {
+    let transport = transport::stream(io, wire.decoder(app.config().gateway.max_packet_size));
+    Box::pin(conn::serve(app, wire, transport, remote, acceptor, permit)).await
+}
+
 /// Closes the sessions whose clients sent nothing for two heartbeat intervals, with reason
 /// [`REASON_IDLE`], until `stop` fires. One sweep over the node's sessions every
 /// [`sweep_period`] instead of a timer in every connection, which each request would poll: a
 /// silent client is closed between two intervals and two intervals plus a period after its last
 /// packet.
+///
+/// The same sweep lets protocols with delivery state (MQTT's QoS 1) send again what is still
+/// unacknowledged. With MQTT clients, whose keep-alives set their own, shorter timeouts, it
+/// looks at least once a second.
 pub(crate) async fn close_idle(app: App, stop: CancellationToken) {
-    let idle = app.config().gateway.heartbeat_interval() * 2;
-    let mut ticks = tokio::time::interval(sweep_period(idle));
+    let cfg = app.config();
+    let idle = cfg.gateway.heartbeat_interval() * 2;
+    let mqtt = cfg.gateway.mqtt.is_some() || cfg.gateway.mqtt_ws.is_some();
+    let period = match mqtt {
+        true => sweep_period(idle).min(Duration::from_secs(1)),
+        false => sweep_period(idle),
+    };
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = stop.cancelled() => return,
         }
-        for s in app
-            .sessions()
-            .idle(tokio::time::Instant::now().into_std(), idle)
-        {
+        let now = tokio::time::Instant::now().into_std();
+        for s in app.sessions().idle(now, idle) {
             s.kick_as(DisconnectReason::HeartbeatTimeout, REASON_IDLE);
+        }
+        if mqtt {
+            for s in app.sessions().all() {
+                s.codec().tick(&s, now);
+            }
         }
     }
 }
@@ -194,18 +298,18 @@ async fn serve_tls(
     };
     match acceptor {
         Acceptor::Ws => serve_ws(app, Either::Right(Box::new(stream)), remote, permit).await,
-        _ => {
-            let transport = transport::stream(stream, Pomelo.decoder(cfg.max_packet_size));
-            let serve = conn::serve(
-                app,
-                Arc::new(Pomelo),
-                transport,
-                remote,
-                Acceptor::Tcp,
-                permit,
-            );
-            Box::pin(serve).await
+        Acceptor::MqttWs => {
+            serve_mqtt_ws(app, Either::Right(Box::new(stream)), remote, permit).await
         }
+        Acceptor::Mqtt => {
+            let wire = app.inner().wires.mqtt.clone();
+            serve_stream(app, wire, stream, remote, acceptor, permit).await
+        }
+        Acceptor::Zinx => {
+            let wire = app.inner().wires.zinx.clone();
+            serve_stream(app, wire, stream, remote, acceptor, permit).await
+        }
+        _ => serve_stream(app, Arc::new(Pomelo), stream, remote, Acceptor::Tcp, permit).await,
     }
 }
 
@@ -249,4 +353,57 @@ async fn serve_ws(app: App, stream: WsIo, remote: SocketAddr, permit: OwnedSemap
         permit,
     )
     .await
+}
+
+/// Serves an MQTT client over WebSocket: the upgrade on `mqtt.ws_path` (answering the `mqtt`
+/// subprotocol), then MQTT over the messages' bytes (a packet may span messages, or share one).
+#[allow(clippy::result_large_err)]
+async fn serve_mqtt_ws(app: App, stream: WsIo, remote: SocketAddr, permit: OwnedSemaphorePermit) {
+    let cfg = &app.config().gateway;
+    let path = app.config().mqtt.ws_path.clone();
+    let negotiate = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let refuse = |status, why: &str| {
+            let mut err = ErrorResponse::new(Some(why.to_string()));
+            *err.status_mut() = status;
+            Err(err)
+        };
+        if req.uri().path() != path {
+            return refuse(StatusCode::NOT_FOUND, "not found");
+        }
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|p| p.eq_ignore_ascii_case("mqtt"));
+        match req.headers().contains_key("sec-websocket-protocol") {
+            true if !offered => refuse(StatusCode::BAD_REQUEST, "subprotocol mqtt expected"),
+            true => {
+                resp.headers_mut().insert(
+                    "sec-websocket-protocol",
+                    tokio_tungstenite::tungstenite::http::HeaderValue::from_static("mqtt"),
+                );
+                Ok(resp)
+            }
+            false => Ok(resp),
+        }
+    };
+    let upgrade = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        negotiate,
+        Some(transport::ws_config(cfg.max_packet_size + 8)),
+    ));
+    let ws = match timeout(cfg.handshake_timeout(), upgrade).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "websocket upgrade failed");
+            return;
+        }
+        Err(_) => return timed_out(&app, remote, "websocket upgrade timeout"),
+    };
+    let wire = app.inner().wires.mqtt.clone();
+    let io = transport::ws_bytes(ws);
+    serve_stream(app, wire, io, remote, Acceptor::MqttWs, permit).await
 }

@@ -34,7 +34,7 @@ impl Wire for Pomelo {
         handshake(app, reader, writer).await
     }
 
-    fn opened(_: &(), session: &Session) {
+    fn opened(_: &App, _: &(), session: &Session) {
         // Pomelo clients start their heartbeats when the server's first one arrives.
         let _ = session.send_packet(heartbeat_packet());
     }

@@ -27,6 +27,9 @@ pub(crate) enum ConnError {
     Protocol(#[from] ProtocolError),
     #[error("websocket error: {0}")]
     Ws(String),
+    /// A frame of another protocol's that could not be read.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
 }
 
 use super::WsIo;
@@ -302,6 +305,34 @@ impl WsWriter {
         }
         self.sink.flush().await.map_err(io::Error::other)
     }
+}
+
+/// The bytes of a WebSocket's binary messages as one byte stream, both ways (for protocols
+/// whose packets need not line up with messages, as MQTT's).
+pub(crate) fn ws_bytes(
+    stream: WebSocketStream<WsIo>,
+) -> impl AsyncRead + AsyncWrite + Send + 'static {
+    use tokio_util::io::{CopyToBytes, SinkWriter, StreamReader};
+    let (sink, stream) = stream.split();
+    let read = StreamReader::new(stream.filter_map(|msg| {
+        std::future::ready(match msg {
+            Ok(WsMessage::Binary(b)) => Some(Ok(b)),
+            Ok(WsMessage::Text(_)) => Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "text frames are not part of the protocol",
+            ))),
+            Ok(_) => None, // ping/pong are answered by the WebSocket layer; close ends it
+            Err(e) => Some(Err(io::Error::other(e))),
+        })
+    }));
+    let sink = sink
+        .with(|b: Bytes| {
+            std::future::ready(Ok::<_, tokio_tungstenite::tungstenite::Error>(
+                WsMessage::Binary(b),
+            ))
+        })
+        .sink_map_err(io::Error::other);
+    tokio::io::join(read, SinkWriter::new(CopyToBytes::new(sink)))
 }
 
 /// A pomelo transport over an upgraded WebSocket: one packet per binary message.

@@ -45,8 +45,8 @@ pub(crate) trait Wire: Send + Sync + Sized + 'static {
         writer: &'a mut PacketWriter,
     ) -> impl Future<Output = Result<Accepted<Self::Conn>, Refusal>> + Send + 'a;
 
-    /// The session exists: what the protocol sends first, if anything.
-    fn opened(conn: &Self::Conn, session: &Session);
+    /// The session exists: what the protocol does first (pomelo: the first heartbeat).
+    fn opened(app: &App, conn: &Self::Conn, session: &Session);
 
     /// What a frame means once the session runs: a request or notify for the core, or
     /// something the protocol handled itself (`None`: a keep-alive, an acknowledgement). `Err`

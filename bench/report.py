@@ -423,6 +423,35 @@ def build_table(rows, meta):
     if all(ok(x) for x in tcp):
         for i in (0, 1):
             line("C", f"plain TCP, {mc} conn, in the same alternation (run {i + 1})", tcp[i])
+    # MQTT and KCP against pomelo over TCP, all from rookery-protobench (one request in flight
+    # per connection); MQTT through mosquitto as the yardstick.
+    pom = [f"mqttpair-pomelo-{i}" for i in (1, 2)]
+    for proto, label, target in (("mqtt", "MQTT 3.1.1", 0.80), ("kcp", "KCP (pomelo over UDP)", None)):
+        rows = [f"mqttpair-{proto}-{i}" for i in (1, 2)]
+        if all(ok(x) for x in rows + pom):
+            for i in (0, 1):
+                line("C", f"{label}, {mc} conn, alternating with pomelo TCP (protobench, run {i + 1})", rows[i])
+            r = ratio(sum(rps(x) for x in rows), sum(rps(x) for x in pom))
+            if target is None:
+                lines.append(f"| C | {label} vs pomelo TCP over the alternating runs "
+                             f"(protobench; req/s summed per side) | | | | | | {r * 100:.0f}% | |")
+            else:
+                v = verdict("C", f"{label} vs pomelo TCP", r, target)
+                lines.append(f"| C | {label} vs pomelo TCP over the alternating runs "
+                             f"(protobench; req/s summed per side) | | | | | | {rtxt(r, target, '%')} | {v} |")
+    if all(ok(x) for x in pom):
+        for i in (0, 1):
+            line("C", f"pomelo TCP, {mc} conn, in the same alternation (protobench, run {i + 1})", pom[i])
+    brk = [f"mqttpair-broker-{i}" for i in (1, 2)]
+    mq = [f"mqttpair-mqtt-{i}" for i in (1, 2)]
+    if all(ok(x) for x in brk):
+        for i in (0, 1):
+            line("C", f"(yardstick) MQTT publish/subscribe round trip through mosquitto, {mc} conn "
+                 f"(protobench, run {i + 1})", brk[i])
+        if all(ok(x) for x in mq):
+            r = ratio(sum(rps(x) for x in mq), sum(rps(x) for x in brk))
+            lines.append(f"| C | MQTT requests to Rookery vs the same load through mosquitto "
+                         f"(req/s summed per side) | | | | | | {r * 100:.0f}% | |")
     # P4, P5 (alternating rows as P2)
     ratio_target("P4", f"remote path over TCP (gateway + backend), {mc} conn", "p4-tcp",
                  ("p4-tcp", f"p2-c{mc}"), ("p4pair-remote", "p4pair-single"),

@@ -300,6 +300,24 @@ with_retry() { # ID FUNCTION ARGS...
   done
   "${REPORT[@]}" keep-quietest "$ROWS" "$id"
 }
+# protobench_row ID GROUP "PGIDS" CONNS [protobench args...]: one generator for every client
+# protocol (pomelo TCP, KCP, MQTT, MQTT through a broker), so their figures compare.
+protobench_row_once() {
+  local id=$1 group=$2 pgids=$3 conns=$4; shift 4
+  local out=$RUN_DIR/$id.json
+  log "run $id: protobench $conns connections $*"
+  "${GEN[@]}" "$PROTOBENCH" --connections "$conns" --duration "$DUR" --warmup "$WARMUP" \
+    --connect-rate "$CONNECT_RATE" --payload "$PAYLOAD" "$@" > "$out" 2> "$RUN_DIR/$id.err" &
+  local bpid=$!
+  CLIENT_PIDS+=("$bpid")
+  local win cpu
+  win=$(sample_window "$conns")
+  # shellcheck disable=SC2086
+  cpu=$(sample_cpu $win "$bpid" $pgids)
+  wait "$bpid" || log "  $id: protobench exited with an error (see $RUN_DIR/$id.err)"
+  "${REPORT[@]}" add "$ROWS" "$id" "$group" "$out" connections="$conns" cpu="$cpu"
+}
+protobench_row() { with_retry "$1" protobench_row_once "$@"; }
 bench_row() { with_retry "$1" bench_row_once "$@"; }
 rpc_row() { with_retry "$1" rpc_row_once "$@"; }
 fanout_row() { with_retry "$1" fanout_row_once "$@"; }
@@ -327,7 +345,7 @@ NOFILE=$(ulimit -n)
 log "open files limit: $NOFILE"
 
 # Fixed loopback ports of the suite (static cluster configs, pinus servers.json).
-FIXED_PORTS=(3400 3410 3411 3412 3420 3422 3423 3424 3425 3430 3432 3435 3436 3440 3441 3460 3465 3466 3467)
+FIXED_PORTS=(3400 3410 3411 3412 3413 3415 3420 3422 3423 3424 3425 3430 3432 3435 3436 3440 3441 3460 3465 3466 3467)
 for p in "${FIXED_PORTS[@]}"; do
   if port_open "$p"; then
     echo "port 127.0.0.1:$p is in use; the suite needs ports ${FIXED_PORTS[*]} free" >&2
@@ -336,12 +354,14 @@ for p in "${FIXED_PORTS[@]}"; do
 done
 
 log "building release binaries"
-cargo build --release --bin rookery --bin rookery-ceiling --bin rookery-rpcbench 2>&1 | tail -n 3 >&2
+cargo build --release --bin rookery --bin rookery-ceiling --bin rookery-rpcbench \
+  --bin rookery-protobench 2>&1 | tail -n 3 >&2
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps 2>/dev/null \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 ROOKERY=$TARGET_DIR/release/rookery
 CEILING=$TARGET_DIR/release/rookery-ceiling
 RPCBENCH=$TARGET_DIR/release/rookery-rpcbench
+PROTOBENCH=$TARGET_DIR/release/rookery-protobench
 
 export RUST_LOG=warn
 export ROOKERY_GATEWAY__RATE_LIMIT__PER_SECOND=0
@@ -528,6 +548,34 @@ for i in 1 2; do
   proto_row "protopair-tcp-$i" 127.0.0.1:3410
   proto_row "protopair-tls-$i" tls://127.0.0.1:3410 "${TLS_ENV[@]}"
   proto_row "protopair-ws-$i" ws://127.0.0.1:3411/
+done
+
+# MQTT and KCP against pomelo over TCP, all driven by rookery-protobench (one request in flight
+# per connection), each on a fresh one-process server with every acceptor, in alternation; and
+# the same MQTT load through a plain broker (mosquitto) as the yardstick.
+protobench_server_row() { # ID ADDR
+  local id=$1 addr=$2
+  start_server "single-$id" "$ROOKERY" serve --config bench/configs/single.toml
+  local s=$LAST_PID
+  if wait_port 3410 30 "$s" && wait_port 3413 30 "$s"; then
+    protobench_row "$id" rookery "$s" "$MAIN_CONNS" --addr "$addr" --route "$ROUTE"
+  fi
+  stop_server "$s"
+}
+for i in 1 2; do
+  protobench_server_row "mqttpair-pomelo-$i" pomelo://127.0.0.1:3410
+  protobench_server_row "mqttpair-mqtt-$i" mqtt://127.0.0.1:3413
+  protobench_server_row "mqttpair-kcp-$i" kcp://127.0.0.1:3414
+  if command -v mosquitto >/dev/null; then
+    start_server "mosquitto-$i" mosquitto -p 3415
+    M=$LAST_PID
+    if wait_port 3415 20 "$M"; then
+      protobench_row "mqttpair-broker-$i" mosquitto "$M" "$MAIN_CONNS" --addr broker://127.0.0.1:3415
+    fi
+    stop_server "$M"
+  else
+    unavailable "mqttpair-broker-$i" mosquitto "mosquitto not installed (apt-get install mosquitto)"
+  fi
 done
 
 # P4, P6 (remote over TCP).

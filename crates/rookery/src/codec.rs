@@ -32,7 +32,9 @@ pub(crate) trait ClientCodec: Send + Sync + 'static {
     }
 
     /// The class of sessions one encoded push fits: a fan-out encodes once per class (and
-    /// serializer) and shares the bytes. `None`: every push is this session's own.
+    /// serializer) and shares the bytes. `None`: every push is this session's own. The session
+    /// keeps a copy among its hot fields; a protocol whose answer changes (MQTT, as the client
+    /// subscribes) calls `Session::refresh_push_class`.
     fn shared_class(&self) -> Option<u8>;
 
     /// What tells the client why it is disconnected, if the protocol has such a thing.

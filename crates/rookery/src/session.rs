@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 
@@ -17,6 +17,9 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{ClientCodec, Pomelo};
 use crate::telemetry::DisconnectReason;
 use crate::{Code, Error, PushName, ToPayload};
+
+/// [`Inner::push_class`] of a session whose pushes are each its own.
+const OWN_PUSHES: u8 = u8::MAX;
 
 /// Session id, unique within a node for its lifetime.
 pub type SessionId = u64;
@@ -125,6 +128,9 @@ struct Inner {
     closed: AtomicBool,
     serializer: Serializer,
     acceptor: Acceptor,
+    /// The codec's [`ClientCodec::shared_class`] ([`OWN_PUSHES`] for none), kept here in the
+    /// hot fields' padding so that a fan-out over many sessions does not read each one's codec.
+    push_class: AtomicU8,
     /// Payloads larger than this are sent compressed (0: never; in the padding before
     /// `last_seen`, so it costs the session no space).
     compress_above: u32,
@@ -418,6 +424,20 @@ impl Session {
         &*self.inner.codec
     }
 
+    /// The class of sessions one encoded push fits (see [`ClientCodec::shared_class`]).
+    pub(crate) fn push_class(&self) -> Option<u8> {
+        match self.inner.push_class.load(Ordering::Relaxed) {
+            OWN_PUSHES => None,
+            class => Some(class),
+        }
+    }
+
+    /// Reads the codec's push class again, after something changed it (MQTT subscriptions).
+    pub(crate) fn refresh_push_class(&self) {
+        let class = self.inner.codec.shared_class().unwrap_or(OWN_PUSHES);
+        self.inner.push_class.store(class, Ordering::Relaxed);
+    }
+
     /// True if a payload of `len` bytes is sent compressed to this client.
     pub(crate) fn compresses(&self, len: usize) -> bool {
         let above = self.inner.compress_above;
@@ -621,6 +641,7 @@ impl Session {
         codec: Box<dyn ClientCodec>,
     ) -> Self {
         let created = Instant::now();
+        let push_class = AtomicU8::new(codec.shared_class().unwrap_or(OWN_PUSHES));
         Session {
             inner: Arc::new(Inner {
                 id,
@@ -635,6 +656,7 @@ impl Session {
                 uid: RwLock::new(None),
                 data: Mutex::new(SessionData::default()),
                 link,
+                push_class,
                 codec,
                 touched: Mutex::new(Vec::new()),
                 bound_at: AtomicU64::new(0),
@@ -956,10 +978,9 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
                 continue;
             }
         };
-        let codec = s.codec();
-        let Some(class) = codec.shared_class() else {
+        let Some(class) = s.push_class() else {
             // A push of this session's own (e.g. one with delivery state).
-            if codec.push(s, route, body).is_ok() {
+            if s.codec().push(s, route, body).is_ok() {
                 delivered += 1;
             }
             continue;
@@ -968,7 +989,7 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
         let known = packets.iter().flatten().find(|(k, _)| *k == key);
         let packet = match known {
             Some((_, p)) => p.clone(),
-            None => match codec.encode_push(s, route, body) {
+            None => match s.codec().encode_push(s, route, body) {
                 Ok(p) => {
                     if let Some(free) = packets.iter_mut().find(|slot| slot.is_none()) {
                         *free = Some((key, p.clone()));

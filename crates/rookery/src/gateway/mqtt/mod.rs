@@ -269,6 +269,7 @@ impl Wire for Mqtt {
                     .iter()
                     .map(|f| conn.codec.subscribe(&f.path, f.qos))
                     .collect();
+                session.refresh_push_class();
                 reply(Packet::SubAck(SubAck::new(s.pkid, codes)));
                 Ok(None)
             }
@@ -276,6 +277,7 @@ impl Wire for Mqtt {
                 for t in &u.topics {
                     conn.codec.unsubscribe(t);
                 }
+                session.refresh_push_class();
                 reply(Packet::UnsubAck(UnsubAck::new(u.pkid)));
                 Ok(None)
             }

@@ -27,15 +27,14 @@ impl SysPushMany {
             let Some(s) = app.sessions().get(sid) else {
                 continue;
             };
-            let codec = s.codec();
-            let Some(class) = codec.shared_class() else {
-                let _ = codec.push(&s, &self.route, self.body.clone());
+            let Some(class) = s.push_class() else {
+                let _ = s.codec().push(&s, &self.route, self.body.clone());
                 continue;
             };
             let key = (class, s.compresses(self.body.len()));
             let packet = match packets.iter().find(|(k, _)| *k == key) {
                 Some((_, p)) => p.clone(),
-                None => match codec.encode_push(&s, &self.route, self.body.clone()) {
+                None => match s.codec().encode_push(&s, &self.route, self.body.clone()) {
                     Ok(p) => {
                         packets.push((key, p.clone()));
                         p

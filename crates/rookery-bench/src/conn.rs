@@ -45,6 +45,8 @@ pub(crate) struct Plan {
         rustls_pki_types::ServerName<'static>,
     )>,
     pub ws_url: Option<String>,
+    /// KCP over UDP instead of TCP.
+    pub kcp: bool,
     pub source_ips: Vec<IpAddr>,
     pub connections: usize,
     pub inflight: usize,
@@ -177,6 +179,7 @@ enum Link {
     Tcp(TcpStream, BytesMut),
     Tls(Box<TlsStream<TcpStream>>, BytesMut),
     Ws(Box<WebSocketStream<Io>>),
+    Kcp(Box<tokio_kcp::KcpStream>, BytesMut),
 }
 
 /// Why a generator connection could not be set up (connect, upgrade, handshake, login).
@@ -230,6 +233,10 @@ impl Link {
                 Ok(s.flush().await?)
             }
             Link::Ws(ws) => Ok(ws.send(WsMessage::Binary(pkt)).await?),
+            Link::Kcp(s, _) => {
+                s.write_all(&pkt).await?;
+                Ok(s.flush().await?)
+            }
         }
     }
 
@@ -237,6 +244,7 @@ impl Link {
         match self {
             Link::Tcp(s, buf) => read_packet(s, buf, codec).await,
             Link::Tls(s, buf) => read_packet(s, buf, codec).await,
+            Link::Kcp(s, buf) => read_packet(&mut **s, buf, codec).await,
             Link::Ws(ws) => loop {
                 match ws.next().await {
                     Some(Ok(WsMessage::Binary(b))) => return Ok(codec.decode_frame(b)?),
@@ -359,6 +367,23 @@ async fn setup(
     idx: usize,
     codec: &PacketCodec,
 ) -> Result<(Link, Session), SetupError> {
+    if plan.kcp {
+        let config = tokio_kcp::KcpConfig {
+            nodelay: tokio_kcp::KcpNoDelayConfig::fastest(),
+            flush_write: true,
+            flush_acks_input: true,
+            ..Default::default()
+        };
+        let stream = timeout(
+            plan.timeout,
+            tokio_kcp::KcpStream::connect(&config, plan.target),
+        )
+        .await
+        .map_err(|_| SetupError::Timeout("connect"))?
+        .map_err(|e| SetupError::Connect(plan.target, std::io::Error::other(e)))?;
+        let link = Link::Kcp(Box::new(stream), BytesMut::with_capacity(INITIAL_READ));
+        return greet(plan, idx, codec, link).await;
+    }
     let stream = timeout(plan.timeout, open_socket(plan, idx))
         .await
         .map_err(|_| SetupError::Timeout("connect"))?
@@ -372,7 +397,7 @@ async fn setup(
                 .map_err(|_| SetupError::Timeout("TLS handshake"))??,
         )),
     };
-    let mut link = match (&plan.ws_url, stream) {
+    let link = match (&plan.ws_url, stream) {
         (None, Either::Left(s)) => Link::Tcp(s, BytesMut::with_capacity(INITIAL_READ)),
         (None, Either::Right(s)) => Link::Tls(s, BytesMut::with_capacity(INITIAL_READ)),
         (Some(url), stream) => {
@@ -388,6 +413,16 @@ async fn setup(
             Link::Ws(Box::new(ws))
         }
     };
+    greet(plan, idx, codec, link).await
+}
+
+/// The handshake and the login, each within the timeout.
+async fn greet(
+    plan: &Plan,
+    idx: usize,
+    codec: &PacketCodec,
+    mut link: Link,
+) -> Result<(Link, Session), SetupError> {
     let mut session = timeout(plan.timeout, handshake(&mut link, codec))
         .await
         .map_err(|_| SetupError::Timeout("handshake"))??;
@@ -432,6 +467,10 @@ pub(crate) async fn connection(
         Link::Tcp(stream, rbuf) => drive_tcp(conn, stream, rbuf, start, &wake, codec).await,
         Link::Tls(stream, rbuf) => drive_tls(conn, *stream, rbuf, start, &wake, codec).await,
         Link::Ws(ws) => drive_ws(conn, *ws, start, &wake, codec).await,
+        Link::Kcp(stream, rbuf) => {
+            let (rd, wr) = tokio::io::split(*stream);
+            drive_stream(conn, rd, wr, rbuf, start, &wake, codec).await
+        }
     };
     if shared.running.fetch_sub(1, Ordering::AcqRel) == 1 {
         // The last connection ended (before the window's end when the server closed them all):

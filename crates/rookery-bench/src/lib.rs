@@ -57,6 +57,9 @@ pub struct BenchArgs {
     /// Connect over WebSocket (ws://ADDR plus --ws-path) instead of raw TCP.
     #[arg(long)]
     pub ws: bool,
+    /// Connect over KCP (UDP) instead of TCP: the same as a kcp:// address.
+    #[arg(long)]
+    pub kcp: bool,
     /// Trust the CA certificates in this PEM file for tls:// and wss:// (instead of the
     /// system's roots).
     #[arg(long, value_name = "FILE")]
@@ -342,8 +345,13 @@ async fn plan(args: &BenchArgs) -> Result<Plan, BoxError> {
         Some(("tls", r)) => (true, args.ws, r),
         Some(("ws", r)) => (false, true, r),
         Some(("wss", r)) => (true, true, r),
+        Some(("kcp", r)) => (false, false, r),
         Some((other, _)) => return Err(format!("unknown scheme {other}:// in --addr").into()),
     };
+    let kcp = args.kcp || args.addr.starts_with("kcp://");
+    if kcp && (tls || ws) {
+        return Err("KCP carries the packets itself: not with TLS or WebSocket".into());
+    }
     let (host_port, url_path) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i..])),
         None => (rest, None),
@@ -389,6 +397,7 @@ async fn plan(args: &BenchArgs) -> Result<Plan, BoxError> {
         target,
         tls,
         ws_url,
+        kcp,
         source_ips,
         connections: args.connections,
         inflight: args.inflight,

@@ -44,7 +44,7 @@ use tokio::sync::mpsc;
 /// Arguments of `rookery client`.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// Server address: host:port (TCP), tls://host:port (TCP over TLS), ws://host:port/path or
+    /// Server address: host:port (TCP), tls://host:port (TCP over TLS), kcp://host:port (KCP), ws://host:port/path or
     /// wss://host:port/path (WebSocket); without it, start disconnected (then `connect ADDR`)
     pub addr: Option<String>,
     /// Trust the CA certificates in this PEM file for tls:// and wss:// (instead of the

@@ -1,5 +1,5 @@
-//! The load generator over TLS: `tls://` and `wss://` addresses against a Rookery node whose
-//! acceptors speak TLS (a certificate made at run time).
+//! The load generator over TLS (`tls://` and `wss://` addresses against a Rookery node whose
+//! acceptors speak TLS, a certificate made at run time) and over KCP.
 
 use std::sync::Arc;
 
@@ -81,4 +81,49 @@ async fn bench_over_tls_and_wss() {
     assert_eq!((r.connections, r.connect_errors), (0, 2), "{r:?}");
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The load generator over KCP (`--kcp`, or a `kcp://` address) against a node's KCP acceptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_over_kcp() {
+    let mut cfg = rookery_testkit::server::config();
+    cfg.gateway.rate_limit.per_second = 0;
+    cfg.gateway.kcp = Some("127.0.0.1:0".into());
+    let server = Server::builder(cfg).module(Echo).start().await.unwrap();
+    let addr = server.kcp_addr().unwrap().to_string();
+    let url = format!("kcp://{addr}");
+    for flags in [
+        &["--addr", url.as_str()][..],
+        &["--addr", addr.as_str(), "--kcp"][..],
+    ] {
+        let mut all = flags.to_vec();
+        all.extend_from_slice(&[
+            "--connections",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--route",
+            "echo.e.x",
+            "--payload",
+            "{\"n\":1}",
+        ]);
+        let r = run(argv(&all))
+            .await
+            .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
+        assert!(r.requests > 0, "{flags:?}: {r:?}");
+        assert_eq!((r.errors, r.connect_errors), (0, 0), "{flags:?}: {r:?}");
+    }
+    // Both runs' connections came through the KCP acceptor (KCP has no close: they stay until
+    // the idle timeout).
+    let kcp = server
+        .app()
+        .sessions()
+        .all()
+        .iter()
+        .filter(|s| s.acceptor() == rookery::Acceptor::Kcp)
+        .count();
+    assert_eq!(kcp, 8);
+    server.shutdown().await;
 }

@@ -424,3 +424,56 @@ async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
     .await;
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn mosquitto_pub_speaks_mqtt_over_tls() {
+    let dir = std::env::temp_dir().join(format!("rookery-mqtts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
+    let mut cfg = config();
+    cfg.gateway.tls = Some(rookery::config::TlsFiles {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+    });
+    let server = start(cfg).await;
+    let port = server.mqtt_addr().unwrap().port().to_string();
+    let ca = cert.display().to_string();
+    let args = [
+        "-d",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--cafile",
+        &ca,
+        "-q",
+        "1",
+        "-t",
+        "connector/entry/login/1",
+        "-m",
+        r#"{"uid":"tls"}"#,
+    ];
+    let out = run("mosquitto_pub", &args, "apt-get install mosquitto-clients").await;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("received CONNACK (0)"), "{said}");
+    assert!(said.contains("received PUBACK"), "{said}");
+    // Without the CA the handshake fails: the client does not trust the certificate.
+    let args = [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "--capath",
+        "/nonexistent",
+        "-t",
+        "a/b/c",
+        "-m",
+        "x",
+    ];
+    let out = run("mosquitto_pub", &args, "apt-get install mosquitto-clients").await;
+    assert!(!out.status.success(), "{}", text(&out));
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,17 +3,12 @@
 
 use super::{config, run, start, text};
 
-#[tokio::test]
-async fn a_python_zinx_client_drives_the_chat_flow_by_msgid() {
-    let server = start(config()).await;
-    let addr = server.zinx_addr().unwrap();
-    let port = addr.port().to_string();
-    let out = run(
-        "python3",
-        &["zinx_client.py", "127.0.0.1", &port],
-        "apt-get install python3",
-    )
-    .await;
+/// Runs the Python zinx client against `server` (over TLS with `ca`) and checks every step.
+async fn python_flow(server: &rookery::RunningServer, ca: Option<&str>) {
+    let port = server.zinx_addr().unwrap().port().to_string();
+    let mut args = vec!["zinx_client.py", "127.0.0.1", port.as_str()];
+    args.extend(ca);
+    let out = run("python3", &args, "apt-get install python3").await;
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     for step in [
@@ -26,7 +21,30 @@ async fn a_python_zinx_client_drives_the_chat_flow_by_msgid() {
     ] {
         assert!(said.contains(step), "no {step:?} in\n{said}");
     }
+}
+
+#[tokio::test]
+async fn a_python_zinx_client_drives_the_chat_flow_by_msgid() {
+    let server = start(config()).await;
+    python_flow(&server, None).await;
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_same_over_tls() {
+    let dir = std::env::temp_dir().join(format!("rookery-zinx-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
+    let mut cfg = config();
+    cfg.gateway.tls = Some(rookery::config::TlsFiles {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+    });
+    let server = start(cfg).await;
+    python_flow(&server, Some(&cert.display().to_string())).await;
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -1,19 +1,24 @@
 """A zinx client written from zinx's documented data pack (zpack, "zinx_pack_tlv_big_endian":
 msgID u32, data length u32, big-endian, then the data), driving the demo through Rookery's
-zinx acceptor. Run by zinx.rs:  python3 zinx_client.py HOST PORT
-Prints one line per step it checked; a mismatch raises (exit code 1)."""
+zinx acceptor. Run by zinx.rs:  python3 zinx_client.py HOST PORT [CA_FILE]
+(with CA_FILE: over TLS, the server's certificate checked against it). Prints one line per step it checked; a mismatch raises (exit code 1)."""
 
 import json
 import socket
+import ssl
 import struct
 import sys
 
 HOST, PORT = sys.argv[1], int(sys.argv[2])
+CA = sys.argv[3] if len(sys.argv) > 3 else None
 
 
 class Client:
     def __init__(self):
         self.sock = socket.create_connection((HOST, PORT), timeout=10)
+        if CA:
+            ctx = ssl.create_default_context(cafile=CA)
+            self.sock = ctx.wrap_socket(self.sock, server_hostname="localhost")
         self.buf = b""
         self.stash = []
 

@@ -157,7 +157,10 @@ impl Transport {
         match self {
             Self::Tcp { stream, .. } => Ok(stream.write_all(&packet).await?),
             Self::Kcp { stream, .. } => {
-                stream.write_all(&packet).await?;
+                // KCP refuses one send of 128 segments or more: large packets go in pieces.
+                for piece in packet.chunks(64 * 1024) {
+                    stream.write_all(piece).await?;
+                }
                 Ok(stream.flush().await?)
             }
             Self::Ws(ws) => ws.send(WsMessage::Binary(packet)).await.map_err(ws_error),

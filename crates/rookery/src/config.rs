@@ -420,6 +420,9 @@ pub struct MqttConfig {
     /// session's user id once the handshake validator has accepted it (an older session of
     /// that user is kicked, as with any login); `"none"` leaves login to the game's handlers.
     pub login: MqttLogin,
+    /// The longest keep-alive a client may ask for, in seconds; a longer one is cut to it (the
+    /// client is then closed after one and a half of these without a packet).
+    pub max_keep_alive: u16,
     /// mqant's topic form `moduleType/HD_handler[/msgid]`.
     pub mqant: MqantConfig,
 }
@@ -443,6 +446,7 @@ impl Default for MqttConfig {
             inflight: 32,
             redeliver: 5.0,
             login: MqttLogin::None,
+            max_keep_alive: 600,
             mqant: MqantConfig::default(),
         }
     }

@@ -211,6 +211,17 @@ impl ServerBuilder {
         let limit = Arc::new(Semaphore::new(gw.max_connections));
         let wires = crate::gateway::Wires::new(&self.config)
             .map_err(|e| StartError::new(StartErrorKind::Config, e))?;
+        let mqtt_on = gw.mqtt.is_some() || gw.mqtt_ws.is_some();
+        if mqtt_on
+            && self.config.mqtt.login != crate::config::MqttLogin::None
+            && self.validator.is_none()
+        {
+            tracing::warn!(
+                login = ?self.config.mqtt.login,
+                "MQTT clients log in by CONNECT without a handshake validator: any client may \
+                 claim any user (set ServerBuilder::handshake_validator to check credentials)"
+            );
+        }
 
         let mut node = node_info(
             &self.config,

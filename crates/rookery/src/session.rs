@@ -902,6 +902,16 @@ impl SessionPool {
             .collect()
     }
 
+    /// The open sessions whose pushes are each their own (protocols with delivery state).
+    pub(crate) fn own_pushes(&self) -> Vec<Session> {
+        self.read()
+            .by_id
+            .values()
+            .filter(|s| !s.is_closed() && s.push_class().is_none())
+            .cloned()
+            .collect()
+    }
+
     /// The session with this id.
     pub fn get(&self, id: SessionId) -> Option<Session> {
         self.read().by_id.get(&id).cloned()
@@ -956,7 +966,8 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
     // Per codec class, serializer, plain and compressed: a few kinds at most, searched in a
     // small array (no allocation per fan-out); beyond it, a packet is encoded per session.
     type Kind = (u8, usize, bool);
-    let mut packets: [Option<(Kind, Bytes)>; 4] = Default::default();
+    // `None` for a kind whose encoding failed (logged once, not retried for each session).
+    let mut packets: [Option<(Kind, Option<Bytes>)>; 4] = Default::default();
     // Per gateway and serializer: the link and the sessions to push to through it.
     type ByGateway = HashMap<(Arc<str>, usize), (Arc<dyn GatewayLink>, Vec<SessionId>)>;
     let mut remote: ByGateway = HashMap::new();
@@ -988,19 +999,22 @@ pub(crate) fn fan_out<P: ToPayload + ?Sized>(
         let key = (class, ser as usize, s.compresses(body.len()));
         let known = packets.iter().flatten().find(|(k, _)| *k == key);
         let packet = match known {
-            Some((_, p)) => p.clone(),
-            None => match s.codec().encode_push(s, route, body) {
-                Ok(p) => {
-                    if let Some(free) = packets.iter_mut().find(|slot| slot.is_none()) {
-                        *free = Some((key, p.clone()));
-                    }
-                    p
-                }
-                Err(e) => {
+            Some((_, Some(p))) => p.clone(),
+            Some((_, None)) => continue,
+            None => {
+                let encoded = s.codec().encode_push(s, route, body);
+                if let Err(e) = &encoded {
                     tracing::warn!(route, error = %e, "broadcast encoding failed");
-                    continue;
                 }
-            },
+                let encoded = encoded.ok();
+                if let Some(free) = packets.iter_mut().find(|slot| slot.is_none()) {
+                    *free = Some((key, encoded.clone()));
+                }
+                match encoded {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
         };
         if s.send_packet(packet).is_ok() {
             delivered += 1;

@@ -136,10 +136,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     while tasks.join_next().await.is_some() {}
     let h = hist.lock().unwrap_or_else(|e| e.into_inner());
     let requests = counters.requests.load(Ordering::Relaxed);
+    let failed = counters.connect_errors.load(Ordering::Relaxed);
     let measured = args.duration;
     let report = serde_json::json!({
-        "connections": args.connections,
-        "connect_errors": counters.connect_errors.load(Ordering::Relaxed),
+        "connections": args.connections - failed as usize,
+        "connect_errors": failed,
         "requests": requests,
         "errors": counters.errors.load(Ordering::Relaxed),
         "timeouts": counters.timeouts.load(Ordering::Relaxed),
@@ -210,10 +211,24 @@ async fn connection(
         buf: BytesMut::with_capacity(4096),
         codec: PacketCodec::new(1 << 20),
     };
-    let mut proto: Box<dyn Protocol> = match kind {
-        Kind::Pomelo | Kind::Kcp => Box::new(Pomelo::setup(&mut conn, route).await?),
-        Kind::Mqtt => Box::new(MqttProto::setup(&mut conn, i, route, false).await?),
-        Kind::Broker => Box::new(MqttProto::setup(&mut conn, i, route, true).await?),
+    let setup = async {
+        let p: Box<dyn Protocol> = match kind {
+            Kind::Pomelo | Kind::Kcp => Box::new(Pomelo::setup(&mut conn, route).await?),
+            Kind::Mqtt => Box::new(MqttProto::setup(&mut conn, i, route, false).await?),
+            Kind::Broker => Box::new(MqttProto::setup(&mut conn, i, route, true).await?),
+        };
+        Ok::<_, BoxError>(p)
+    };
+    let mut proto = match tokio::time::timeout(timeout, setup).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Err(_) => {
+            counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            return Err("handshake timed out".into());
+        }
     };
     loop {
         let sent = Instant::now();

@@ -326,6 +326,28 @@ async fn malformed_and_forbidden_packets_close_only_their_own_connection() {
         }
         other => panic!("expected a SUBACK, got {other:?}"),
     }
+    // Filters beyond the 128 a client may hold are refused, not kept.
+    let mut many = Subscribe::new("t/0", QoS::AtMostOnce);
+    for i in 1..200 {
+        many.add(format!("t/{i}"), QoS::AtMostOnce);
+    }
+    many.pkid = 6;
+    calm.send(Packet::Subscribe(many)).await;
+    match calm.next().await {
+        Some(Packet::SubAck(ack)) => {
+            let granted = ack
+                .return_codes
+                .iter()
+                .filter(|c| matches!(c, SubscribeReasonCode::Success(_)))
+                .count();
+            assert_eq!(
+                (granted, ack.return_codes.len()),
+                (127, 200),
+                "onJoin holds one"
+            );
+        }
+        other => panic!("expected a SUBACK, got {other:?}"),
+    }
     // The calm client was never disturbed: it still gets answers.
     calm.send(Packet::PingReq).await;
     assert_eq!(calm.next().await, Some(Packet::PingResp));
@@ -402,7 +424,10 @@ async fn qos1_pushes_wait_for_the_window_and_are_sent_again_until_acknowledged()
 
 #[tokio::test]
 async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
-    let server = start(config()).await;
+    // The deadline is never shorter than a request may run plus a second: 1.5 s here.
+    let mut cfg = config();
+    cfg.gateway.request_timeout = 0.5;
+    let server = start(cfg).await;
     let app = server.app().clone();
     let started = std::time::Instant::now();
     let mut r = Raw::login(server.mqtt_addr().unwrap(), "quiet", 1).await;

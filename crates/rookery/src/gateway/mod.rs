@@ -239,7 +239,9 @@ pub(crate) async fn close_idle(app: App, stop: CancellationToken) {
             s.kick_as(DisconnectReason::HeartbeatTimeout, REASON_IDLE);
         }
         if mqtt {
-            for s in app.sessions().all() {
+            // Only sessions whose pushes are their own (MQTT clients with a QoS 1
+            // subscription) have anything to send again.
+            for s in app.sessions().own_pushes() {
                 s.codec().tick(&s, now);
             }
         }

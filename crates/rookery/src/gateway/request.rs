@@ -81,7 +81,11 @@ pub(super) fn resolve(
     received: Instant,
     rate: Option<&mut RateCheck>,
 ) -> Result<Option<Job>, End> {
-    let Incoming { msg, reply_to } = incoming;
+    let Incoming {
+        msg,
+        reply_to,
+        refused,
+    } = incoming;
     if !matches!(msg.kind, MessageType::Request | MessageType::Notify) {
         return Err(End::Violation(format!(
             "clients may not send {:?}",
@@ -99,6 +103,10 @@ pub(super) fn resolve(
             reply_error(session, &msg, reply_to.as_deref(), err);
             return Ok(None);
         }
+    }
+    if let Some(err) = refused {
+        reply_error(session, &msg, reply_to.as_deref(), err);
+        return Ok(None);
     }
     let mut msg = msg;
     if msg.compressed {

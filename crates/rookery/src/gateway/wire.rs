@@ -76,6 +76,10 @@ pub(crate) struct Incoming {
     pub msg: Message,
     /// What the protocol needs, beside the message id, to address the answer (MQTT: the topic).
     pub reply_to: Option<Box<str>>,
+    /// Set when the protocol could not make a route of what the client sent (an MQTT topic of
+    /// no route, a zinx msgID of none): the request is answered with this error once it has
+    /// passed the rate limit, like one for an unknown route.
+    pub refused: Option<crate::Error>,
 }
 
 impl From<Message> for Incoming {
@@ -83,6 +87,29 @@ impl From<Message> for Incoming {
         Self {
             msg,
             reply_to: None,
+            refused: None,
+        }
+    }
+}
+
+impl Incoming {
+    /// A request (or notify, when `request` is false) refused with `error`.
+    pub(crate) fn refused(
+        request: bool,
+        id: u64,
+        reply_to: Option<Box<str>>,
+        error: crate::Error,
+    ) -> Self {
+        let route = rookery_protocol::Route::Code(0);
+        let mut msg = Message::notify(route, bytes::Bytes::new());
+        if request {
+            msg.kind = rookery_protocol::MessageType::Request;
+            msg.id = id;
+        }
+        Self {
+            msg,
+            reply_to,
+            refused: Some(error),
         }
     }
 }

@@ -255,10 +255,7 @@ impl Wire for Zinx {
         });
         let Some(route) = route.and_then(|r| RouteName::try_from(r.as_str()).ok()) else {
             let err = Error::not_found(&format!("zinx msgID {id}"));
-            if let Ok(b) = session.encode_response(u64::from(id), None, Err(err)) {
-                let _ = session.send_packet(b);
-            }
-            return Ok(None);
+            return Ok(Some(Incoming::refused(true, u64::from(id), None, err)));
         };
         let reply = t.replies.get(route.as_str()).copied().unwrap_or(id);
         let mut msg = Message::notify(Route::Name(route), data);

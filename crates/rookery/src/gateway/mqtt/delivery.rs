@@ -22,6 +22,10 @@ use crate::{Code, Error, Session};
 /// server-side DISCONNECT).
 pub(crate) const KICK_TOPIC: &str = "sys/kick";
 
+/// Topic filters one client may hold at once; beyond it a SUBSCRIBE's new filters are refused
+/// (`0x80`), so that a client cannot grow the gateway's memory by subscribing.
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 128;
+
 /// One client's subscriptions and delivery window.
 pub(crate) struct Delivery {
     limits: Limits,
@@ -77,14 +81,17 @@ impl Delivery {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A SUBSCRIBE's filter: granted at QoS 0 or 1; QoS 2 and malformed filters are refused
-    /// (`0x80`).
+    /// A SUBSCRIBE's filter: granted at QoS 0 or 1; QoS 2, malformed filters and filters beyond
+    /// [`MAX_SUBSCRIPTIONS`] are refused (`0x80`).
     pub(super) fn subscribe(&self, filter: &str, qos: QoS) -> SubscribeReasonCode {
         if qos == QoS::ExactlyOnce || !valid_filter(filter) {
             return SubscribeReasonCode::Failure;
         }
         let mut s = self.lock();
         s.subscriptions.retain(|(f, _)| f != filter);
+        if s.subscriptions.len() >= MAX_SUBSCRIPTIONS {
+            return SubscribeReasonCode::Failure;
+        }
         s.subscriptions.push((filter.to_string(), qos));
         s.any_qos1 = s.subscriptions.iter().any(|(_, q)| *q == QoS::AtLeastOnce);
         SubscribeReasonCode::Success(qos)
@@ -106,8 +113,12 @@ impl Delivery {
             let Some((topic, body)) = s.waiting.pop_front() else {
                 break;
             };
-            if self.send_qos1(&mut s, session, topic, body).is_err() {
-                break;
+            if let Err(e) = self.send_qos1(&mut s, session, topic, body) {
+                if session.is_closed() {
+                    break;
+                }
+                // This push could not be encoded: the ones behind it still go.
+                tracing::warn!(session = session.id(), error = %e, "MQTT push not sent");
             }
         }
     }

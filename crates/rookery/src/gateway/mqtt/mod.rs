@@ -42,6 +42,8 @@ pub(crate) struct Mqtt {
     /// Pushes waiting for the in-flight window, per client, at most.
     waiting: usize,
     login: MqttLogin,
+    /// Seconds.
+    max_keep_alive: u64,
 }
 
 impl Mqtt {
@@ -50,9 +52,11 @@ impl Mqtt {
             topics: Arc::new(Topics::new(&config.mqtt.mqant)),
             inflight: usize::from(config.mqtt.inflight),
             redeliver: config.mqtt.redeliver(),
-            max_packet: config.gateway.max_packet_size,
+            // What clients are sent is limited as pomelo's packets are, not by what they may send.
+            max_packet: rookery_protocol::packet::MAX_WIRE_BODY,
             waiting: config.gateway.outbound_queue,
             login: config.mqtt.login,
+            max_keep_alive: u64::from(config.mqtt.max_keep_alive),
         }
     }
 }
@@ -174,9 +178,15 @@ impl Wire for Mqtt {
         )
         .await
         .map_err(|e| Refusal::client_gone(e.to_string()))?;
-        // The specification's deadline: one and a half keep-alives without a packet.
-        let idle = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // The specification's deadline: one and a half keep-alives without a packet; the
+        // keep-alive capped by `mqtt.max_keep_alive` (a client may not hold its session idle
+        // for hours), and the deadline no shorter than a request may run plus a second (the
+        // reader does not read while an inline request runs, so pings wait meanwhile).
+        let idle = (connect.keep_alive > 0).then(|| {
+            let keep_alive = u64::from(connect.keep_alive).min(self.max_keep_alive);
+            Duration::from_millis(keep_alive * 1500)
+                .max(cfg.request_timeout() + Duration::from_secs(1))
+        });
         let delivery = Arc::new(Delivery::new(self, idle));
         Ok(Accepted {
             serializer: cfg.serializer,
@@ -243,20 +253,17 @@ impl Wire for Mqtt {
                         Ok(Some(Incoming {
                             msg,
                             reply_to: Some(p.topic.into_boxed_str()),
+                            refused: None,
                         }))
                     }
-                    Err(e) => {
-                        // Answered where the client waits for an answer (a topic with a msgid),
-                        // like an unknown route.
-                        if topics::wants_answer(&p.topic) {
-                            if let Ok(b) = session.encode_response(0, Some(&p.topic), Err(e)) {
-                                let _ = session.send_packet(b);
-                            }
-                        } else {
-                            tracing::debug!(session = session.id(), topic = %p.topic, error = %e, "publish refused");
-                        }
-                        Ok(None)
-                    }
+                    // Answered where the client waits for an answer (a topic with a msgid),
+                    // like an unknown route.
+                    Err(e) => Ok(Some(Incoming::refused(
+                        topics::wants_answer(&p.topic),
+                        0,
+                        Some(p.topic.into_boxed_str()),
+                        e,
+                    ))),
                 }
             }
             Packet::PubAck(ack) => {

@@ -22,7 +22,8 @@ impl SysPushMany {
     /// Encodes the packet once per kind of client (protocol class, compression) and shares it;
     /// a session whose protocol keeps delivery state gets its own.
     pub(super) fn apply(self, app: &App) {
-        let mut packets: Vec<((u8, bool), bytes::Bytes)> = Vec::new();
+        // `None` for a kind whose encoding failed (not retried for each session).
+        let mut packets: Vec<((u8, bool), Option<bytes::Bytes>)> = Vec::new();
         for sid in self.sids {
             let Some(s) = app.sessions().get(sid) else {
                 continue;
@@ -33,14 +34,19 @@ impl SysPushMany {
             };
             let key = (class, s.compresses(self.body.len()));
             let packet = match packets.iter().find(|(k, _)| *k == key) {
-                Some((_, p)) => p.clone(),
-                None => match s.codec().encode_push(&s, &self.route, self.body.clone()) {
-                    Ok(p) => {
-                        packets.push((key, p.clone()));
-                        p
+                Some((_, Some(p))) => p.clone(),
+                Some((_, None)) => continue,
+                None => {
+                    let encoded = s.codec().encode_push(&s, &self.route, self.body.clone());
+                    if let Err(e) = &encoded {
+                        tracing::warn!(route = %self.route, error = %e, "push encoding failed");
                     }
-                    Err(_) => continue,
-                },
+                    packets.push((key, encoded.as_ref().ok().cloned()));
+                    match encoded {
+                        Ok(p) => p,
+                        Err(_) => continue,
+                    }
+                }
             };
             let _ = s.send_packet(packet);
         }

@@ -553,9 +553,12 @@ done
 # MQTT and KCP against pomelo over TCP, all driven by rookery-protobench (one request in flight
 # per connection), each on a fresh one-process server with every acceptor, in alternation; and
 # the same MQTT load through a plain broker (mosquitto) as the yardstick.
+# (The MQTT and KCP acceptors only on these servers: a KCP acceptor on the node moves P7's
+# figure, see BENCHMARKS.md.)
 protobench_server_row() { # ID ADDR
   local id=$1 addr=$2
-  start_server "single-$id" "$ROOKERY" serve --config bench/configs/single.toml
+  start_server "single-$id" env ROOKERY_GATEWAY__MQTT=127.0.0.1:3413 \
+    ROOKERY_GATEWAY__KCP=127.0.0.1:3414 "$ROOKERY" serve --config bench/configs/single.toml
   local s=$LAST_PID
   if wait_port 3410 30 "$s" && wait_port 3413 30 "$s"; then
     protobench_row "$id" rookery "$s" "$MAIN_CONNS" --addr "$addr" --route "$ROUTE"

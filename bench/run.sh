@@ -553,8 +553,8 @@ done
 # MQTT and KCP against pomelo over TCP, all driven by rookery-protobench (one request in flight
 # per connection), each on a fresh one-process server with every acceptor, in alternation; and
 # the same MQTT load through a plain broker (mosquitto) as the yardstick.
-# (The MQTT and KCP acceptors only on these servers: a KCP acceptor on the node moves P7's
-# figure, see BENCHMARKS.md.)
+# (The MQTT and KCP acceptors only on these servers: the other rows keep the configuration
+# they always measured.)
 protobench_server_row() { # ID ADDR
   local id=$1 addr=$2
   start_server "single-$id" env ROOKERY_GATEWAY__MQTT=127.0.0.1:3413 \

@@ -86,8 +86,7 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
         gw.ws = Some(DEFAULT_WS.into());
     }
     if demo_defaults {
-        // The demo's MQTT clients (mosquitto_sub) log in with their CONNECT username.
-        cfg.mqtt.login = rookery::config::MqttLogin::Username;
+        demo_protocols(&mut cfg);
     }
     if let Some(a) = &args.admin {
         cfg.admin.addr = Some(a.clone());
@@ -103,6 +102,29 @@ pub fn config(args: &ServeArgs) -> Result<Config, Box<dyn std::error::Error + Se
     }
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// The demo's settings for the other client protocols: MQTT clients (mosquitto_sub) log in with
+/// their CONNECT username; mqant's `Login` and `Room` module types are the demo's modules; zinx
+/// msgIDs 1 to 5 are the demo's routes and its pushes go out as 201 to 203.
+fn demo_protocols(cfg: &mut Config) {
+    cfg.mqtt.login = rookery::config::MqttLogin::Username;
+    let mqant = &mut cfg.mqtt.mqant.modules;
+    mqant.insert("Login".into(), "connector.entry".into());
+    mqant.insert("Room".into(), "room.room".into());
+    let routes = [
+        "connector.entry.login",
+        "room.room.join",
+        "room.room.say",
+        "room.room.leave",
+        "room.room.list",
+    ];
+    for (id, route) in (1..).zip(routes) {
+        cfg.zinx.routes.insert(id.to_string(), route.into());
+    }
+    for (id, push) in (201..).zip(["onJoin", "onMessage", "onLeave"]) {
+        cfg.zinx.pushes.insert(push.into(), id);
+    }
 }
 
 /// Runs the demo until SIGINT/SIGTERM, then shuts down gracefully.
@@ -325,5 +347,38 @@ pub mod otel {
                 eprintln!("rookery: OpenTelemetry shutdown: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_args() -> ServeArgs {
+        ServeArgs {
+            config: None,
+            tcp: None,
+            ws: None,
+            mqtt: Some("127.0.0.1:0".into()),
+            mqtt_ws: None,
+            zinx: Some("127.0.0.1:0".into()),
+            kcp: None,
+            admin: None,
+            http: None,
+            heartbeat: None,
+            process: None,
+        }
+    }
+
+    /// Without a config, the demo's MQTT and zinx clients reach its routes as the README shows.
+    #[test]
+    fn the_demo_maps_mqtt_and_zinx_clients_to_its_routes() {
+        let cfg = config(&demo_args()).expect("the demo's configuration");
+        assert_eq!(cfg.gateway.mqtt.as_deref(), Some("127.0.0.1:0"));
+        assert_eq!(cfg.mqtt.login, rookery::config::MqttLogin::Username);
+        assert_eq!(cfg.mqtt.mqant.modules["Login"], "connector.entry");
+        assert_eq!(cfg.zinx.routes["1"], "connector.entry.login");
+        assert_eq!(cfg.zinx.routes["5"], "room.room.list");
+        assert_eq!(cfg.zinx.pushes["onMessage"], 202);
     }
 }

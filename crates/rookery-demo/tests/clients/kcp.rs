@@ -52,22 +52,31 @@ async fn the_rust_client_plays_over_kcp() {
 }
 
 #[tokio::test]
-async fn python_kcp_handshakes_and_requests() {
+async fn python_kcp_handshakes_and_requests_also_over_a_lossy_link() {
     let venv = here().join("../../../../target/pykcp/bin/python");
     let python = venv.to_str().unwrap().to_string();
     let server = start(config()).await;
-    let port = server.kcp_addr().unwrap().port().to_string();
-    let out = run(
-        &python,
-        &["kcp_client.py", "127.0.0.1", &port],
-        "python3 -m venv target/pykcp && target/pykcp/bin/pip install kcp==0.1.6 (./scripts/test does it)",
-    )
-    .await;
-    let said = text(&out);
-    assert!(out.status.success(), "{said}");
-    for step in ["ok handshake", "ok requests", "done"] {
-        assert!(said.contains(step), "no {step:?} in\n{said}");
+    // Straight to the server, then through a relay that loses every third datagram each way
+    // (the exchange is a handful of datagrams).
+    let (relay, dropped) = lossy_relay(server.kcp_addr().unwrap(), 3).await;
+    for addr in [server.kcp_addr().unwrap(), relay] {
+        let port = addr.port().to_string();
+        let out = run(
+            &python,
+            &["kcp_client.py", "127.0.0.1", &port],
+            "python3 -m venv target/pykcp && target/pykcp/bin/pip install kcp==0.1.6 (./scripts/test does it)",
+        )
+        .await;
+        let said = text(&out);
+        assert!(out.status.success(), "{addr}: {said}");
+        for step in ["ok handshake", "ok requests", "done"] {
+            assert!(said.contains(step), "{addr}: no {step:?} in\n{said}");
+        }
     }
+    assert!(
+        dropped.load(Ordering::Relaxed) > 0,
+        "the relay lost datagrams"
+    );
     server.shutdown().await;
 }
 

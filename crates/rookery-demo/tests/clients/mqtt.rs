@@ -502,3 +502,67 @@ async fn mosquitto_pub_speaks_mqtt_over_tls() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn connect_fields_reach_the_handshake_validator_and_a_refusal_is_connack_5() {
+    use rumqttc::mqttbytes::v4::LastWill;
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let server = rookery_testkit::server::start(
+        rookery_demo::modules(rookery::Server::builder(config())).handshake_validator(move |req| {
+            kept.lock()
+                .unwrap()
+                .push((req.sys.client_type.clone(), req.user.clone()));
+            match req.user["password"].as_str() {
+                Some("open sesame") => Ok(()),
+                _ => Err(rookery::Error::bad_request("wrong password")),
+            }
+        }),
+    )
+    .await;
+    let addr = server.mqtt_addr().unwrap();
+    for (password, code) in [
+        ("wrong", ConnectReturnCode::NotAuthorized),
+        ("open sesame", ConnectReturnCode::Success),
+    ] {
+        let mut r = Raw::open(addr).await;
+        let mut c = Connect::new("cid-1");
+        c.keep_alive = 42;
+        c.set_login("vera", password);
+        c.last_will = Some(LastWill::new("bye/vera", "gone", QoS::AtLeastOnce, false));
+        r.send(Packet::Connect(c)).await;
+        assert_eq!(
+            r.next().await,
+            Some(Packet::ConnAck(ConnAck::new(code, false)))
+        );
+        if code == ConnectReturnCode::Success {
+            // Accepted: logged in as the username, and DISCONNECT ends the session.
+            eventually("vera's session", || {
+                server.app().sessions().by_uid("vera").is_some()
+            })
+            .await;
+            r.send(Packet::Disconnect).await;
+            assert!(r.closed().await.is_empty());
+            eventually("vera's session closed", || {
+                server.app().sessions().by_uid("vera").is_none()
+            })
+            .await;
+        } else {
+            assert_eq!(r.closed().await, []);
+        }
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let (kind, user) = &seen[1];
+    assert_eq!(kind.as_deref(), Some("mqtt"));
+    assert_eq!(
+        user,
+        &json!({
+            "client_id": "cid-1", "username": "vera", "password": "open sesame",
+            "keep_alive": 42, "clean_session": true,
+            "will": {"topic": "bye/vera", "message": "gone", "qos": 1, "retain": false},
+        })
+    );
+    server.shutdown().await;
+}

@@ -348,6 +348,18 @@ async fn malformed_and_forbidden_packets_close_only_their_own_connection() {
         }
         other => panic!("expected a SUBACK, got {other:?}"),
     }
+    // A topic too long to be a route is answered with RK-400 on that topic; the client stays.
+    let long = format!("{}/h/m/3", "x".repeat(300));
+    calm.send(Packet::Publish(Publish::new(
+        long.as_str(),
+        QoS::AtMostOnce,
+        "{}",
+    )))
+    .await;
+    let answer = calm.publish().await;
+    assert_eq!(answer.topic, long);
+    let err: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(err["code"], "RK-400", "{err}");
     // The calm client was never disturbed: it still gets answers.
     calm.send(Packet::PingReq).await;
     assert_eq!(calm.next().await, Some(Packet::PingResp));

@@ -239,10 +239,13 @@ impl Wire for Mqtt {
                         ))
                     }
                 }
-                match conn.topics.request(&p.topic) {
+                let routed = conn.topics.request(&p.topic).and_then(|(route, request)| {
+                    RouteName::try_from(route.as_str())
+                        .map(|r| (r, request))
+                        .map_err(|e| Error::bad_request(format!("topic {:?}: {e}", p.topic)))
+                });
+                match routed {
                     Ok((route, request)) => {
-                        let route = RouteName::try_from(route.as_str())
-                            .map_err(|e| End::Violation(format!("topic {:?}: {e}", p.topic)))?;
                         let kind = if request {
                             MessageType::Request
                         } else {

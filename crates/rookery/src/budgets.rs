@@ -12,7 +12,7 @@ fn future_size<Args, Fut>(_: impl FnOnce(Args) -> Fut) -> usize {
 #[test]
 fn an_idle_connection_task_stays_small() {
     let size = future_size(|(app, transport, remote, acceptor, permit)| {
-        let wire = std::sync::Arc::new(crate::codec::Pomelo);
+        let wire = std::sync::Arc::new(crate::session::codec::Pomelo);
         crate::gateway::conn::serve(app, wire, transport, remote, acceptor, permit)
     });
     eprintln!("connection future: {size} bytes");

@@ -36,7 +36,6 @@ mod app;
 #[cfg(test)]
 mod budgets;
 pub mod cluster;
-mod codec;
 pub mod config;
 mod error;
 mod gateway;

@@ -18,8 +18,8 @@ use tokio_kcp::{KcpConfig, KcpListener, KcpNoDelayConfig, KcpStream};
 const KCP_OVERHEAD: usize = 24;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::Pomelo;
 use crate::config::Config;
+use crate::session::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::App;
 

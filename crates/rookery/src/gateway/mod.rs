@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use close::{REASON_IDLE, REASON_SHUTDOWN};
 
-use crate::codec::Pomelo;
+use crate::session::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::telemetry::DisconnectReason;
 use crate::App;

@@ -10,10 +10,9 @@ use rookery_protocol::{
 use tokio::time::timeout;
 
 use super::close::{heartbeat_packet, FLUSH_DEADLINE};
-use super::request::End;
 use super::transport::{PacketDecoder, PacketReader, PacketWriter};
-use super::wire::{next_frame, Accepted, Incoming, Refusal, Wire};
-use crate::codec::{ClientCodec, Pomelo};
+use super::wire::{next_frame, Accepted, End, Incoming, Refusal, Wire};
+use crate::session::codec::{ClientCodec, Pomelo};
 use crate::{App, Session};
 
 impl Wire for Pomelo {

@@ -11,23 +11,9 @@ use rookery_protocol::{Message, MessageType};
 use tokio::time::Instant;
 
 use super::close::REASON_RATE_LIMIT;
-use super::wire::Incoming;
+use super::wire::{End, Incoming};
 use crate::router::RouteEntry;
 use crate::{telemetry, App, Code, Error, Session};
-
-/// Why the reader ended.
-pub(crate) enum End {
-    /// The client closed the connection (or the socket failed).
-    ClientGone,
-    /// The client broke the protocol: kick with this reason.
-    Violation(String),
-    /// The client exceeded its rate limit more than `max_violations` times.
-    RateLimited,
-    /// The node is draining.
-    Drain,
-    /// The session was closed from elsewhere (kick, duplicate login, slow client).
-    Closed,
-}
 
 /// Where a queued client message goes.
 pub(super) enum Dest {

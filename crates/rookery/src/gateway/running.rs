@@ -22,9 +22,9 @@ use tokio::time::{timeout, Instant};
 use tokio_util::task::TaskTracker;
 
 use super::close::{FLUSH_DEADLINE, REASON_RATE_LIMIT, REASON_SHUTDOWN};
-use super::request::{self, Dest, End, Job, RateCheck};
+use super::request::{self, Dest, Job, RateCheck};
 use super::transport::{ConnError, FrameReader, PacketWriter};
-use super::wire::Wire;
+use super::wire::{End, Wire};
 use crate::outbound::{Batch, Outbound};
 use crate::router::Dispatch;
 use crate::telemetry::DisconnectReason;
@@ -454,13 +454,20 @@ mod tests {
                 outbound: 8,
                 dict: app.sessions().dict(),
                 compress_above: 0,
-                codec: crate::codec::Pomelo::boxed(),
+                codec: crate::session::codec::Pomelo::boxed(),
             });
             let queue = session.outbound().expect("a local session's queue");
             let (_peer, io) = tokio::io::duplex(64);
-            let t = super::super::transport::stream(io, crate::codec::Pomelo.decoder(1024));
-            let mut running =
-                Running::<crate::codec::Pomelo>::new(app, (), &session, queue, t.reader, t.writer);
+            let t =
+                super::super::transport::stream(io, crate::session::codec::Pomelo.decoder(1024));
+            let mut running = Running::<crate::session::codec::Pomelo>::new(
+                app,
+                (),
+                &session,
+                queue,
+                t.reader,
+                t.writer,
+            );
             let polls = Arc::new(AtomicUsize::new(0));
             let counted = polls.clone();
             running.request = Some(Box::pin(std::future::poll_fn(move |_| {

@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use super::close::FLUSH_DEADLINE;
 use super::transport;
 use super::wire::Wire;
-use crate::codec::Pomelo;
+use crate::session::codec::Pomelo;
 use crate::session::Acceptor;
 use crate::{App, Config, RunningServer, Server, Session};
 

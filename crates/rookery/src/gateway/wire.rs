@@ -18,11 +18,24 @@ use rookery_protocol::handshake::HandshakeSys;
 use rookery_protocol::{Message, RouteDict, Serializer};
 use tokio_util::codec::Decoder;
 
-use super::request::End;
 use super::transport::{ConnError, FrameReader, PacketWriter};
-use crate::codec::ClientCodec;
+use crate::session::codec::ClientCodec;
 use crate::telemetry::DisconnectReason;
 use crate::{App, Session};
+
+/// Why the reader ended.
+pub(crate) enum End {
+    /// The client closed the connection (or the socket failed).
+    ClientGone,
+    /// The client broke the protocol: kick with this reason.
+    Violation(String),
+    /// The client exceeded its rate limit more than `max_violations` times.
+    RateLimited,
+    /// The node is draining.
+    Drain,
+    /// The session was closed from elsewhere (kick, duplicate login, slow client).
+    Closed,
+}
 
 /// One client protocol: its framing, handshake and inbound frames.
 pub(crate) trait Wire: Send + Sync + Sized + 'static {
@@ -100,12 +113,19 @@ impl Incoming {
         reply_to: Option<Box<str>>,
         error: crate::Error,
     ) -> Self {
-        let route = rookery_protocol::Route::Code(0);
-        let mut msg = Message::notify(route, bytes::Bytes::new());
-        if request {
-            msg.kind = rookery_protocol::MessageType::Request;
-            msg.id = id;
-        }
+        // No route: it is answered (or, for a notify, dropped) before any route is read.
+        let msg = Message {
+            kind: if request {
+                rookery_protocol::MessageType::Request
+            } else {
+                rookery_protocol::MessageType::Notify
+            },
+            id: if request { id } else { 0 },
+            route: None,
+            payload: bytes::Bytes::new(),
+            compressed: false,
+            error: false,
+        };
         Self {
             msg,
             reply_to,

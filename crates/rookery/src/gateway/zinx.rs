@@ -17,11 +17,10 @@ use rookery_protocol::{HandshakeRequest, Message, MessageType, Route, RouteName}
 use serde::Deserialize;
 use tokio_util::codec::Decoder;
 
-use super::request::End;
 use super::transport::{ConnError, FrameReader, PacketWriter};
-use super::wire::{Accepted, Incoming, Refusal, Wire};
-use crate::codec::ClientCodec;
+use super::wire::{Accepted, End, Incoming, Refusal, Wire};
 use crate::config::{Config, ZinxPack};
+use crate::session::codec::ClientCodec;
 use crate::{App, Error, Session};
 
 /// zinx's header: msgID and data length, 4 bytes each.

@@ -13,7 +13,7 @@ use rumqttc::mqttbytes::v4::{Packet, Publish, SubscribeReasonCode};
 use rumqttc::mqttbytes::{matches, valid_filter, QoS};
 
 use super::{encode, topics, Mqtt};
-use crate::codec::ClientCodec;
+use crate::session::codec::ClientCodec;
 use crate::session::REASON_SLOW_CLIENT;
 use crate::telemetry::DisconnectReason;
 use crate::{Code, Error, Session};

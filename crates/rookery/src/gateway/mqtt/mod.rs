@@ -23,9 +23,8 @@ use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet, PubAck, SubAck,
 use rumqttc::mqttbytes::{Error as MqttError, Protocol, QoS};
 use tokio_util::codec::Decoder;
 
-use super::request::End;
 use super::transport::{ConnError, FrameReader, PacketWriter};
-use super::wire::{next_frame, Accepted, Incoming, Refusal, Wire};
+use super::wire::{next_frame, Accepted, End, Incoming, Refusal, Wire};
 use crate::config::{Config, MqttLogin};
 use crate::{App, Error, Session};
 use delivery::Delivery;

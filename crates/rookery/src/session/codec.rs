@@ -9,7 +9,8 @@
 use bytes::Bytes;
 use rookery_protocol::{Message, Packet, PacketType, Route, RouteName};
 
-use crate::{Error, Session};
+use super::Session;
+use crate::Error;
 
 /// How messages to one client are encoded (and, for protocols with delivery state, sent).
 pub(crate) trait ClientCodec: Send + Sync + 'static {

@@ -1,5 +1,9 @@
 //! Sessions: the gateway's record of one client connection, and the pool that indexes them by
-//! id and by bound user id.
+//! id and by bound user id. `codec` is the session's half of a client protocol (how what is
+//! sent to a client is put on its wire); a child of this module, since its methods work on the
+//! session.
+
+pub(crate) mod codec;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,9 +18,9 @@ use rookery_protocol::handshake::HandshakeSys;
 use rookery_protocol::{RouteDict, Serializer};
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{ClientCodec, Pomelo};
 use crate::telemetry::DisconnectReason;
 use crate::{Code, Error, PushName, ToPayload};
+use codec::{ClientCodec, Pomelo};
 
 /// [`Inner::push_class`] of a session whose pushes are each its own.
 const OWN_PUSHES: u8 = u8::MAX;

@@ -404,44 +404,38 @@ def build_table(rows, meta):
         line("P3", f"(info) Rookery with a fair schedule (global_queue_interval = 4), {mc} conn, "
              "fair generator", "p3fair-rookery",
              f"vs the pinus runs above: {rf:.2f}x" if rf else "", "")
+    def proto_pairs(base, base_label, protos, how):
+        """Rows of client protocols run in alternation with a base protocol, and each one's
+        ratio to it (with a verdict where there is a target)."""
+        for proto, label, target in protos:
+            rows = [f"{proto}-{i}" for i in (1, 2)]
+            if not all(ok(x) for x in rows + base):
+                continue
+            for i in (0, 1):
+                line("C", f"{label}, {mc} conn, alternating with {base_label} ({how}run {i + 1})",
+                     rows[i])
+            r = ratio(sum(rps(x) for x in rows), sum(rps(x) for x in base))
+            scen = (f"| C | {label} vs {base_label} over the alternating runs ({how}req/s summed "
+                    "per side) | | | | | | ")
+            if target is None:
+                lines.append(f"{scen}{r * 100:.0f}% | |")
+            else:
+                v = verdict("C", f"{label} vs {base_label}", r, target)
+                lines.append(f"{scen}{rtxt(r, target, '%')} | {v} |")
+        if all(ok(x) for x in base):
+            for i in (0, 1):
+                line("C", f"{base_label}, {mc} conn, in the same alternation ({how}run {i + 1})",
+                     base[i])
+
     # Client protocols against plain TCP, one process, in alternation (for information; TLS
     # has a target of its own: 70% of plain TCP).
-    tcp = [f"protopair-tcp-{i}" for i in (1, 2)]
-    for proto, label, target in (("tls", "TLS (tls://)", 0.70), ("ws", "WebSocket", None)):
-        rows = [f"protopair-{proto}-{i}" for i in (1, 2)]
-        if all(ok(x) for x in rows + tcp):
-            for i in (0, 1):
-                line("C", f"{label}, {mc} conn, alternating with plain TCP (run {i + 1})", rows[i])
-            r = ratio(sum(rps(x) for x in rows), sum(rps(x) for x in tcp))
-            if target is None:
-                lines.append(f"| C | {label} vs plain TCP over the alternating runs "
-                             f"(req/s summed per side) | | | | | | {r * 100:.0f}% | |")
-            else:
-                v = verdict("C", f"{label} vs plain TCP", r, target)
-                lines.append(f"| C | {label} vs plain TCP over the alternating runs "
-                             f"(req/s summed per side) | | | | | | {rtxt(r, target, '%')} | {v} |")
-    if all(ok(x) for x in tcp):
-        for i in (0, 1):
-            line("C", f"plain TCP, {mc} conn, in the same alternation (run {i + 1})", tcp[i])
+    proto_pairs([f"protopair-tcp-{i}" for i in (1, 2)], "plain TCP",
+                (("protopair-tls", "TLS (tls://)", 0.70), ("protopair-ws", "WebSocket", None)), "")
     # MQTT and KCP against pomelo over TCP, all from rookery-protobench (one request in flight
     # per connection); MQTT through mosquitto as the yardstick.
-    pom = [f"mqttpair-pomelo-{i}" for i in (1, 2)]
-    for proto, label, target in (("mqtt", "MQTT 3.1.1", 0.80), ("kcp", "KCP (pomelo over UDP)", None)):
-        rows = [f"mqttpair-{proto}-{i}" for i in (1, 2)]
-        if all(ok(x) for x in rows + pom):
-            for i in (0, 1):
-                line("C", f"{label}, {mc} conn, alternating with pomelo TCP (protobench, run {i + 1})", rows[i])
-            r = ratio(sum(rps(x) for x in rows), sum(rps(x) for x in pom))
-            if target is None:
-                lines.append(f"| C | {label} vs pomelo TCP over the alternating runs "
-                             f"(protobench; req/s summed per side) | | | | | | {r * 100:.0f}% | |")
-            else:
-                v = verdict("C", f"{label} vs pomelo TCP", r, target)
-                lines.append(f"| C | {label} vs pomelo TCP over the alternating runs "
-                             f"(protobench; req/s summed per side) | | | | | | {rtxt(r, target, '%')} | {v} |")
-    if all(ok(x) for x in pom):
-        for i in (0, 1):
-            line("C", f"pomelo TCP, {mc} conn, in the same alternation (protobench, run {i + 1})", pom[i])
+    proto_pairs([f"mqttpair-pomelo-{i}" for i in (1, 2)], "pomelo TCP",
+                (("mqttpair-mqtt", "MQTT 3.1.1", 0.80),
+                 ("mqttpair-kcp", "KCP (pomelo over UDP)", None)), "protobench; ")
     brk = [f"mqttpair-broker-{i}" for i in (1, 2)]
     mq = [f"mqttpair-mqtt-{i}" for i in (1, 2)]
     if all(ok(x) for x in brk):

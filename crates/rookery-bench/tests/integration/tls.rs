@@ -25,6 +25,24 @@ impl Module for Echo {
     }
 }
 
+/// A short run of 4 connections against the echo route, with the target's flags.
+fn echo_run(target: &[&str]) -> rookery_bench::BenchArgs {
+    let mut all = target.to_vec();
+    all.extend_from_slice(&[
+        "--connections",
+        "4",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--route",
+        "echo.e.x",
+        "--payload",
+        "{\"n\":1}",
+    ]);
+    argv(&all)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_over_tls_and_wss() {
     let dir = std::env::temp_dir().join(format!("rookery-bench-tls-{}", std::process::id()));
@@ -42,24 +60,9 @@ async fn bench_over_tls_and_wss() {
     let tls = format!("tls://{}", server.tcp_addr().unwrap());
     let wss = format!("wss://{}/", server.ws_addr().unwrap());
     for addr in [&tls, &wss] {
-        let r = run(argv(&[
-            "--addr",
-            addr,
-            "--ca",
-            &ca,
-            "--connections",
-            "4",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--route",
-            "echo.e.x",
-            "--payload",
-            "{\"n\":1}",
-        ]))
-        .await
-        .unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let r = run(echo_run(&["--addr", addr, "--ca", &ca]))
+            .await
+            .unwrap_or_else(|e| panic!("{addr}: {e}"));
         assert!(r.requests > 0, "{addr}: {r:?}");
         assert_eq!(r.errors, 0, "{addr}: {r:?}");
     }
@@ -96,20 +99,7 @@ async fn bench_over_kcp() {
         &["--addr", url.as_str()][..],
         &["--addr", addr.as_str(), "--kcp"][..],
     ] {
-        let mut all = flags.to_vec();
-        all.extend_from_slice(&[
-            "--connections",
-            "4",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--route",
-            "echo.e.x",
-            "--payload",
-            "{\"n\":1}",
-        ]);
-        let r = run(argv(&all))
+        let r = run(echo_run(flags))
             .await
             .unwrap_or_else(|e| panic!("{flags:?}: {e}"));
         assert!(r.requests > 0, "{flags:?}: {r:?}");

@@ -49,6 +49,22 @@ pub fn config() -> Config {
     c
 }
 
+/// The demo over TLS: `config()` with a self-signed certificate made in a fresh directory
+/// named after `name`. Returns the config, the directory (for the test to remove) and the
+/// certificate's path (the clients' CA).
+pub fn tls_config(name: &str) -> (Config, PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("rookery-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
+    let mut cfg = config();
+    cfg.gateway.tls = Some(rookery::config::TlsFiles {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+    });
+    (cfg, dir, cert.display().to_string())
+}
+
 /// Starts the demo with `config`.
 pub async fn start(config: Config) -> RunningServer {
     rookery_testkit::server::start(rookery_demo::modules(Server::builder(config))).await

@@ -464,18 +464,9 @@ async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
 
 #[tokio::test]
 async fn mosquitto_pub_speaks_mqtt_over_tls() {
-    let dir = std::env::temp_dir().join(format!("rookery-mqtts-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
-    let mut cfg = config();
-    cfg.gateway.tls = Some(rookery::config::TlsFiles {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
-    });
+    let (cfg, dir, ca) = super::tls_config("mqtts");
     let server = start(cfg).await;
     let port = server.mqtt_addr().unwrap().port().to_string();
-    let ca = cert.display().to_string();
     let args = [
         "-d",
         "-h",

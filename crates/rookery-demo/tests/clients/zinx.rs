@@ -32,17 +32,9 @@ async fn a_python_zinx_client_drives_the_chat_flow_by_msgid() {
 
 #[tokio::test]
 async fn the_same_over_tls() {
-    let dir = std::env::temp_dir().join(format!("rookery-zinx-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = rookery_testkit::certs::write_server_cert(&dir);
-    let mut cfg = config();
-    cfg.gateway.tls = Some(rookery::config::TlsFiles {
-        cert: cert.display().to_string(),
-        key: key.display().to_string(),
-    });
+    let (cfg, dir, ca) = super::tls_config("zinx-tls");
     let server = start(cfg).await;
-    python_flow(&server, Some(&cert.display().to_string())).await;
+    python_flow(&server, Some(&ca)).await;
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

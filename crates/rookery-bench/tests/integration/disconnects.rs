@@ -199,8 +199,23 @@ async fn closing_server() -> SocketAddr {
                                     return;
                                 }
                             }
-                            // Handshake complete: hang up.
-                            PacketType::HandshakeAck => return,
+                            // Handshake complete: hang up cleanly. A bare drop would reset
+                            // the connection if the client's next packet (its login) had
+                            // arrived unread, and the client would report a read error
+                            // instead of a close: send FIN, then read until the client goes.
+                            PacketType::HandshakeAck => {
+                                let _ = sock.shutdown().await;
+                                let mut rest = [0u8; 1024];
+                                let wait = rookery_testkit::WAIT;
+                                while let Ok(Ok(n)) =
+                                    tokio::time::timeout(wait, sock.read(&mut rest)).await
+                                {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                }
+                                return;
+                            }
                             _ => {}
                         }
                     }
